@@ -1,0 +1,234 @@
+"""Typed settings, validated once. The only module that reads a Hydra DictConfig.
+
+Every check raises `ConfigError` with a one-line message that names the setting, so the command line
+tells the user exactly which override to fix.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from pipeline.errors import ConfigError
+
+STAGES = ("train", "score", "verify")
+DATA_SOURCES = ("digits", "synthetic", "npz", "parquet")
+MODELS = ("logistic", "mlp", "cnn", "custom")
+OPTIMIZERS = ("sgd", "momentum", "adam")
+METHODS = ("trajectory",)
+OBJECTIVES = ("cross_entropy", "mse", "margin")
+TRAIN_LOSSES = ("cross_entropy", "mse")
+DTYPES = ("float32", "float64")
+
+
+@dataclass(frozen=True)
+class DataSettings:
+    source: str = "digits"
+    path: str | None = None
+    val_fraction: float = 0.2
+    split_seed: int = 0
+    max_train: int | None = None
+    # synthetic
+    n_samples: int = 2000
+    n_features: int = 20
+    n_classes: int = 3
+    n_informative: int = 10
+    # npz
+    val_from: str = "test"  # npz without x_val: "test" (use x_test/y_test) or "split" (hold out from train)
+    # parquet
+    label_column: str = "label"
+    feature_columns: tuple[str, ...] | None = None
+    split_column: str | None = None
+
+
+@dataclass(frozen=True)
+class ModelSettings:
+    name: str = "mlp"
+    hidden: tuple[int, ...] = (64,)
+    activation: str = "tanh"
+    dropout: float = 0.0
+    batch_norm: bool = False
+    filters: tuple[int, ...] = (32, 64)
+    kernel_size: int = 3
+    builder: str | None = None
+    from_logits: bool = True
+
+
+@dataclass(frozen=True)
+class OptimizerSettings:
+    name: str = "sgd"
+    lr: float = 0.1
+    momentum: float = 0.0
+    nesterov: bool = False
+    beta_1: float = 0.9
+    beta_2: float = 0.999
+    epsilon: float = 1e-7
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    epochs: int = 10
+    batch_size: int = 32
+    seeds: tuple[int, ...] = (0,)
+    shuffle: bool = True
+    dtype: str = "float32"
+    loss: str = "cross_entropy"
+
+
+@dataclass(frozen=True)
+class InfluenceSettings:
+    method: str = "trajectory"
+    objective: str = "cross_entropy"
+    checkpoint_every: int | None = None  # None: about sqrt(total steps)
+
+
+@dataclass(frozen=True)
+class VerifySettings:
+    n_gradcheck: int = 6
+    n_loo: int = 20
+    fd_step: float = 1e-3
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class ClusterSettings:
+    address: str | None = None
+    num_cpus: int | None = None
+    cpus_per_task: float = 1.0
+    gpus_per_task: float = 0.0
+    tf_threads: int = 1
+    max_retries: int = 2
+
+
+@dataclass(frozen=True)
+class OutputSettings:
+    dir: str = "outputs/default"
+    overwrite: bool = False
+
+
+@dataclass(frozen=True)
+class Settings:
+    data: DataSettings = field(default_factory=DataSettings)
+    model: ModelSettings = field(default_factory=ModelSettings)
+    optimizer: OptimizerSettings = field(default_factory=OptimizerSettings)
+    train: TrainSettings = field(default_factory=TrainSettings)
+    influence: InfluenceSettings = field(default_factory=InfluenceSettings)
+    verify: VerifySettings = field(default_factory=VerifySettings)
+    cluster: ClusterSettings = field(default_factory=ClusterSettings)
+    output: OutputSettings = field(default_factory=OutputSettings)
+    stages: tuple[str, ...] = ("train", "score")
+
+    @property
+    def output_dir(self) -> Path:
+        return Path(self.output.dir)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def result_hash(self) -> str:
+        """Hash of everything that changes the numbers (not cluster, output or stage choices)."""
+        relevant = {k: v for k, v in self.to_dict().items() if k in ("data", "model", "optimizer", "train", "influence")}
+        return hashlib.sha256(json.dumps(relevant, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _section(cls: type, cfg: DictConfig | None, prefix: str) -> Any:
+    """Build dataclass `cls` from a config node, refusing unknown keys and converting lists to tuples."""
+    raw = OmegaConf.to_container(cfg, resolve=True) if cfg is not None else {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{prefix}: expected a mapping, got {raw!r}")
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(raw) - known)
+    if unknown:
+        raise ConfigError(f"{prefix}.{unknown[0]}: unknown setting (known: {', '.join(sorted(known))})")
+    values = {k: tuple(v) if isinstance(v, list) else v for k, v in raw.items()}
+    return cls(**values)
+
+
+def _check(condition: bool, message: str) -> None:
+    if not condition:
+        raise ConfigError(message)
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def settings_from_config(cfg: DictConfig) -> Settings:
+    """Convert the composed Hydra config into validated `Settings` (raises ConfigError)."""
+    stages = OmegaConf.to_container(cfg.get("stages"), resolve=True) if cfg.get("stages") is not None else []
+    _check(isinstance(stages, list) and len(stages) > 0, f"stages={stages!r}: must be a non-empty list")
+    for stage in stages:
+        _check(stage in STAGES, f"stages: unknown stage {stage!r} (known: {', '.join(STAGES)})")
+    settings = Settings(
+        data=_section(DataSettings, cfg.get("data"), "data"),
+        model=_section(ModelSettings, cfg.get("model"), "model"),
+        optimizer=_section(OptimizerSettings, cfg.get("optimizer"), "optimizer"),
+        train=_section(TrainSettings, cfg.get("train"), "train"),
+        influence=_section(InfluenceSettings, cfg.get("influence"), "influence"),
+        verify=_section(VerifySettings, cfg.get("verify"), "verify"),
+        cluster=_section(ClusterSettings, cfg.get("cluster"), "cluster"),
+        output=_section(OutputSettings, cfg.get("output"), "output"),
+        stages=tuple(stages),
+    )
+    validate(settings)
+    return settings
+
+
+def validate(s: Settings) -> None:
+    """Check every setting on its own; data-dependent checks (batch vs. data size) happen at load time."""
+    d, m, o, t, i, v, c = s.data, s.model, s.optimizer, s.train, s.influence, s.verify, s.cluster
+    _check(d.source in DATA_SOURCES, f"data.source={d.source!r}: unknown (known: {', '.join(DATA_SOURCES)})")
+    if d.source in ("npz", "parquet"):
+        _check(bool(d.path), f"data.path: required for data={d.source}")
+    _check(_is_number(d.val_fraction) and 0 < d.val_fraction < 1, f"data.val_fraction={d.val_fraction}: must be in (0, 1)")
+    _check(d.max_train is None or (_is_int(d.max_train) and d.max_train > 0), f"data.max_train={d.max_train}: must be a positive integer or null")
+    _check(_is_int(d.n_samples) and d.n_samples >= 4, f"data.n_samples={d.n_samples}: must be an integer >= 4")
+    _check(_is_int(d.n_features) and d.n_features >= 1, f"data.n_features={d.n_features}: must be a positive integer")
+    _check(_is_int(d.n_classes) and d.n_classes >= 2, f"data.n_classes={d.n_classes}: must be an integer >= 2")
+    _check(d.val_from in ("test", "split"), f"data.val_from={d.val_from!r}: must be 'test' or 'split'")
+
+    _check(m.name in MODELS, f"model.name={m.name!r}: unknown (known: {', '.join(MODELS)})")
+    _check(all(_is_int(h) and h > 0 for h in m.hidden), f"model.hidden={list(m.hidden)}: must be positive integers")
+    _check(all(_is_int(f) and f > 0 for f in m.filters), f"model.filters={list(m.filters)}: must be positive integers")
+    _check(_is_number(m.dropout) and 0 <= m.dropout < 1, f"model.dropout={m.dropout}: must be in [0, 1)")
+    if m.name == "custom":
+        _check(bool(m.builder) and ":" in str(m.builder), f"model.builder={m.builder!r}: model=custom needs 'package.module:function'")
+
+    _check(o.name in OPTIMIZERS, f"optimizer.name={o.name!r}: unknown (known: {', '.join(OPTIMIZERS)})")
+    _check(_is_number(o.lr) and o.lr > 0, f"optimizer.lr={o.lr}: must be a positive number")
+    _check(_is_number(o.momentum) and 0 <= o.momentum < 1, f"optimizer.momentum={o.momentum}: must be in [0, 1)")
+    _check(_is_number(o.beta_1) and 0 <= o.beta_1 < 1, f"optimizer.beta_1={o.beta_1}: must be in [0, 1)")
+    _check(_is_number(o.beta_2) and 0 <= o.beta_2 < 1, f"optimizer.beta_2={o.beta_2}: must be in [0, 1)")
+    _check(_is_number(o.epsilon) and o.epsilon > 0, f"optimizer.epsilon={o.epsilon}: must be positive")
+
+    _check(_is_int(t.epochs) and t.epochs > 0, f"train.epochs={t.epochs}: must be a positive integer")
+    _check(_is_int(t.batch_size) and t.batch_size > 0, f"train.batch_size={t.batch_size}: must be a positive integer")
+    _check(len(t.seeds) > 0 and all(_is_int(x) and x >= 0 for x in t.seeds), f"train.seeds={list(t.seeds)}: must be a non-empty list of non-negative integers")
+    _check(len(set(t.seeds)) == len(t.seeds), f"train.seeds={list(t.seeds)}: contains duplicates")
+    _check(t.dtype in DTYPES, f"train.dtype={t.dtype!r}: unknown (known: {', '.join(DTYPES)})")
+    _check(t.loss in TRAIN_LOSSES, f"train.loss={t.loss!r}: unknown (known: {', '.join(TRAIN_LOSSES)})")
+
+    _check(i.method in METHODS, f"influence.method={i.method!r}: unknown or not built yet (available: {', '.join(METHODS)})")
+    _check(i.objective in OBJECTIVES, f"influence.objective={i.objective!r}: unknown (known: {', '.join(OBJECTIVES)})")
+    _check(i.checkpoint_every is None or (_is_int(i.checkpoint_every) and i.checkpoint_every > 0), f"influence.checkpoint_every={i.checkpoint_every}: must be a positive integer or null")
+
+    _check(_is_int(v.n_gradcheck) and v.n_gradcheck >= 0, f"verify.n_gradcheck={v.n_gradcheck}: must be a non-negative integer")
+    _check(_is_int(v.n_loo) and v.n_loo >= 0, f"verify.n_loo={v.n_loo}: must be a non-negative integer")
+    _check(_is_number(v.fd_step) and v.fd_step > 0, f"verify.fd_step={v.fd_step}: must be positive")
+
+    _check(_is_number(c.cpus_per_task) and c.cpus_per_task > 0, f"cluster.cpus_per_task={c.cpus_per_task}: must be positive")
+    _check(_is_number(c.gpus_per_task) and c.gpus_per_task >= 0, f"cluster.gpus_per_task={c.gpus_per_task}: must be >= 0")
+    _check(c.num_cpus is None or (_is_int(c.num_cpus) and c.num_cpus > 0), f"cluster.num_cpus={c.num_cpus}: must be a positive integer or null")
+    _check(_is_int(c.tf_threads) and c.tf_threads > 0, f"cluster.tf_threads={c.tf_threads}: must be a positive integer")
+    _check(_is_int(c.max_retries) and c.max_retries >= 0, f"cluster.max_retries={c.max_retries}: must be a non-negative integer")
+    _check(bool(s.output.dir), "output.dir: must not be empty")
