@@ -92,7 +92,7 @@ class InfluenceSettings:
 class VerifySettings:
     n_gradcheck: int = 6
     n_loo: int = 20
-    fd_step: float = 1e-3
+    fd_step: float | None = None  # None: 1e-4 in float64, 1e-2 in float32
     seed: int = 0
 
 
@@ -224,7 +224,7 @@ def validate(s: Settings) -> None:
 
     _check(_is_int(v.n_gradcheck) and v.n_gradcheck >= 0, f"verify.n_gradcheck={v.n_gradcheck}: must be a non-negative integer")
     _check(_is_int(v.n_loo) and v.n_loo >= 0, f"verify.n_loo={v.n_loo}: must be a non-negative integer")
-    _check(_is_number(v.fd_step) and v.fd_step > 0, f"verify.fd_step={v.fd_step}: must be positive")
+    _check(v.fd_step is None or (_is_number(v.fd_step) and v.fd_step > 0), f"verify.fd_step={v.fd_step}: must be positive or null")
 
     _check(_is_number(c.cpus_per_task) and c.cpus_per_task > 0, f"cluster.cpus_per_task={c.cpus_per_task}: must be positive")
     _check(_is_number(c.gpus_per_task) and c.gpus_per_task >= 0, f"cluster.gpus_per_task={c.gpus_per_task}: must be >= 0")

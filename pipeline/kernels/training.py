@@ -77,6 +77,7 @@ class Recipe:
         # Compiled per instance (a class-level tf.function would share traces across models).
         self.run_steps = tf.function(self._run_steps, reduce_retracing=True)
         self.per_sample_loss = tf.function(self._per_sample_loss, reduce_retracing=True)
+        self.evaluate = tf.function(self._evaluate, reduce_retracing=True)
 
     # ----- state -------------------------------------------------------------------------------
     def initial_state(self) -> TrainState:
@@ -146,6 +147,13 @@ class Recipe:
         """[n] training loss of each sample under `state`, inference mode."""
         outputs, _ = self.forward(state.trainable, state.non_trainable, x, training=False)
         return objectives.per_sample(self.loss, outputs, y, self.from_logits)
+
+    def _evaluate(self, state: TrainState, x: tf.Tensor, y: tf.Tensor, kind: str) -> tuple[tf.Tensor, tf.Tensor]:
+        """(objective E of `kind`, accuracy) on (x, y), inference mode."""
+        outputs, _ = self.forward(state.trainable, state.non_trainable, x, training=False)
+        value = tf.reduce_mean(objectives.per_sample(kind, outputs, y, self.from_logits))
+        correct = tf.equal(tf.argmax(outputs, axis=-1, output_type=y.dtype), y)
+        return value, tf.reduce_mean(tf.cast(correct, tf.float64))
 
 
 def train(

@@ -1,0 +1,24 @@
+"""Agreement figures between predicted and measured effects (NumPy/SciPy, no TensorFlow)."""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy import stats
+
+
+def relative_errors(predicted: np.ndarray, measured: np.ndarray, floor: float = 1e-12) -> np.ndarray:
+    """|p - m| / max(|p|, |m|, floor) elementwise: 0 = equal, 1 = unrelated, never divides by ~0."""
+    predicted, measured = np.asarray(predicted, float), np.asarray(measured, float)
+    return np.abs(predicted - measured) / np.maximum(np.maximum(np.abs(predicted), np.abs(measured)), floor)
+
+
+def correlations(predicted: np.ndarray, measured: np.ndarray) -> dict[str, float]:
+    """Pearson, Spearman and Kendall correlation (NaN when fewer than 3 points or a constant input)."""
+    predicted, measured = np.asarray(predicted, float), np.asarray(measured, float)
+    if predicted.size < 3 or np.ptp(predicted) == 0 or np.ptp(measured) == 0:
+        return {"pearson": float("nan"), "spearman": float("nan"), "kendall": float("nan")}
+    return {
+        "pearson": float(stats.pearsonr(predicted, measured).statistic),
+        "spearman": float(stats.spearmanr(predicted, measured).statistic),
+        "kendall": float(stats.kendalltau(predicted, measured).statistic),
+    }
