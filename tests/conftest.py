@@ -1,0 +1,27 @@
+"""Shared fixtures. TensorFlow is imported once per test process; one Ray instance serves the session."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    """A local Ray with 2 CPUs, started once, with the pipeline's worker environment."""
+    import ray
+
+    from pipeline import cluster
+    from pipeline.config import ClusterSettings
+
+    cluster.connect(ClusterSettings(num_cpus=2))
+    yield ray
+    ray.shutdown()

@@ -1,0 +1,99 @@
+"""The functional training loop reproduces `model.fit` on the same batches."""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from pipeline.config import DataSettings, ModelSettings
+from pipeline.data import load_dataset
+from pipeline.errors import DivergenceError
+from pipeline.kernels import optimizers
+from pipeline.kernels.schedule import checkpoint_steps, make_schedule
+from pipeline.kernels.training import Recipe, make_batches, per_sample_losses, train
+from pipeline.models import build_model
+
+N_TRAIN, BATCH, EPOCHS = 300, 32, 2  # 300 % 32 != 0: every epoch ends with a smaller batch
+
+OPTIMIZERS = {
+    "sgd": (optimizers.sgd, lambda: keras.optimizers.SGD(0.1), 0.1),
+    "momentum": (lambda: optimizers.momentum(0.9), lambda: keras.optimizers.SGD(0.05, momentum=0.9), 0.05),
+    "adam": (optimizers.adam, lambda: keras.optimizers.Adam(0.01), 0.01),
+}
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_dataset(DataSettings(max_train=N_TRAIN))
+
+
+def _functional_run(digits, model_settings, opt_name, dtype):
+    functional, _, lr = OPTIMIZERS[opt_name]
+    schedule = make_schedule(N_TRAIN, BATCH, EPOCHS, shuffle=True, seed=3, lr=lr)
+    recipe = Recipe(build_model(model_settings, digits.input_shape, 10, dtype, seed=1), functional(), "cross_entropy", True, digits.input_shape)
+    batches = make_batches(digits.x_train, digits.y_train, schedule, dtype)
+    stored = {}
+    final = train(recipe, recipe.initial_state(), batches, checkpoint_steps(schedule.n_steps, 5), stored.__setitem__)
+    return schedule, recipe, final, stored
+
+
+def _keras_fit(digits, model_settings, opt_name, dtype, schedule):
+    _, reference, _ = OPTIMIZERS[opt_name]
+    model = build_model(model_settings, digits.input_shape, 10, dtype, seed=1)
+    model.compile(optimizer=reference(), loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True, dtype=dtype), jit_compile=False)
+    steps_per_epoch = schedule.n_steps // EPOCHS
+    for epoch in range(EPOCHS):
+        order = np.concatenate([schedule.batch(t) for t in range(epoch * steps_per_epoch, (epoch + 1) * steps_per_epoch)])
+        x = digits.x_train[order].reshape(-1, *digits.input_shape).astype(dtype)
+        model.fit(x, digits.y_train[order], batch_size=BATCH, epochs=1, shuffle=False, verbose=0)
+    return model
+
+
+@pytest.mark.parametrize("dtype,tolerance", [("float64", 1e-12), ("float32", 2e-5)])
+@pytest.mark.parametrize("opt_name", list(OPTIMIZERS))
+def test_train_matches_model_fit(digits, opt_name, dtype, tolerance):
+    settings = ModelSettings(hidden=(16,))
+    schedule, recipe, final, _ = _functional_run(digits, settings, opt_name, dtype)
+    fitted = _keras_fit(digits, settings, opt_name, dtype, schedule)
+    for mine, theirs in zip(final.trainable, fitted.trainable_variables):
+        np.testing.assert_allclose(mine.numpy(), theirs.numpy(), rtol=0, atol=tolerance)
+
+
+def test_dropout_and_batch_norm_state_is_threaded_like_fit(digits):
+    """Dropout masks (seed state) and BatchNorm moving statistics evolve exactly as in model.fit."""
+    settings = ModelSettings(hidden=(16,), dropout=0.3, batch_norm=True)
+    schedule, recipe, final, _ = _functional_run(digits, settings, "momentum", "float64")
+    fitted = _keras_fit(digits, settings, "momentum", "float64", schedule)
+    for mine, theirs in zip(final.trainable + final.non_trainable, fitted.trainable_variables + fitted.non_trainable_variables):
+        np.testing.assert_allclose(np.asarray(mine, dtype=np.float64), np.asarray(theirs.numpy(), dtype=np.float64), rtol=0, atol=1e-12)
+
+
+def test_stored_states_are_the_states_after_t_steps(digits):
+    schedule, recipe, final, stored = _functional_run(digits, ModelSettings(hidden=(8,)), "adam", "float64")
+    assert sorted(stored) == checkpoint_steps(schedule.n_steps, 5)
+    assert sorted(stored)[0] == 0 and sorted(stored)[-1] == schedule.n_steps
+    # Restarting from a middle checkpoint reproduces the end state bit for bit.
+    middle = sorted(stored)[2]
+    batches = make_batches(digits.x_train, digits.y_train, schedule, "float64")
+    resumed, _ = recipe.run_steps(stored[middle], batches, tf.constant(middle), tf.constant(schedule.n_steps))
+    for a, b in zip(recipe.flatten(resumed), recipe.flatten(final)):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
+
+
+def test_per_sample_loss_is_cross_entropy_by_hand(digits):
+    _, recipe, final, _ = _functional_run(digits, ModelSettings(hidden=(8,)), "sgd", "float64")
+    losses = per_sample_losses(recipe, final, digits.x_train[:20], digits.y_train[:20], chunk=7)
+    logits, _ = recipe.forward(final.trainable, final.non_trainable, tf.constant(digits.x_train[:20], tf.float64), training=False)
+    logits = logits.numpy()
+    by_hand = np.log(np.exp(logits).sum(axis=1)) - logits[np.arange(20), digits.y_train[:20]]
+    np.testing.assert_allclose(losses, by_hand, rtol=1e-12)
+
+
+def test_divergence_names_the_step(digits):
+    schedule = make_schedule(N_TRAIN, BATCH, 3, shuffle=False, seed=0, lr=1e30)
+    recipe = Recipe(build_model(ModelSettings(hidden=(8,), activation="relu"), digits.input_shape, 10, "float32", 0), optimizers.sgd(), "cross_entropy", True, digits.input_shape)
+    batches = make_batches(digits.x_train, digits.y_train, schedule, "float32")
+    with pytest.raises(DivergenceError, match=r"training diverged: NaN/inf at step \d+"):
+        train(recipe, recipe.initial_state(), batches, [0, schedule.n_steps], lambda t, s: None)
