@@ -9,6 +9,7 @@ seed, optimizer buffers); every function takes it and returns the next one, noth
 
 from __future__ import annotations
 
+import inspect
 from typing import Any, Callable, NamedTuple, Sequence
 
 import numpy as np
@@ -73,6 +74,8 @@ class Recipe:
         self.dtype = tf.as_dtype(model.trainable_variables[0].dtype)
         # Float non-trainables (BatchNorm statistics) carry an adjoint; integer ones (seed state) do not.
         self.float_non_trainable = [v.dtype.startswith("float") for v in model.non_trainable_variables]
+        # stateless_call passes keyword arguments to call() as they are; custom models may lack `training`.
+        self._takes_training = "training" in inspect.signature(model.call).parameters
         use_twice_differentiable_batch_norm()
         # Compiled per instance (a class-level tf.function would share traces across models).
         self.run_steps = tf.function(self._run_steps, reduce_retracing=True)
@@ -110,7 +113,8 @@ class Recipe:
     def forward(self, trainable: Tensors, non_trainable: Tensors, x: tf.Tensor, training: bool) -> tuple[tf.Tensor, Tensors]:
         """outputs [b, C] and the updated non-trainables for flat inputs x [b, d]."""
         x = tf.reshape(x, (-1, *self.input_shape))
-        outputs, non_trainable = self.model.stateless_call(trainable, non_trainable, x, training=training)
+        kwargs = {"training": training} if self._takes_training else {}
+        outputs, non_trainable = self.model.stateless_call(trainable, non_trainable, x, **kwargs)
         return outputs, list(non_trainable)
 
     def batch_loss(self, state: TrainState, x: tf.Tensor, y: tf.Tensor, eps: tf.Tensor) -> tuple[tf.Tensor, Tensors]:

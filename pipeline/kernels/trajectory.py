@@ -18,6 +18,7 @@ from typing import Callable, Mapping, NamedTuple, Sequence
 import numpy as np
 import tensorflow as tf
 
+from pipeline.errors import DivergenceError
 from pipeline.kernels.training import Batches, Recipe, TrainState, raise_if_nonfinite
 
 
@@ -118,7 +119,8 @@ class ReverseSweep:
                 checkpoints[start], adjoint, batches, tf.constant(start), tf.constant(stop), influence, input_grad
             )
             replay_error = max(replay_error, _max_abs_diff(r.flatten(end_state), r.flatten(checkpoints[stop])))
-            raise_if_nonfinite(np.array([float(tf.reduce_sum(influence))]), "reverse sweep", first_step=start)
+            if not np.isfinite(float(tf.reduce_sum(influence))):
+                raise DivergenceError(f"reverse sweep diverged: NaN/inf in steps {start}..{stop - 1}; try a smaller optimizer.lr")
             if progress is not None:
                 progress(stop - start)
         return Hypergradients(

@@ -9,6 +9,8 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
+import numpy as np
+
 from pipeline.config import ModelSettings
 from pipeline.errors import ConfigError
 
@@ -30,9 +32,8 @@ def build_model(settings: ModelSettings, input_shape: tuple[int, ...], num_class
     finally:
         keras.config.set_floatx(previous_floatx)
         keras.config.set_dtype_policy(previous_policy)
-    if not model.built:
-        model.build((None, *input_shape))
-    out_shape = tuple(model.compute_output_shape((2, *input_shape)))
+    # One call on a zero batch creates the variables of subclassed models and checks the output width.
+    out_shape = tuple(model(np.zeros((2, *input_shape), dtype=dtype), training=False).shape)
     if out_shape[1:] != (num_classes,):
         raise ConfigError(f"model.builder={settings.builder}: model outputs shape {out_shape[1:]}, expected ({num_classes},)")
     return model

@@ -1,0 +1,33 @@
+"""Resources and worker environment (GPU paths are checked at the config/resource level: no GPU here)."""
+
+from __future__ import annotations
+
+import logging
+
+from pipeline.cluster import configure_tensorflow, task_options, worker_env
+from pipeline.config import ClusterSettings
+
+
+def test_gpus_requested_only_when_the_cluster_has_them(caplog):
+    settings = ClusterSettings(cpus_per_task=1, gpus_per_task=0.5, max_retries=3)
+    with_gpus = task_options(settings, cluster_gpus=2.0)
+    assert with_gpus["num_gpus"] == 0.5 and with_gpus["num_cpus"] == 1 and with_gpus["max_retries"] == 3
+    with caplog.at_level(logging.WARNING):
+        without = task_options(settings, cluster_gpus=0.0)
+    assert without["num_gpus"] == 0.0  # a GPU request on a GPU-less cluster would wait forever
+    assert "no GPUs" in caplog.text
+    assert task_options(ClusterSettings(), cluster_gpus=4.0)["num_gpus"] == 0.0
+
+
+def test_thread_limits_travel_in_the_runtime_env():
+    env = worker_env(ClusterSettings(tf_threads=3))
+    assert env["TF_NUM_INTRAOP_THREADS"] == "3" and env["TF_NUM_INTEROP_THREADS"] == "3"
+    assert task_options(ClusterSettings(tf_threads=3), 0.0)["runtime_env"] == {"env_vars": env}
+
+
+def test_configure_tensorflow_is_safe_without_gpus_and_repeatable():
+    import tensorflow as tf
+
+    configure_tensorflow()
+    configure_tensorflow()
+    assert tf.config.list_physical_devices("GPU") == []
