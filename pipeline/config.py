@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import MissingMandatoryValue
 
 from pipeline.errors import ConfigError
 
@@ -139,15 +140,26 @@ class Settings:
 
 def _section(cls: type, cfg: DictConfig | None, prefix: str) -> Any:
     """Build dataclass `cls` from a config node, refusing unknown keys and converting lists to tuples."""
-    raw = OmegaConf.to_container(cfg, resolve=True) if cfg is not None else {}
+    try:
+        raw = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True) if cfg is not None else {}
+    except MissingMandatoryValue as exc:
+        raise ConfigError(f"{exc.full_key}: required but not set (pass {exc.full_key}=...)") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{prefix}: expected a mapping, got {raw!r}")
-    known = {f.name for f in fields(cls)}
-    unknown = sorted(set(raw) - known)
+    types = {f.name: f.type for f in fields(cls)}
+    unknown = sorted(set(raw) - set(types))
     if unknown:
-        raise ConfigError(f"{prefix}.{unknown[0]}: unknown setting (known: {', '.join(sorted(known))})")
-    values = {k: tuple(v) if isinstance(v, list) else v for k, v in raw.items()}
-    return cls(**values)
+        raise ConfigError(f"{prefix}.{unknown[0]}: unknown setting (known: {', '.join(sorted(types))})")
+    return cls(**{k: _typed(v, types[k]) for k, v in raw.items()})
+
+
+def _typed(value: Any, annotation: str) -> Any:
+    """Lists become tuples; an integer given for a float setting becomes a float (so 1 and 1.0 are one config)."""
+    if isinstance(value, list):
+        return tuple(value)
+    if annotation.startswith("float") and _is_int(value):
+        return float(value)
+    return value
 
 
 def _check(condition: bool, message: str) -> None:
@@ -195,6 +207,7 @@ def validate(s: Settings) -> None:
     _check(_is_int(d.n_samples) and d.n_samples >= 4, f"data.n_samples={d.n_samples}: must be an integer >= 4")
     _check(_is_int(d.n_features) and d.n_features >= 1, f"data.n_features={d.n_features}: must be a positive integer")
     _check(_is_int(d.n_classes) and d.n_classes >= 2, f"data.n_classes={d.n_classes}: must be an integer >= 2")
+    _check(_is_int(d.n_informative) and d.n_informative >= 1, f"data.n_informative={d.n_informative}: must be a positive integer")
     _check(d.val_from in ("test", "split"), f"data.val_from={d.val_from!r}: must be 'test' or 'split'")
 
     _check(m.name in MODELS, f"model.name={m.name!r}: unknown (known: {', '.join(MODELS)})")

@@ -190,11 +190,6 @@ def test_invalid_setting_raises_one_line_config_error_naming_it(overrides, setti
     assert re.match(re.escape(setting) + r"[=:]", message), message
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: pipeline/config.py _section uses OmegaConf.to_container(resolve=True) without throw_on_missing, "
-    "so the mandatory data.path '???' becomes the literal string '???' and validate() accepts it (bool('???') is True)",
-)
 @pytest.mark.parametrize("source", ["npz", "parquet"])
 def test_file_source_without_path_raises_config_error_naming_data_path(source):
     cfg = make_cfg(f"data={source}")
@@ -241,11 +236,6 @@ def test_result_hash_changes_with_result_settings():
     assert len(set(changed.values())) == len(changed)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: pipeline/config.py Settings.result_hash hashes json.dumps of the raw values, so optimizer.lr=1 (int) "
-    "and optimizer.lr=1.0 hash differently although the Settings compare equal; a resumed run is refused",
-)
 def test_result_hash_does_not_depend_on_int_vs_float_spelling():
     a, b = make_settings("optimizer.lr=1"), make_settings("optimizer.lr=1.0")
     assert a == b

@@ -61,8 +61,8 @@ def load_dataset(settings: DataSettings) -> Dataset:
 
 def _split(x: np.ndarray, y: np.ndarray, s: DataSettings) -> tuple[np.ndarray, ...]:
     """Stratified hold-out of `val_fraction` rows (falls back to a plain split when a class is too small)."""
-    counts = np.bincount(y.astype(np.int64)) if y.size and y.min() >= 0 else np.array([0])
-    stratify = y if counts[counts > 0].min(initial=0) >= 2 else None
+    _, counts = np.unique(y, return_counts=True)
+    stratify = y if counts.size and counts.min() >= 2 else None
     x_tr, x_va, y_tr, y_va = train_test_split(x, y, test_size=s.val_fraction, random_state=s.split_seed, stratify=stratify)
     return x_tr, y_tr, x_va, y_va
 
@@ -76,14 +76,17 @@ def _digits(s: DataSettings):
 def _synthetic(s: DataSettings):
     if s.n_informative > s.n_features:
         raise DataError(f"data.n_informative={s.n_informative}: must not exceed data.n_features={s.n_features}")
-    x, y = make_classification(
-        n_samples=s.n_samples,
-        n_features=s.n_features,
-        n_informative=s.n_informative,
-        n_redundant=0,
-        n_classes=s.n_classes,
-        random_state=s.split_seed,
-    )
+    try:
+        x, y = make_classification(
+            n_samples=s.n_samples,
+            n_features=s.n_features,
+            n_informative=s.n_informative,
+            n_redundant=0,
+            n_classes=s.n_classes,
+            random_state=s.split_seed,
+        )
+    except ValueError as exc:
+        raise DataError(f"data.n_informative={s.n_informative}, data.n_classes={s.n_classes}: not a valid synthetic set ({exc})") from None
     return ("synthetic", *_split(x.astype(np.float32), y, s), (s.n_features,))
 
 
@@ -106,6 +109,8 @@ def _npz(s: DataSettings):
             if key not in keys:
                 raise DataError(f"data.path={path}: missing array {key!r} (has {', '.join(sorted(keys))})")
         x_train, y_train = archive["x_train"], archive["y_train"]
+        if x_train.shape[0] != y_train.shape[0]:
+            raise DataError(f"data.path={path}: x_train has {x_train.shape[0]} rows but y_train has {y_train.shape[0]}")
         if {"x_val", "y_val"} <= keys:
             x_val, y_val = archive["x_val"], archive["y_val"]
         elif s.val_from == "test" and {"x_test", "y_test"} <= keys:
@@ -151,6 +156,8 @@ def _parquet(s: DataSettings):
         raise DataError(f"data.path={path}: no numeric feature columns besides {s.label_column!r}")
     x = np.concatenate([_column_matrix(table, c, path) for c in columns], axis=1)
     labels = table[s.label_column]
+    if not (pa.types.is_integer(labels.type) or pa.types.is_floating(labels.type)):
+        raise DataError(f"data.label_column={s.label_column!r}: type {labels.type} in {path}; labels must be integer class ids")
     if labels.null_count:
         raise DataError(f"data.label_column={s.label_column!r}: {labels.null_count} missing labels in {path}")
     y = labels.to_numpy()
@@ -178,7 +185,10 @@ def _column_matrix(table: pa.Table, column: str, path: Path) -> np.ndarray:
 
 def _checked(name, x_train, y_train, x_val, y_val, input_shape) -> Dataset:
     """Validate shapes, finiteness and labels; return the Dataset with canonical dtypes."""
+    y_train, y_val = (np.squeeze(y, axis=1) if y.ndim == 2 and y.shape[1] == 1 else y for y in (y_train, y_val))
     for key, x, y in (("train", x_train, y_train), ("val", x_val, y_val)):
+        if y.ndim != 1:
+            raise DataError(f"y_{key}: labels must be one class id per sample, got shape {y.shape}")
         if x.shape[0] != y.shape[0]:
             raise DataError(f"x_{key} has {x.shape[0]} rows but y_{key} has {y.shape[0]}")
         if x.shape[0] == 0:
@@ -193,8 +203,9 @@ def _checked(name, x_train, y_train, x_val, y_val, input_shape) -> Dataset:
         raise DataError(f"x_train has {x_train.shape[1]} features but x_val has {x_val.shape[1]}")
     y_train, y_val = y_train.astype(np.int64), y_val.astype(np.int64)
     num_classes = int(max(y_train.max(), y_val.max())) + 1
-    if y_val.max() > y_train.max():
-        raise DataError(f"y_val: label {int(y_val.max())} never occurs in y_train (range 0..{int(y_train.max())})")
+    unseen = np.setdiff1d(y_val, y_train)
+    if unseen.size:
+        raise DataError(f"y_val: label {int(unseen[0])} never occurs in y_train")
     if int(np.prod(input_shape)) != x_train.shape[1]:
         raise DataError(f"input shape {input_shape} does not hold {x_train.shape[1]} features")
     return Dataset(
