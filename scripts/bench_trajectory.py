@@ -178,7 +178,13 @@ def write_markdown(results: dict, path: Path) -> None:
         )
     lines += [
         "",
-        "Target: sweep / train at most 3x (DESIGN.md section 6).",
+        "Target: sweep / train at most 3x (DESIGN.md section 6). Reading the numbers: each reverse step recomputes",
+        "its training step (forward + backward) inside a tape and back-propagates through it, and each segment is",
+        "first replayed from its checkpoint, so the sweep costs about 1 (replay) + 1 (taped step) + 2 (second-order",
+        "backward) training steps, plus the input gradient: with d = 784 the first layer dominates, and dE/dx_B needs two",
+        "more products with it than training does. About 4x is therefore the floor of this scheme on wide inputs; tiny",
+        "models are dominated by per-op overhead instead. Runs on this shared machine vary by up to 40% from one",
+        "invocation to the next; the ratios are measured within one run.",
         "",
         "## Memory of the sweep vs. checkpoint interval k (synthetic, Adam, one subprocess per k)",
         "",
