@@ -6,6 +6,11 @@ import numpy as np
 from scipy import stats
 
 
+def central_difference(plus: float, minus: float, step: float) -> float:
+    """(f(a + h) - f(a - h)) / 2h."""
+    return (plus - minus) / (2 * step)
+
+
 def relative_errors(predicted: np.ndarray, measured: np.ndarray, floor: float = 1e-12) -> np.ndarray:
     """|p - m| / max(|p|, |m|, floor) elementwise: 0 = equal, 1 = unrelated, never divides by ~0."""
     predicted, measured = np.asarray(predicted, float), np.asarray(measured, float)

@@ -135,6 +135,9 @@ class Recipe:
     def objective(self, state: TrainState, x: tf.Tensor, y: tf.Tensor, kind: str) -> tf.Tensor:
         """Validation objective E: mean over samples of `kind`, inference mode (BatchNorm moving stats)."""
         outputs, _ = self.forward(state.trainable, state.non_trainable, x, training=False)
+        return self._mean_objective(outputs, y, kind)
+
+    def _mean_objective(self, outputs: tf.Tensor, y: tf.Tensor, kind: str) -> tf.Tensor:
         return tf.reduce_mean(objectives.per_sample(kind, outputs, y, self.from_logits))
 
     # ----- compiled loops ----------------------------------------------------------------------
@@ -155,7 +158,7 @@ class Recipe:
     def _evaluate(self, state: TrainState, x: tf.Tensor, y: tf.Tensor, kind: str) -> tuple[tf.Tensor, tf.Tensor]:
         """(objective E of `kind`, accuracy) on (x, y), inference mode."""
         outputs, _ = self.forward(state.trainable, state.non_trainable, x, training=False)
-        value = tf.reduce_mean(objectives.per_sample(kind, outputs, y, self.from_logits))
+        value = self._mean_objective(outputs, y, kind)
         correct = tf.equal(tf.argmax(outputs, axis=-1, output_type=y.dtype), y)
         return value, tf.reduce_mean(tf.cast(correct, tf.float64))
 

@@ -60,8 +60,8 @@ def run(settings: Settings, dataset_ref: Any, dataset: Dataset, options: dict[st
         base = next(objectives)
         for i, u in zip(grad_ids, directions):
             e_plus, e_minus, x_plus, x_minus = (next(objectives) for _ in range(4))
-            gradcheck_rows.append((seed, i, "eps", influence[i], (e_plus - e_minus) / (2 * h)))
-            gradcheck_rows.append((seed, i, "x", float(input_grad[i] @ u), (x_plus - x_minus) / (2 * h)))
+            gradcheck_rows.append((seed, i, "eps", influence[i], metrics.central_difference(e_plus, e_minus, h)))
+            gradcheck_rows.append((seed, i, "x", float(input_grad[i] @ u), metrics.central_difference(x_plus, x_minus, h)))
         for i in loo_ids:
             loo_rows.append((seed, i, -influence[i], next(objectives) - base))
         summary[str(seed)] = {"objective": base}
