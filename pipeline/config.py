@@ -18,7 +18,7 @@ from omegaconf.errors import MissingMandatoryValue
 
 from pipeline.errors import ConfigError
 
-STAGES = ("train", "score", "verify")
+STAGES = ("train", "score", "verify", "aggregate", "report")  # always run in this order
 DATA_SOURCES = ("digits", "synthetic", "npz", "parquet")
 MODELS = ("logistic", "mlp", "cnn", "custom")
 OPTIMIZERS = ("sgd", "momentum", "adam")
@@ -123,7 +123,7 @@ class Settings:
     verify: VerifySettings = field(default_factory=VerifySettings)
     cluster: ClusterSettings = field(default_factory=ClusterSettings)
     output: OutputSettings = field(default_factory=OutputSettings)
-    stages: tuple[str, ...] = ("train", "score")
+    stages: tuple[str, ...] = ("train", "score", "aggregate", "report")
 
     @property
     def output_dir(self) -> Path:

@@ -27,3 +27,13 @@ def correlations(predicted: np.ndarray, measured: np.ndarray) -> dict[str, float
         "spearman": float(stats.spearmanr(predicted, measured).statistic),
         "kendall": float(stats.kendalltau(predicted, measured).statistic),
     }
+
+
+def mean_pairwise_spearman(rows: np.ndarray) -> float | None:
+    """Mean Spearman correlation over all pairs of rows of [n_runs, n_samples]; None with fewer than 2 rows."""
+    if rows.shape[0] < 2:
+        return None
+    pairs = [
+        correlations(rows[a], rows[b])["spearman"] for a in range(rows.shape[0]) for b in range(a + 1, rows.shape[0])
+    ]
+    return float(np.mean(pairs))

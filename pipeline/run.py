@@ -21,11 +21,12 @@ from pipeline.errors import ConfigError, DivergenceError, UserInputError
 from pipeline.io.layout import RunLayout
 from pipeline.io.manifest import Manifest
 
+RAY_STAGES = ("train", "score", "verify")
 CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 
 
 def execute(settings: Settings) -> dict[str, Any]:
-    """Run the configured stages (always in the order train, score, verify); returns the manifest payload.
+    """Run the configured stages (always in the order of config.STAGES); returns the manifest payload.
 
     Raises UserInputError for bad settings or data and DivergenceError for NaN/inf; the manifest then
     says "failed" and no _SUCCESS is written.
@@ -37,11 +38,13 @@ def execute(settings: Settings) -> dict[str, Any]:
     manifest = Manifest.open(layout, settings)
     try:
         manifest.record_data(dataset.summary())
-        cluster.connect(settings.cluster)
-        options = cluster.task_options(settings.cluster, cluster.gpus_in_cluster())
-        import ray
+        dataset_ref, options = None, {}
+        if set(settings.stages) & set(RAY_STAGES):
+            import ray
 
-        dataset_ref = ray.put(dataset)
+            cluster.connect(settings.cluster)
+            options = cluster.task_options(settings.cluster, cluster.gpus_in_cluster())
+            dataset_ref = ray.put(dataset)
         for stage in (s for s in STAGES if s in settings.stages):
             began = time.perf_counter()
             details = _run_stage(stage, settings, dataset, dataset_ref, options)
@@ -55,13 +58,17 @@ def execute(settings: Settings) -> dict[str, Any]:
 
 
 def _run_stage(stage: str, settings: Settings, dataset: Any, dataset_ref: Any, options: dict[str, Any]) -> dict[str, Any]:
-    from pipeline.stages import score, train, verify
+    from pipeline.stages import aggregate, report, score, train, verify
 
     if stage == "train":
         return {"seeds": train.run(settings, dataset_ref, options)}
     if stage == "score":
         return {"method": settings.influence.method, "seeds": score.run(settings, dataset_ref, options)}
-    return verify.run(settings, dataset_ref, dataset, options)
+    if stage == "verify":
+        return verify.run(settings, dataset_ref, dataset, options)
+    if stage == "aggregate":
+        return aggregate.run(settings, dataset.n_train)
+    return report.run(settings, dataset)
 
 
 def _print_stage(stage: str, details: dict[str, Any]) -> None:
@@ -72,6 +79,11 @@ def _print_stage(stage: str, details: dict[str, Any]) -> None:
         for seed, s in details["seeds"].items():
             print(f"[score] seed={seed}: {details['method']} on {s['n_samples']} samples in {s['seconds']:.1f}s "
                   f"({s['seconds_over_training']:.2f}x training), E={s['objective_value']:.5f}")
+    elif stage == "aggregate":
+        agreement = ", ".join(f"{m}: {'one seed' if v is None else f'{v:.3f}'}" for m, v in details["seed_agreement"].items())
+        print(f"[aggregate] {details['rows']} ranked rows; seed agreement (Spearman) {agreement}")
+    elif stage == "report":
+        print(f"[report] {details['path']}")
     else:
         for kind, g in details["gradcheck"].items():
             print(f"[verify] gradcheck {kind}: median relative error {g['median_relative_error']:.2e}, max {g['max_relative_error']:.2e} (n={g['n']}, h={details['fd_step']:g})")

@@ -51,7 +51,7 @@ def test_default_config_composes_to_digits_mlp_sgd_trajectory():
         verify=VerifySettings(n_gradcheck=6, n_loo=20, fd_step=None, seed=0),
         cluster=ClusterSettings(address=None, num_cpus=None, cpus_per_task=1.0, gpus_per_task=0.0, tf_threads=1, max_retries=2),
         output=OutputSettings(dir="outputs/default", overwrite=False),
-        stages=("train", "score"),
+        stages=("train", "score", "aggregate", "report"),
     )
     # the lists of the YAML arrive as tuples, the numbers with their YAML types
     assert type(s.model.hidden) is tuple and type(s.train.seeds) is tuple and type(s.stages) is tuple

@@ -42,10 +42,22 @@ class RunLayout:
         return self.scores_dir(method, seed) / "_summary.json"
 
     @property
+    def ranking(self) -> Path:
+        return self.root / "ranking.parquet"
+
+    @property
+    def report_dir(self) -> Path:
+        return self.root / "report"
+
+    @property
     def verify_dir(self) -> Path:
         return self.root / "verify"
 
     @property
     def result_dirs(self) -> tuple[Path, ...]:
         """Everything a run writes besides the manifest; removed when output.overwrite replaces a run."""
-        return (self.root / "trajectory", self.root / "scores", self.verify_dir)
+        return (self.root / "trajectory", self.root / "scores", self.verify_dir, self.report_dir)
+
+    @property
+    def result_files(self) -> tuple[Path, ...]:
+        return (self.ranking,)

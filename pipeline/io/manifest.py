@@ -50,6 +50,8 @@ class Manifest:
                 )
             for folder in layout.result_dirs:
                 shutil.rmtree(folder, ignore_errors=True)
+            for file in layout.result_files:
+                file.unlink(missing_ok=True)
             previous = None
         layout.success.unlink(missing_ok=True)
         payload = {
