@@ -22,7 +22,8 @@ STAGES = ("train", "score", "verify", "aggregate", "report")  # always run in th
 DATA_SOURCES = ("digits", "synthetic", "npz", "parquet")
 MODELS = ("logistic", "mlp", "cnn", "custom")
 OPTIMIZERS = ("sgd", "momentum", "adam")
-METHODS = ("trajectory",)
+METHODS = ("trajectory", "lookahead", "tracin", "loss", "saliency")
+SHARDED_METHODS = METHODS[1:]  # scored per training-set shard
 OBJECTIVES = ("cross_entropy", "mse", "margin")
 TRAIN_LOSSES = ("cross_entropy", "mse")
 DTYPES = ("float32", "float64")
@@ -87,6 +88,9 @@ class InfluenceSettings:
     method: str = "trajectory"
     objective: str = "cross_entropy"
     checkpoint_every: int | None = None  # None: about sqrt(total steps)
+    steps: int = 1  # K, optimizer steps per sample for lookahead
+    shard_size: int = 1024  # training samples per Parquet part (sharded methods)
+    batch_size: int = 128  # samples per kernel call (sharded methods)
 
 
 @dataclass(frozen=True)
@@ -231,7 +235,10 @@ def validate(s: Settings) -> None:
     _check(t.dtype in DTYPES, f"train.dtype={t.dtype!r}: unknown (known: {', '.join(DTYPES)})")
     _check(t.loss in TRAIN_LOSSES, f"train.loss={t.loss!r}: unknown (known: {', '.join(TRAIN_LOSSES)})")
 
-    _check(i.method in METHODS, f"influence.method={i.method!r}: unknown or not built yet (available: {', '.join(METHODS)})")
+    _check(i.method in METHODS, f"influence.method={i.method!r}: unknown (known: {', '.join(METHODS)})")
+    _check(_is_int(i.steps) and i.steps > 0, f"influence.steps={i.steps}: must be a positive integer")
+    _check(_is_int(i.shard_size) and i.shard_size > 0, f"influence.shard_size={i.shard_size}: must be a positive integer")
+    _check(_is_int(i.batch_size) and i.batch_size > 0, f"influence.batch_size={i.batch_size}: must be a positive integer")
     _check(i.objective in OBJECTIVES, f"influence.objective={i.objective!r}: unknown (known: {', '.join(OBJECTIVES)})")
     _check(i.checkpoint_every is None or (_is_int(i.checkpoint_every) and i.checkpoint_every > 0), f"influence.checkpoint_every={i.checkpoint_every}: must be a positive integer or null")
 

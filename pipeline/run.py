@@ -58,12 +58,14 @@ def execute(settings: Settings) -> dict[str, Any]:
 
 
 def _run_stage(stage: str, settings: Settings, dataset: Any, dataset_ref: Any, options: dict[str, Any]) -> dict[str, Any]:
-    from pipeline.stages import aggregate, report, score, train, verify
+    from pipeline.config import SHARDED_METHODS
+    from pipeline.stages import aggregate, report, score, score_sharded, train, verify
 
     if stage == "train":
         return {"seeds": train.run(settings, dataset_ref, options)}
     if stage == "score":
-        return {"method": settings.influence.method, "seeds": score.run(settings, dataset_ref, options)}
+        scorer = score_sharded.run(settings, dataset_ref, dataset.n_train, options) if settings.influence.method in SHARDED_METHODS else score.run(settings, dataset_ref, options)
+        return {"method": settings.influence.method, "seeds": scorer}
     if stage == "verify":
         return verify.run(settings, dataset_ref, dataset, options)
     if stage == "aggregate":
@@ -77,8 +79,8 @@ def _print_stage(stage: str, details: dict[str, Any]) -> None:
             print(f"[train] seed={seed}: {s['n_steps']} steps in {s['seconds']:.1f}s, val_loss={s['val_loss']:.4f}, val_accuracy={s['val_accuracy']:.3f}")
     elif stage == "score":
         for seed, s in details["seeds"].items():
-            print(f"[score] seed={seed}: {details['method']} on {s['n_samples']} samples in {s['seconds']:.1f}s "
-                  f"({s['seconds_over_training']:.2f}x training), E={s['objective_value']:.5f}")
+            timing = f" in {s['seconds']:.1f}s ({s['seconds_over_training']:.2f}x training), E={s['objective_value']:.5f}" if "seconds" in s else f" in {s['parts']} parts"
+            print(f"[score] seed={seed}: {details['method']} on {s['n_samples']} samples{timing}")
     elif stage == "aggregate":
         agreement = ", ".join(f"{m}: {'one seed' if v is None else f'{v:.3f}'}" for m, v in details["seed_agreement"].items())
         print(f"[aggregate] {details['rows']} ranked rows; seed agreement (Spearman) {agreement}")

@@ -37,13 +37,13 @@ def small_settings(out, **changes) -> Settings:
 
 
 def test_train_score_verify_writes_the_contract(ray_session, tmp_path):
-    settings = small_settings(tmp_path, stages=("train", "score", "verify"))
+    settings = small_settings(tmp_path, stages=("train", "score", "verify", "aggregate", "report"))
     payload = execute(settings)
 
     assert payload["status"] == "succeeded" and (tmp_path / "_SUCCESS").exists()
     manifest = json.loads((tmp_path / "manifest.json").read_text())
     assert manifest["status"] == "succeeded" and manifest["sign_convention"] == SIGN_CONVENTION
-    assert set(manifest["stages"]) == {"train", "score", "verify"}
+    assert set(manifest["stages"]) == {"train", "score", "verify", "aggregate", "report"}
     assert manifest["data"]["n_train"] == N
 
     seed_dir = tmp_path / "trajectory" / "seed=0"
@@ -67,6 +67,16 @@ def test_train_score_verify_writes_the_contract(ray_session, tmp_path):
     assert verify["loo"]["n"] == 6 and verify["loo"]["pearson"] > 0.9
     loo = pq.read_table(tmp_path / "verify" / "loo.parquet")
     assert loo.num_rows == 6 and set(loo.column_names) == {"seed", "sample_id", "predicted_change", "actual_change"}
+
+    ranking = pq.read_table(tmp_path / "ranking.parquet").sort_by("rank")
+    assert ranking["rank"].to_pylist() == list(range(1, N + 1))
+    most_harmful = int(np.argmax(part["influence"].to_numpy()))
+    assert ranking["sample_id"][0].as_py() == most_harmful
+    html = (tmp_path / "report" / "index.html").read_text()
+    assert "Positive influence = harmful" in html and f"most harmful first: {most_harmful}," in html
+
+    top = subprocess.run([sys.executable, "-m", "pipeline.top", "--run", str(tmp_path), "--k", "1"], capture_output=True, text=True, cwd=REPO)
+    assert top.returncode == 0 and top.stdout.splitlines()[1].split()[1] == str(most_harmful)
 
 
 def test_rerun_resumes_and_other_config_is_refused(ray_session, tmp_path):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import uuid
 from contextlib import contextmanager
@@ -24,8 +25,19 @@ def atomic_path(path: Path) -> Iterator[Path]:
 
 
 def write_json(path: Path, payload: dict[str, Any]) -> None:
+    """Strict JSON (NaN and inf become null, so every JSON reader accepts the file), written atomically."""
     with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(payload, indent=2, sort_keys=True, default=str) + "\n")
+        tmp.write_text(json.dumps(_finite(payload), indent=2, sort_keys=True, default=str, allow_nan=False) + "\n")
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
 
 
 def read_json(path: Path) -> dict[str, Any]:

@@ -3,6 +3,7 @@
 - gradcheck: central differences of the retrained validation objective in eps_i (h) and along a random
   unit direction u of x_i restricted to the sample's nonzero features (x_i + h u); compared with
   influence_i and input_grad_i . u.
+  (trajectory only: the other methods approximate a different quantity).
 - leave-one-out: retrain with eps_i = 0 on the same schedule; compare -influence_i with the change in E.
 Writes verify/gradcheck.parquet and verify/loo.parquet; returns the summary figures for the manifest.
 """
@@ -13,7 +14,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
+import pyarrow.dataset as pads
 
 from pipeline import cluster, metrics
 from pipeline.config import Settings
@@ -21,7 +22,6 @@ from pipeline.data import Dataset
 from pipeline.errors import ConfigError
 from pipeline.io.layout import RunLayout
 from pipeline.io.tables import input_grad_matrix, write_table
-from pipeline.stages.score import METHOD
 
 # A perturbation of one retraining: (sample_id, new eps_i or None, x direction scaled by h or None).
 Perturbation = tuple[int, float | None, np.ndarray | None]
@@ -35,15 +35,17 @@ def fd_step(settings: Settings) -> float:
 
 
 def run(settings: Settings, dataset_ref: Any, dataset: Dataset, options: dict[str, Any]) -> dict[str, Any]:
-    layout = RunLayout(settings.output_dir)
+    layout, method = RunLayout(settings.output_dir), settings.influence.method
     h = fd_step(settings)
     plans, gradcheck_rows, loo_rows, summary = [], [], [], {}
     for seed in settings.train.seeds:
-        part = layout.score_part(METHOD, seed, 0)
-        if not part.exists():
-            raise ConfigError(f"stages: verify needs the {METHOD} scores of seed {seed} in {layout.root}; add score to stages")
-        scores = pq.read_table(part)
-        plans.append((seed, scores, *_choose(settings, dataset, seed)))
+        if not layout.score_summary(method, seed).exists():
+            raise ConfigError(f"stages: verify needs the {method} scores of seed {seed} in {layout.root}; add score to stages")
+        scores = pads.dataset(layout.scores_dir(method, seed), format="parquet").to_table().sort_by("sample_id")
+        grad_ids, directions, loo_ids = _choose(settings, dataset, seed)
+        if method != "trajectory":  # only the exact method is a derivative of this retraining
+            grad_ids, directions = [], []
+        plans.append((seed, scores, grad_ids, directions, loo_ids))
 
     calls = []
     for seed, _, grad_ids, directions, loo_ids in plans:

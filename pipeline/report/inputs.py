@@ -1,0 +1,115 @@
+"""Read what the report needs from a finished run directory (manifest, ranking, scores, verify).
+
+Only the run's own files are read; training features are passed in by the caller.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as pads
+import pyarrow.parquet as pq
+
+from pipeline import metrics
+
+
+@dataclass(frozen=True)
+class Ranking:
+    """ranking.parquet rows of one method, sorted by rank (1 = most harmful first)."""
+
+    method: str
+    columns: dict[str, np.ndarray]
+
+    def __len__(self) -> int:
+        return len(self.columns["sample_id"])
+
+    def head(self, k: int) -> dict[str, np.ndarray]:
+        """The k most harmful rows, most harmful first."""
+        return {name: col[:k] for name, col in self.columns.items()}
+
+    def tail(self, k: int) -> dict[str, np.ndarray]:
+        """The k most helpful rows, most helpful (largest rank) first."""
+        k = min(k, len(self))
+        return {name: col[::-1][:k] for name, col in self.columns.items()}
+
+
+@dataclass(frozen=True)
+class Verify:
+    """The verify stage's tables (None when absent) and its manifest summary."""
+
+    gradcheck: dict[str, np.ndarray] | None
+    loo: dict[str, np.ndarray] | None
+    summary: dict[str, Any]
+
+    def loo_correlations(self) -> dict[str, float]:
+        """Pearson/Spearman/Kendall of predicted vs actual change: the manifest's, else recomputed."""
+        recorded = self.summary.get("loo") or {}
+        if all(recorded.get(k) is not None for k in ("pearson", "spearman", "kendall")):
+            return {k: float(recorded[k]) for k in ("pearson", "spearman", "kendall")}
+        assert self.loo is not None
+        return metrics.correlations(self.loo["predicted_change"], self.loo["actual_change"])
+
+    def gradcheck_rows(self) -> list[tuple[str, int, float, float]]:
+        """(kind, n, median, max relative error) per kind, computed from gradcheck.parquet."""
+        assert self.gradcheck is not None
+        rows = []
+        for kind in sorted(set(self.gradcheck["kind"].tolist())):
+            errors = self.gradcheck["relative_error"][self.gradcheck["kind"] == kind]
+            rows.append((kind, int(errors.size), float(np.median(errors)), float(np.max(errors))))
+        return rows
+
+
+def _columns(table: pa.Table) -> dict[str, np.ndarray]:
+    return {name: table[name].to_numpy(zero_copy_only=False) for name in table.column_names}
+
+
+def read_manifest(run_dir: Path) -> dict[str, Any]:
+    return json.loads((run_dir / "manifest.json").read_text())
+
+
+def read_rankings(run_dir: Path) -> list[Ranking]:
+    """One Ranking per method in ranking.parquet, methods in file order."""
+    table = pq.read_table(run_dir / "ranking.parquet")
+    out = []
+    for method in dict.fromkeys(table["method"].to_pylist()):
+        rows = table.filter(pc.equal(table["method"], method))
+        rows = rows.take(pc.sort_indices(rows, sort_keys=[("rank", "ascending")]))
+        out.append(Ranking(str(method), _columns(rows.drop_columns(["method"]))))
+    return out
+
+
+def mean_input_grads(run_dir: Path, method: str, sample_ids: np.ndarray) -> np.ndarray:
+    """[len(sample_ids), d] input_grad averaged over seeds, rows in the order of sample_ids."""
+    dataset = pads.dataset(run_dir / "scores", format="parquet", partitioning="hive")
+    wanted = pa.array(np.asarray(sample_ids, np.int64))
+    table = dataset.to_table(
+        columns=["sample_id", "input_grad"],
+        filter=(pads.field("method") == method) & pads.field("sample_id").isin(wanted),
+    )
+    grads = table["input_grad"].combine_chunks()
+    flat = grads.flatten().to_numpy().reshape(len(grads), grads.type.list_size).astype(np.float64)
+    ids = table["sample_id"].to_numpy()
+    out = np.zeros((len(sample_ids), flat.shape[1]))
+    for row, sid in enumerate(sample_ids):
+        match = ids == sid
+        if not match.any():
+            raise ValueError(f"scores/method={method}: no input_grad for sample_id {sid}")
+        out[row] = flat[match].mean(axis=0)
+    return out
+
+
+def read_verify(run_dir: Path, manifest: dict[str, Any]) -> Verify | None:
+    """The verify stage's outputs, or None when it did not run."""
+    folder = run_dir / "verify"
+    paths = {name: folder / f"{name}.parquet" for name in ("gradcheck", "loo")}
+    if not any(p.exists() for p in paths.values()):
+        return None
+    tables = {name: _columns(pq.read_table(p)) if p.exists() else None for name, p in paths.items()}
+    summary = (manifest.get("stages") or {}).get("verify") or {}
+    return Verify(gradcheck=tables["gradcheck"], loo=tables["loo"], summary=summary)
