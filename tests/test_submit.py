@@ -1,0 +1,58 @@
+"""scripts/submit.sh against a separately started Ray head (`ray start --head`), started and stopped here."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO
+
+DASHBOARD_PORT = 8297
+
+
+@pytest.fixture
+def ray_head(tmp_path):
+    """A one-node Ray cluster of its own (own ports, own process group), with this interpreter on PATH."""
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}", RAY_AUTH_MODE="disabled")
+    head = subprocess.Popen(
+        [str(Path(sys.executable).parent / "ray"), "start", "--head", "--block", "--num-cpus", "2", "--port", "6397",
+         "--dashboard-port", str(DASHBOARD_PORT), "--include-dashboard", "true", "--disable-usage-stats"],
+        env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    address = f"http://127.0.0.1:{DASHBOARD_PORT}"
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        probe = subprocess.run([str(Path(sys.executable).parent / "ray"), "job", "list", "--address", address], env=env, capture_output=True)
+        if probe.returncode == 0:
+            break
+        time.sleep(1)
+    else:
+        os.killpg(head.pid, signal.SIGKILL)
+        pytest.fail("ray start --head did not come up within 90 s")
+    yield address, env
+    os.killpg(head.pid, signal.SIGTERM)
+    try:
+        head.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        os.killpg(head.pid, signal.SIGKILL)
+
+
+def test_submit_script_runs_the_pipeline_as_a_ray_job(ray_head, tmp_path):
+    address, env = ray_head
+    out = tmp_path / "job"
+    result = subprocess.run(
+        ["bash", str(REPO / "scripts" / "submit.sh"), f"output.dir={out}", "data.max_train=200", "train.epochs=2", "stages=[train,score,aggregate]"],
+        env=dict(env, RAY_ADDRESS=address), capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "succeeded" in result.stdout + result.stderr
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["status"] == "succeeded" and manifest["config"]["cluster"]["address"] == "auto"
+    assert (out / "_SUCCESS").exists() and (out / "ranking.parquet").exists()
