@@ -42,9 +42,9 @@ def connect(settings: ClusterSettings) -> None:
         "logging_level": logging.WARNING,
         "log_to_driver": True,
     }
-    if settings.address is None:
+    if settings.address is None:  # "local": always a new instance, never a cluster found in /tmp/ray
         options["num_cpus"] = settings.num_cpus
-    ray.init(address=settings.address, **options)
+    ray.init(address=settings.address or "local", **options)
 
 
 def gpus_in_cluster() -> float:
