@@ -37,3 +37,19 @@ def mean_pairwise_spearman(rows: np.ndarray) -> float | None:
         correlations(rows[a], rows[b])["spearman"] for a in range(rows.shape[0]) for b in range(a + 1, rows.shape[0])
     ]
     return float(np.mean(pairs))
+
+
+def found_fraction(scores: np.ndarray, is_target: np.ndarray, inspected: float) -> float:
+    """Share of the targets (e.g. flipped labels) among the top `inspected` fraction of samples by score."""
+    n_top = int(round(inspected * scores.size))
+    top = np.argsort(-scores, kind="stable")[:n_top]
+    return float(is_target[top].sum() / max(is_target.sum(), 1))
+
+
+def roc_auc(scores: np.ndarray, is_target: np.ndarray) -> float:
+    """Probability that a random target scores above a random non-target (ties count half)."""
+    from scipy.stats import rankdata
+
+    ranks = rankdata(scores)
+    n_pos, n_neg = int(is_target.sum()), int((~is_target).sum())
+    return float((ranks[is_target].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))

@@ -91,19 +91,7 @@ def _choose(settings: Settings, dataset: Dataset, seed: int) -> tuple[list[int],
 
 
 def retrained_objective(settings: Settings, dataset: Dataset, seed: int, perturbation: Perturbation | None) -> float:
-    """Ray task body: retrain seed `seed` from its stored initial state on its stored schedule, with one
-    sample's weight or features changed, and return the validation objective."""
-    import tensorflow as tf
-
-    from pipeline.kernels.training import make_batches, train
-    from pipeline.io.tables import read_schedule
-    from pipeline.stages.recipes import recipe_for
-    from pipeline.stages.score import StoredStates
-
-    layout = RunLayout(settings.output_dir)
-    schedule = read_schedule(layout.schedule(seed))
-    recipe = recipe_for(settings, dataset, seed)
-    initial = StoredStates(layout, seed, [0], recipe)[0]
+    """Ray task body: retrain with one sample's weight or features changed; returns the validation objective."""
     x = dataset.x_train.astype(settings.train.dtype)
     eps = np.ones(dataset.n_train)
     if perturbation is not None:
@@ -112,9 +100,27 @@ def retrained_objective(settings: Settings, dataset: Dataset, seed: int, perturb
             eps[i] = new_eps
         if dx is not None:
             x[i] += dx
+    return objective_after_training(settings, dataset, seed, eps, x)
+
+
+def objective_after_training(settings: Settings, dataset: Dataset, seed: int, eps: np.ndarray, x: np.ndarray | None = None) -> float:
+    """Ray task body: retrain seed `seed` from its stored initial state on its stored schedule with sample
+    weights eps [N] (0 removes a sample) and features x [N, d] (default: the dataset's); returns E."""
+    import tensorflow as tf
+
+    from pipeline.io.tables import read_schedule
+    from pipeline.kernels.training import make_batches, train
+    from pipeline.stages.recipes import recipe_for
+    from pipeline.stages.score import StoredStates
+
+    layout = RunLayout(settings.output_dir)
+    schedule = read_schedule(layout.schedule(seed))
+    recipe = recipe_for(settings, dataset, seed)
+    initial = StoredStates(layout, seed, [0], recipe)[0]
+    x = dataset.x_train if x is None else x
     batches = make_batches(x, dataset.y_train, schedule, settings.train.dtype, eps)
     final = {}
-    train(recipe, initial, batches, [0, schedule.n_steps], lambda t, s: final.__setitem__(t, s))
+    train(recipe, initial, batches, [0, schedule.n_steps], final.__setitem__)
     value, _ = recipe.evaluate(final[schedule.n_steps], tf.constant(dataset.x_val, recipe.dtype), tf.constant(dataset.y_val), settings.influence.objective)
     return float(value)
 

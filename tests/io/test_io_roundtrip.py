@@ -457,4 +457,5 @@ def test_layout_paths(tmp_path):
     assert layout.schedule(3) == tmp_path / "trajectory" / "seed=3" / "schedule.parquet"
     assert layout.checkpoint(3, 40) == tmp_path / "trajectory" / "seed=3" / "checkpoints" / "step=40.npz"
     assert layout.score_part("trajectory", 1, 2) == tmp_path / "scores" / "method=trajectory" / "seed=1" / "part-00002.parquet"
-    assert layout.result_dirs == (tmp_path / "trajectory", tmp_path / "scores", tmp_path / "verify")
+    assert layout.result_dirs == (tmp_path / "trajectory", tmp_path / "scores", tmp_path / "verify", tmp_path / "report")
+    assert layout.result_files == (tmp_path / "ranking.parquet",)
