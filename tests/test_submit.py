@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -17,12 +18,31 @@ from conftest import REPO
 DASHBOARD_PORT = 8297
 
 
+def _free_ports(count: int) -> list[int]:
+    sockets = [socket.socket() for _ in range(count)]
+    for sock in sockets:
+        sock.bind(("127.0.0.1", 0))
+    ports = [sock.getsockname()[1] for sock in sockets]
+    for sock in sockets:
+        sock.close()
+    return ports
+
+
 @pytest.fixture
 def ray_head(tmp_path):
     """A one-node Ray cluster of its own (own ports, own process group), with this interpreter on PATH."""
     env = dict(os.environ, PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}", RAY_AUTH_MODE="disabled")
+    # Every agent port of its own: the test session's local Ray already holds the default ones.
+    ports = [
+        f"--{name}={port}"
+        for name, port in zip(
+            ("port", "dashboard-agent-listen-port", "dashboard-agent-grpc-port", "metrics-export-port", "runtime-env-agent-port",
+             "node-manager-port", "object-manager-port", "ray-client-server-port"),
+            _free_ports(8),
+        )
+    ]
     head = subprocess.Popen(
-        [str(Path(sys.executable).parent / "ray"), "start", "--head", "--block", "--num-cpus", "2", "--port", "6397",
+        [str(Path(sys.executable).parent / "ray"), "start", "--head", "--block", "--num-cpus", "2", *ports,
          "--dashboard-port", str(DASHBOARD_PORT), "--include-dashboard", "true", "--disable-usage-stats"],
         env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
