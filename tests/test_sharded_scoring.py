@@ -52,7 +52,7 @@ def _in_process_tracin(root, settings):
     states, lr = StoredStates(layout, 0, steps, recipe), read_schedule(layout.schedule(0)).lr
     scorer = SampleScorer(recipe, "cross_entropy")
     x_val, y_val = tf.constant(data.x_val, tf.float64), tf.constant(data.y_val)
-    checkpoints = [scorer.checkpoint(lr[a] * (b - a) / N, states[a], x_val, y_val) for a, b in zip(steps[:-1], steps[1:])]
+    checkpoints = [scorer.checkpoint(lr[a] * (b - a) / N, states[a], x_val, y_val) for a, b in zip(steps[:-1], steps[1:])]  # w_c by hand
     influence, _ = scorer.tracin(checkpoints, tf.constant(data.x_train, tf.float64), tf.constant(data.y_train))
     return influence.numpy()
 

@@ -16,7 +16,7 @@ Every method returns (influence [b], input_grad [b, d]) for a batch x [b, d], y 
 
 from __future__ import annotations
 
-from typing import NamedTuple, Sequence
+from typing import Mapping, NamedTuple, Sequence
 
 import tensorflow as tf
 
@@ -68,6 +68,12 @@ class SampleScorer:
     def checkpoint(self, weight: float, state: TrainState, x_val: tf.Tensor, y_val: tf.Tensor) -> Checkpoint:
         """Prepare one TracIn checkpoint: grad E(theta_c) is computed once, not per batch."""
         return Checkpoint(weight, state, self._objective_direction(state, x_val, y_val))
+
+    def checkpoints(
+        self, states: Mapping[int, TrainState], steps: Sequence[int], lr: Sequence[float], n_train: int, x_val: tf.Tensor, y_val: tf.Tensor
+    ) -> list[Checkpoint]:
+        """TracIn checkpoints at every stored step but the last, w_c = lr[c] * (next stored step - c) / n_train."""
+        return [self.checkpoint(float(lr[a]) * (b - a) / n_train, states[a], x_val, y_val) for a, b in zip(steps[:-1], steps[1:])]
 
     def _tracin_one_fn(self, state: TrainState, direction: list[tf.Tensor], x: tf.Tensor, y: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
         """(grad E . grad loss_i [b], its gradient in x_i [b, d]) at one checkpoint."""

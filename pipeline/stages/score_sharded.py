@@ -119,11 +119,8 @@ class ShardScorer:
             def score(x, y):
                 return scorer.lookahead(final, x, y, x_val, y_val, lr=lr, first_step=steps[-1], steps=s.influence.steps)
         elif method == "tracin":
-            schedule = read_schedule(self.layout.schedule(seed))
-            checkpoints = [
-                scorer.checkpoint(float(schedule.lr[a]) * (b - a) / data.n_train, states[a], x_val, y_val)
-                for a, b in zip(steps[:-1], steps[1:])
-            ]
+            lr = read_schedule(self.layout.schedule(seed)).lr
+            checkpoints = scorer.checkpoints(states, steps, lr, data.n_train, x_val, y_val)
 
             def score(x, y):
                 return scorer.tracin(checkpoints, x, y)
