@@ -58,14 +58,12 @@ def execute(settings: Settings) -> dict[str, Any]:
 
 
 def _run_stage(stage: str, settings: Settings, dataset: Any, dataset_ref: Any, options: dict[str, Any]) -> dict[str, Any]:
-    from pipeline.config import SHARDED_METHODS
-    from pipeline.stages import aggregate, report, score, score_sharded, train, verify
+    from pipeline.stages import aggregate, report, score, train, verify
 
     if stage == "train":
         return {"seeds": train.run(settings, dataset_ref, options)}
     if stage == "score":
-        scorer = score_sharded.run(settings, dataset_ref, dataset.n_train, options) if settings.influence.method in SHARDED_METHODS else score.run(settings, dataset_ref, options)
-        return {"method": settings.influence.method, "seeds": scorer}
+        return {"method": settings.influence.method, "seeds": score.run(settings, dataset_ref, dataset.n_train, options)}
     if stage == "verify":
         return verify.run(settings, dataset_ref, dataset, options)
     if stage == "aggregate":

@@ -10,7 +10,7 @@ from typing import Any, Iterator
 import numpy as np
 
 from pipeline import __version__, cluster
-from pipeline.config import Settings
+from pipeline.config import SHARDED_METHODS, Settings
 from pipeline.data import Dataset
 from pipeline.errors import ConfigError
 from pipeline.io.files import read_json, write_json
@@ -19,15 +19,30 @@ from pipeline.io.layout import RunLayout
 METHOD = "trajectory"
 
 
-def run(settings: Settings, dataset_ref: Any, options: dict[str, Any]) -> dict[str, Any]:
-    """Score every seed not yet scored; returns {seed: summary}."""
+def run(settings: Settings, dataset_ref: Any, n_train: int, options: dict[str, Any]) -> dict[str, Any]:
+    """Score every seed not yet scored with influence.method; returns {seed: summary}."""
     layout = RunLayout(settings.output_dir)
     for seed in settings.train.seeds:
         if not layout.train_summary(seed).exists():
             raise ConfigError(f"stages: score needs the trained trajectory of seed {seed} in {layout.root}; add train to stages")
+    if settings.influence.method in SHARDED_METHODS:
+        from pipeline.stages import score_sharded
+
+        return score_sharded.run(settings, dataset_ref, n_train, options)
     todo = [s for s in settings.train.seeds if not layout.score_summary(METHOD, s).exists()]
     cluster.run_tasks(score_seed, [(settings, dataset_ref, s) for s in todo], options, desc=f"score {METHOD} (seeds)")
     return {str(s): read_json(layout.score_summary(METHOD, s)) for s in settings.train.seeds}
+
+
+def part_metadata(settings: Settings, seed: int) -> dict[str, str]:
+    """Schema metadata of a score part (tables.scores_schema adds the sign convention)."""
+    return {
+        "package_version": __version__,
+        "config_hash": settings.result_hash(),
+        "method": settings.influence.method,
+        "seed": str(seed),
+        "objective": settings.influence.objective,
+    }
 
 
 class StoredStates(Mapping):
@@ -76,14 +91,7 @@ def score_seed(settings: Settings, dataset: Dataset, seed: int) -> dict[str, Any
     bar.close()
     train_loss = per_sample_losses(recipe, states[states.steps[-1]], dataset.x_train, dataset.y_train)
 
-    metadata = {
-        "package_version": __version__,
-        "config_hash": settings.result_hash(),
-        "method": METHOD,
-        "seed": str(seed),
-        "objective": settings.influence.objective,
-    }
-    table = scores_table(np.arange(dataset.n_train), dataset.y_train, result.influence, result.input_grad, train_loss, metadata)
+    table = scores_table(np.arange(dataset.n_train), dataset.y_train, result.influence, result.input_grad, train_loss, part_metadata(settings, seed))
     write_table(table, layout.score_part(METHOD, seed, 0))
     summary = {
         "seed": seed,

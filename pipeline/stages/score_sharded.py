@@ -1,4 +1,4 @@
-"""Stage `score` for the sharded methods (lookahead, tracin, loss, saliency).
+"""Stage `score` for the sharded methods (called by stages.score.run) (lookahead, tracin, loss, saliency).
 
 The training set is cut into shards of `influence.shard_size` samples; a pool of Ray actors (each loads
 TensorFlow, the model and the seed's checkpoints once) scores one shard per call and writes it to
@@ -18,10 +18,9 @@ import ray
 from ray.util import ActorPool
 from tqdm import tqdm
 
-from pipeline import __version__
 from pipeline.config import Settings
 from pipeline.data import Dataset
-from pipeline.errors import ConfigError, DivergenceError
+from pipeline.errors import DivergenceError
 from pipeline.io.files import read_json, write_json
 from pipeline.io.layout import RunLayout
 
@@ -37,9 +36,6 @@ def shards(n_train: int, shard_size: int) -> list[tuple[int, int, int]]:
 def run(settings: Settings, dataset_ref: Any, n_train: int, options: dict[str, Any]) -> dict[str, Any]:
     """Score every missing shard of every seed; returns {seed: summary}."""
     layout, method = RunLayout(settings.output_dir), settings.influence.method
-    for seed in settings.train.seeds:
-        if not layout.train_summary(seed).exists():
-            raise ConfigError(f"stages: score needs the trained trajectory of seed {seed} in {layout.root}; add train to stages")
     todo = [
         (seed, *shard)
         for seed in settings.train.seeds
@@ -141,6 +137,7 @@ class ShardScorer:
 
         from pipeline.io.tables import scores_table, write_table
         from pipeline.kernels.training import per_sample_losses
+        from pipeline.stages.score import part_metadata
 
         self._maybe_die(seed, shard)
         began = time.perf_counter()
@@ -155,8 +152,7 @@ class ShardScorer:
         input_grad = np.concatenate([r[1].numpy() for r in results])
         if not (np.all(np.isfinite(influence)) and np.all(np.isfinite(input_grad))):
             raise DivergenceError(f"{s.influence.method} scores of seed {seed} are NaN/inf in samples {start}..{stop - 1}")
-        metadata = {"package_version": __version__, "config_hash": s.result_hash(), "method": s.influence.method, "seed": str(seed), "objective": s.influence.objective}
-        table = scores_table(np.arange(start, stop), y, influence, input_grad, per_sample_losses(recipe, final, x, y), metadata)
+        table = scores_table(np.arange(start, stop), y, influence, input_grad, per_sample_losses(recipe, final, x, y), part_metadata(s, seed))
         write_table(table, self.layout.score_part(s.influence.method, seed, shard))
         return {"rows": stop - start, "seconds": time.perf_counter() - began}
 
