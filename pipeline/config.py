@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -17,22 +17,30 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue
 
 from pipeline.errors import ConfigError
+from pipeline.methods import REGISTRY
 
 STAGES = ("train", "score", "verify", "aggregate", "report")  # always run in this order
-DATA_SOURCES = ("digits", "synthetic", "npz", "parquet")
-MODELS = ("logistic", "mlp", "cnn", "custom")
+DATA_SOURCES = ("digits", "synthetic", "mnist", "npz", "parquet")
+MODELS = ("logistic", "mlp", "cnn", "custom", "saved")
 OPTIMIZERS = ("sgd", "momentum", "adam")
-METHODS = ("trajectory", "lookahead", "tracin", "loss", "saliency")
-SHARDED_METHODS = METHODS[1:]  # scored per training-set shard
-OBJECTIVES = ("cross_entropy", "mse", "margin")
-TRAIN_LOSSES = ("cross_entropy", "mse")
+METHODS = tuple(REGISTRY)
 DTYPES = ("float32", "float64")
+# Built-in per-sample losses of each task (kernels/task.py); any of them can train or be the objective E.
+TASK_LOSSES = {"classification": ("cross_entropy", "mse", "margin"), "regression": ("mse", "mae", "huber")}
+DEFAULT_LOSS = {"classification": "cross_entropy", "regression": "mse"}
+
+
+@dataclass(frozen=True)
+class TaskSettings:
+    name: str = "classification"  # classification (class-id targets) | regression (float targets)
 
 
 @dataclass(frozen=True)
 class DataSettings:
     source: str = "digits"
     path: str | None = None
+    # input order (npz: names of x_train.<name> arrays) or name -> columns (parquet); null: as in the file
+    inputs: Any = None
     val_fraction: float = 0.2
     split_seed: int = 0
     max_train: int | None = None
@@ -59,6 +67,7 @@ class ModelSettings:
     filters: tuple[int, ...] = (32, 64)
     kernel_size: int = 3
     builder: str | None = None
+    path: str | None = None  # model=saved: a .keras file
     from_logits: bool = True
 
 
@@ -80,15 +89,16 @@ class TrainSettings:
     seeds: tuple[int, ...] = (0,)
     shuffle: bool = True
     dtype: str = "float32"
-    loss: str = "cross_entropy"
+    loss: str | None = None  # null: the task's default (cross_entropy | mse)
+    checkpoint_every: int | None = None  # None: about sqrt(total steps)
 
 
 @dataclass(frozen=True)
 class InfluenceSettings:
     method: str = "trajectory"
-    objective: str = "cross_entropy"
-    checkpoint_every: int | None = None  # None: about sqrt(total steps)
+    objective: str | None = None  # null: the task's default (cross_entropy | mse)
     steps: int = 1  # K, optimizer steps per sample for lookahead
+    output_weights: tuple[float, ...] | None = None  # sensitivity: weights of the model outputs (null: ones)
     shard_size: int = 1024  # training samples per Parquet part (sharded methods)
     batch_size: int = 128  # samples per kernel call (sharded methods)
 
@@ -119,6 +129,7 @@ class OutputSettings:
 
 @dataclass(frozen=True)
 class Settings:
+    task: TaskSettings = field(default_factory=TaskSettings)
     data: DataSettings = field(default_factory=DataSettings)
     model: ModelSettings = field(default_factory=ModelSettings)
     optimizer: OptimizerSettings = field(default_factory=OptimizerSettings)
@@ -138,7 +149,9 @@ class Settings:
 
     def result_hash(self) -> str:
         """Hash of everything that changes the numbers (not cluster, output or stage choices)."""
-        relevant = {k: v for k, v in self.to_dict().items() if k in ("data", "model", "optimizer", "train", "influence")}
+        relevant = {k: v for k, v in self.to_dict().items() if k in ("task", "data", "model", "optimizer", "train", "influence")}
+        if isinstance(self.data.inputs, dict):  # its order is the model's input order: keep it out of sort_keys
+            relevant["data"] = {**relevant["data"], "inputs": [[k, v] for k, v in self.data.inputs.items()]}
         return hashlib.sha256(json.dumps(relevant, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -160,6 +173,8 @@ def _section(cls: type, cfg: DictConfig | None, prefix: str) -> Any:
 def _typed(value: Any, annotation: str) -> Any:
     """Lists become tuples; an integer given for a float setting becomes a float (so 1 and 1.0 are one config)."""
     if isinstance(value, list):
+        if annotation.startswith("tuple[float"):
+            return tuple(float(v) if _is_int(v) else v for v in value)
         return tuple(value)
     if annotation.startswith("float") and _is_int(value):
         return float(value)
@@ -186,6 +201,7 @@ def settings_from_config(cfg: DictConfig) -> Settings:
     for stage in stages:
         _check(stage in STAGES, f"stages: unknown stage {stage!r} (known: {', '.join(STAGES)})")
     settings = Settings(
+        task=_section(TaskSettings, cfg.get("task"), "task"),
         data=_section(DataSettings, cfg.get("data"), "data"),
         model=_section(ModelSettings, cfg.get("model"), "model"),
         optimizer=_section(OptimizerSettings, cfg.get("optimizer"), "optimizer"),
@@ -197,12 +213,36 @@ def settings_from_config(cfg: DictConfig) -> Settings:
         stages=tuple(stages),
     )
     validate(settings)
-    return settings
+    return with_task_defaults(settings)
+
+
+def with_task_defaults(settings: Settings) -> Settings:
+    """train.loss and influence.objective left null take the task's default loss."""
+    default = DEFAULT_LOSS[settings.task.name]
+    train = replace(settings.train, loss=settings.train.loss or default)
+    influence = replace(settings.influence, objective=settings.influence.objective or default)
+    return replace(settings, train=train, influence=influence)
+
+
+def _check_loss(setting: str, value: str | None, task: str) -> None:
+    """A built-in loss of the task, or 'module:function' (imported and checked in the workers)."""
+    if value is None:
+        return
+    known = TASK_LOSSES[task]
+    if ":" in str(value):
+        module_name, _, attr = str(value).partition(":")
+        _check(bool(module_name) and attr.isidentifier(), f"{setting}={value!r}: expected 'package.module:function'")
+        return
+    other = next((t for t, names in TASK_LOSSES.items() if value in names and t != task), None)
+    hint = f"; {value} is a {other} loss (set task={other})" if other else ""
+    _check(value in known, f"{setting}={value!r}: unknown for task={task} (known: {', '.join(known)}, or module:function){hint}")
 
 
 def validate(s: Settings) -> None:
     """Check every setting on its own; data-dependent checks (batch vs. data size) happen at load time."""
     d, m, o, t, i, v, c = s.data, s.model, s.optimizer, s.train, s.influence, s.verify, s.cluster
+    _check(s.task.name in TASK_LOSSES, f"task.name={s.task.name!r}: unknown (known: {', '.join(TASK_LOSSES)})")
+    _check(d.inputs is None or isinstance(d.inputs, (tuple, dict)), f"data.inputs={d.inputs!r}: must be a list of names (npz) or a mapping name -> columns (parquet)")
     _check(d.source in DATA_SOURCES, f"data.source={d.source!r}: unknown (known: {', '.join(DATA_SOURCES)})")
     if d.source in ("npz", "parquet"):
         _check(bool(d.path), f"data.path: required for data={d.source}")
@@ -215,11 +255,13 @@ def validate(s: Settings) -> None:
     _check(d.val_from in ("test", "split"), f"data.val_from={d.val_from!r}: must be 'test' or 'split'")
 
     _check(m.name in MODELS, f"model.name={m.name!r}: unknown (known: {', '.join(MODELS)})")
-    _check(all(_is_int(h) and h > 0 for h in m.hidden), f"model.hidden={list(m.hidden)}: must be positive integers")
-    _check(all(_is_int(f) and f > 0 for f in m.filters), f"model.filters={list(m.filters)}: must be positive integers")
+    _check(isinstance(m.hidden, tuple) and all(_is_int(h) and h > 0 for h in m.hidden), f"model.hidden={list(m.hidden)}: must be positive integers")
+    _check(isinstance(m.filters, tuple) and all(_is_int(f) and f > 0 for f in m.filters), f"model.filters={list(m.filters)}: must be positive integers")
     _check(_is_number(m.dropout) and 0 <= m.dropout < 1, f"model.dropout={m.dropout}: must be in [0, 1)")
     if m.name == "custom":
         _check(bool(m.builder) and ":" in str(m.builder), f"model.builder={m.builder!r}: model=custom needs 'package.module:function'")
+    if m.name == "saved":
+        _check(bool(m.path), f"model.path: required for model=saved (a .keras file)")
 
     _check(o.name in OPTIMIZERS, f"optimizer.name={o.name!r}: unknown (known: {', '.join(OPTIMIZERS)})")
     _check(_is_number(o.lr) and o.lr > 0, f"optimizer.lr={o.lr}: must be a positive number")
@@ -230,17 +272,21 @@ def validate(s: Settings) -> None:
 
     _check(_is_int(t.epochs) and t.epochs > 0, f"train.epochs={t.epochs}: must be a positive integer")
     _check(_is_int(t.batch_size) and t.batch_size > 0, f"train.batch_size={t.batch_size}: must be a positive integer")
-    _check(len(t.seeds) > 0 and all(_is_int(x) and x >= 0 for x in t.seeds), f"train.seeds={list(t.seeds)}: must be a non-empty list of non-negative integers")
+    _check(isinstance(t.seeds, tuple) and len(t.seeds) > 0 and all(_is_int(x) and x >= 0 for x in t.seeds), f"train.seeds={list(t.seeds)}: must be a non-empty list of non-negative integers")
     _check(len(set(t.seeds)) == len(t.seeds), f"train.seeds={list(t.seeds)}: contains duplicates")
     _check(t.dtype in DTYPES, f"train.dtype={t.dtype!r}: unknown (known: {', '.join(DTYPES)})")
-    _check(t.loss in TRAIN_LOSSES, f"train.loss={t.loss!r}: unknown (known: {', '.join(TRAIN_LOSSES)})")
+    _check_loss("train.loss", t.loss, s.task.name)
+    _check(t.checkpoint_every is None or (_is_int(t.checkpoint_every) and t.checkpoint_every > 0), f"train.checkpoint_every={t.checkpoint_every}: must be a positive integer or null")
 
     _check(i.method in METHODS, f"influence.method={i.method!r}: unknown (known: {', '.join(METHODS)})")
     _check(_is_int(i.steps) and i.steps > 0, f"influence.steps={i.steps}: must be a positive integer")
     _check(_is_int(i.shard_size) and i.shard_size > 0, f"influence.shard_size={i.shard_size}: must be a positive integer")
     _check(_is_int(i.batch_size) and i.batch_size > 0, f"influence.batch_size={i.batch_size}: must be a positive integer")
-    _check(i.objective in OBJECTIVES, f"influence.objective={i.objective!r}: unknown (known: {', '.join(OBJECTIVES)})")
-    _check(i.checkpoint_every is None or (_is_int(i.checkpoint_every) and i.checkpoint_every > 0), f"influence.checkpoint_every={i.checkpoint_every}: must be a positive integer or null")
+    _check_loss("influence.objective", i.objective, s.task.name)
+    _check(
+        i.output_weights is None or (isinstance(i.output_weights, tuple) and len(i.output_weights) > 0 and all(_is_number(w) for w in i.output_weights)),
+        f"influence.output_weights={i.output_weights}: must be a non-empty list of numbers or null",
+    )
 
     _check(_is_int(v.n_gradcheck) and v.n_gradcheck >= 0, f"verify.n_gradcheck={v.n_gradcheck}: must be a non-negative integer")
     _check(_is_int(v.n_loo) and v.n_loo >= 0, f"verify.n_loo={v.n_loo}: must be a non-negative integer")

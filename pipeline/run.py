@@ -1,6 +1,10 @@
-"""Entry point: the one @hydra.main. Config -> typed settings -> stages, in order; no math here.
+"""Entry point: the one @hydra.main. Config -> typed settings -> data -> lock -> artifact keys -> stages;
+no math here.
 
     python -m pipeline [overrides...]        e.g. model=cnn train.seeds=[0,1,2] output.dir=runs/cnn
+
+Nothing is written into output.dir before the settings and the data have been checked, the directory
+is locked, and the recorded arguments of its trajectory and scores agree with this run's (io.arguments).
 """
 
 from __future__ import annotations
@@ -15,70 +19,109 @@ import hydra
 from omegaconf import DictConfig
 
 from pipeline import cluster
-from pipeline.config import STAGES, Settings, settings_from_config
-from pipeline.data import load_dataset
+from pipeline.config import STAGES, Settings, settings_from_config, with_task_defaults
+from pipeline.data import Dataset, describe, load_dataset
 from pipeline.errors import ConfigError, DivergenceError, UserInputError
+from pipeline.io import arguments
+from pipeline.io.fingerprint import fingerprint
 from pipeline.io.layout import RunLayout
+from pipeline.io.lock import RunLock
 from pipeline.io.manifest import Manifest
+from pipeline.stages.context import RunContext
 
 RAY_STAGES = ("train", "score", "verify")
 CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "conf")
+INTERRUPTED = "interrupted; rerun the same command to resume"
+
+
+def data_fingerprint(dataset: Dataset) -> str:
+    """The task, the model's input order and a content hash of every train and validation array (io.fingerprint)."""
+    arrays = {f"x_train.{k}": v for k, v in dataset.x_train.items()} | {f"x_val.{k}": v for k, v in dataset.x_val.items()}
+    order = ",".join(dataset.input_names)
+    return f"{dataset.task}:{order}:{fingerprint(arrays | {'y_train': dataset.y_train, 'y_val': dataset.y_val})}"
 
 
 def execute(settings: Settings) -> dict[str, Any]:
     """Run the configured stages (always in the order of config.STAGES); returns the manifest payload.
 
-    Raises UserInputError for bad settings or data and DivergenceError for NaN/inf; the manifest then
-    says "failed" and no _SUCCESS is written.
+    Raises UserInputError for bad settings or data, DivergenceError for a blow-up, KeyboardInterrupt on
+    Ctrl-C; the manifest then says failed or interrupted and no _SUCCESS is written.
     """
-    layout = RunLayout(settings.output_dir)
-    dataset = load_dataset(settings.data)
+    settings = with_task_defaults(settings)
+    dataset = load_dataset(settings.data, settings.task.name)
     if settings.train.batch_size > dataset.n_train:
         raise ConfigError(f"train.batch_size={settings.train.batch_size}: larger than the {dataset.n_train} training samples")
-    manifest = Manifest.open(layout, settings)
-    try:
-        manifest.record_data(dataset.summary())
-        dataset_ref, options = None, {}
-        if set(settings.stages) & set(RAY_STAGES):
-            import ray
+    print(f"[data] {describe(dataset)}")
+    layout = RunLayout(settings.output_dir)
+    data_key = data_fingerprint(dataset)
+    with RunLock(layout.root):
+        context = _claim_artifacts(settings, dataset, data_key, layout)
+        extra = {"data_fingerprint": data_key, "trajectory_key": context.trajectory_key, "score_key": context.score_key, "data": dataset.summary()}
+        manifest = Manifest.open(layout, settings, extra)
+        try:
+            if set(settings.stages) & set(RAY_STAGES):
+                import ray
 
-            cluster.connect(settings.cluster)
-            options = cluster.task_options(settings.cluster, cluster.gpus_in_cluster())
-            dataset_ref = ray.put(dataset)
-        for stage in (s for s in STAGES if s in settings.stages):
-            began = time.perf_counter()
-            details = _run_stage(stage, settings, dataset, dataset_ref, options)
-            manifest.record_stage(stage, time.perf_counter() - began, details)
-            _print_stage(stage, details)
-    except BaseException as exc:
-        manifest.finish("failed", error=one_line(exc))
-        raise
-    manifest.finish("succeeded")
-    return manifest.payload
+                cluster.connect(settings.cluster)
+                context.task_options = cluster.task_options(settings.cluster, cluster.gpus_in_cluster())
+                context.dataset_ref = ray.put(dataset)
+            for stage in (s for s in STAGES if s in settings.stages):
+                began = time.perf_counter()
+                details = _stage_module(stage).run(context)
+                manifest.record_stage(stage, time.perf_counter() - began, details)
+                _print_stage(stage, details)
+        except KeyboardInterrupt:
+            manifest.finish("interrupted", error=INTERRUPTED)
+            raise
+        except BaseException as exc:
+            manifest.finish("failed", error=one_line(exc))
+            raise
+        manifest.finish("succeeded")
+        return manifest.payload
 
 
-def _run_stage(stage: str, settings: Settings, dataset: Any, dataset_ref: Any, options: dict[str, Any]) -> dict[str, Any]:
+def _claim_artifacts(settings: Settings, dataset: Dataset, data_key: str, layout: RunLayout) -> RunContext:
+    """Check this run's arguments against those recorded in output.dir and record them (io.arguments).
+
+    A new or replaced trajectory invalidates every score, verification, ranking and report derived from
+    the old one; a replaced method invalidates only its own scores.
+    """
+    overwrite = settings.output.overwrite
+    trajectory = arguments.trajectory_arguments(settings, data_key)
+    derived = [layout.root / "scores", layout.verify_dir, layout.report_dir, layout.ranking, layout.success]
+    reused = arguments.claim(layout.root, layout.trajectory_arguments, trajectory, "a trajectory", overwrite, [layout.trajectory_dir, *derived])
+    if not reused:
+        for path in derived:
+            _remove(path)
+    trajectory_key = arguments.key_of(trajectory)
+    method = settings.influence.method
+    scores = arguments.score_arguments(settings, trajectory_key)
+    what = f"{method} scores"
+    arguments.claim(layout.root, layout.score_arguments(method), scores, what, overwrite, [layout.method_dir(method)])
+    return RunContext(settings, dataset, layout, trajectory_key, arguments.key_of(scores))
+
+
+def _remove(path: Path) -> None:
+    import shutil
+
+    shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
+
+
+def _stage_module(stage: str) -> Any:
     from pipeline.stages import aggregate, report, score, train, verify
 
-    if stage == "train":
-        return {"seeds": train.run(settings, dataset_ref, options)}
-    if stage == "score":
-        return {"method": settings.influence.method, "seeds": score.run(settings, dataset_ref, dataset.n_train, options)}
-    if stage == "verify":
-        return verify.run(settings, dataset_ref, dataset, options)
-    if stage == "aggregate":
-        return aggregate.run(settings, dataset.n_train)
-    return report.run(settings, dataset)
+    return {"train": train, "score": score, "verify": verify, "aggregate": aggregate, "report": report}[stage]
 
 
 def _print_stage(stage: str, details: dict[str, Any]) -> None:
     if stage == "train":
         for seed, s in details["seeds"].items():
-            print(f"[train] seed={seed}: {s['n_steps']} steps in {s['seconds']:.1f}s, val_loss={s['val_loss']:.4f}, val_accuracy={s['val_accuracy']:.3f}")
+            accuracy = f", val_accuracy={s['val_accuracy']:.3f}" if s.get("val_accuracy") is not None else ""
+            print(f"[train] seed={seed}: {s['n_steps']} steps in {s['seconds']:.1f}s, val_loss={s['val_loss']:.4g}{accuracy}")
     elif stage == "score":
         for seed, s in details["seeds"].items():
-            timing = f" in {s['seconds']:.1f}s ({s['seconds_over_training']:.2f}x training), E={s['objective_value']:.5f}" if "seconds" in s else f" in {s['parts']} parts"
-            print(f"[score] seed={seed}: {details['method']} on {s['n_samples']} samples{timing}")
+            timing = f" in {s['seconds']:.1f}s ({s['seconds_over_training']:.2f}x training), E={s['objective_value']:.5g}" if "seconds" in s else ""
+            print(f"[score] seed={seed}: {details['method']} on {s['n_samples']} samples in {s['parts']} parts{timing}")
     elif stage == "aggregate":
         agreement = ", ".join(f"{m}: {'one seed' if v is None else f'{v:.3f}'}" for m, v in details["seed_agreement"].items())
         print(f"[aggregate] {details['rows']} ranked rows; seed agreement (Spearman) {agreement}")
@@ -98,21 +141,40 @@ def one_line(exc: BaseException) -> str:
     return f"{type(cause).__name__}: {text[0] if text else ''}".rstrip(": ")
 
 
+def _shutdown_ray() -> None:
+    """Stop the Ray this process started (workers and agents), if any."""
+    if "ray" in sys.modules:
+        import ray
+
+        if ray.is_initialized():
+            ray.shutdown()
+
+
 @hydra.main(version_base=None, config_path=CONFIG_DIR, config_name="config")
 def _hydra_main(cfg: DictConfig) -> None:
+    settings = None
     try:
         settings = settings_from_config(cfg)
         payload = execute(settings)
     except (UserInputError, DivergenceError) as exc:
         print(f"error: {one_line(exc).split(': ', 1)[-1]}", file=sys.stderr)
         sys.exit(2)
+    except KeyboardInterrupt:
+        print(INTERRUPTED, file=sys.stderr)
+        sys.exit(130)
+    finally:
+        _shutdown_ray()
     print(f"done: {payload['status']}; outputs in {settings.output_dir}")
 
 
 def main() -> None:
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    _hydra_main()
+    try:
+        _hydra_main()
+    except KeyboardInterrupt:  # a Ctrl-C outside the run itself (start-up, shutting Ray down)
+        print(INTERRUPTED, file=sys.stderr)
+        sys.exit(130)
 
 
 if __name__ == "__main__":

@@ -52,15 +52,18 @@ def _throughput(settings, dataset_ref, method: str, workers: int, n_samples: int
     from ray.util import ActorPool
 
     from pipeline.cluster import task_options
+    from pipeline.config import with_task_defaults
     from pipeline.io.layout import RunLayout
-    from pipeline.stages.score_sharded import ShardScorer, shards
+    from pipeline.io.parts import split
+    from pipeline.stages.score_sharded import ShardScorer
 
-    settings = replace(settings, influence=replace(settings.influence, method=method))
+    settings = with_task_defaults(replace(settings, influence=replace(settings.influence, method=method)))
     options = task_options(settings.cluster, 0.0)
-    actors = [ray.remote(ShardScorer).options(num_cpus=1, runtime_env=options["runtime_env"]).remote(settings) for _ in range(workers)]
+    key = f"bench-{method}"  # parts written here are deleted after timing
+    actors = [ray.remote(ShardScorer).options(num_cpus=1, runtime_env=options["runtime_env"]).remote(settings, key) for _ in range(workers)]
     warm = [(0, 0, 0, min(settings.influence.batch_size, n_samples))] * workers
     ray.get([a.score.remote(dataset_ref, *job) for a, job in zip(actors, warm)])
-    jobs = [(0, *s) for s in shards(n_samples, settings.influence.shard_size)]
+    jobs = [(0, *s) for s in split(n_samples, settings.influence.shard_size)]
     began = time.perf_counter()
     list(ActorPool(actors).map_unordered(lambda actor, job: actor.score.remote(dataset_ref, *job), jobs))
     seconds = time.perf_counter() - began
@@ -94,11 +97,11 @@ def main() -> None:
             dataset_ref = ray.put(dataset)
             for method, sizes in methods.items():
                 for workers in (1, 2):
-                    row = {"case": case, "n_train": dataset.n_train, "n_val": int(dataset.x_val.shape[0]), **_throughput(settings, dataset_ref, method, workers, sizes[-1])}
+                    row = {"case": case, "n_train": dataset.n_train, "n_val": dataset.n_val, **_throughput(settings, dataset_ref, method, workers, sizes[-1])}
                     print(json.dumps(row), flush=True)
                     results["rows"].append(row)
                 for n in sizes[:-1]:  # time vs N, 2 workers
-                    row = {"case": case, "n_train": dataset.n_train, "n_val": int(dataset.x_val.shape[0]), **_throughput(settings, dataset_ref, method, 2, n)}
+                    row = {"case": case, "n_train": dataset.n_train, "n_val": dataset.n_val, **_throughput(settings, dataset_ref, method, 2, n)}
                     print(json.dumps(row), flush=True)
                     results["rows"].append(row)
     ray.shutdown()
@@ -130,7 +133,7 @@ def write_markdown(results: dict, path: Path) -> None:
         )
     lines += [
         "",
-        "Target: speed-up 1 -> 2 workers of at least 1.6x on this 2-core machine (DESIGN.md section 6).",
+        "Target: speed-up 1 -> 2 workers of at least 1.6x on this 2-core machine (docs/design.md).",
         "Rows with 2 workers and fewer samples show how time grows with N (should be linear: constant samples/s).",
         "Digits is scored in under a second, so fixed costs per shard (a Ray call and one Parquet write, tens of ms)",
         "weigh on its speed-up; the 50,000-sample rows show the scaling of real work.",

@@ -22,6 +22,8 @@ import threading
 import time
 from pathlib import Path
 
+import numpy as np
+
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 os.environ.setdefault("TF_NUM_INTRAOP_THREADS", "2")
@@ -32,11 +34,12 @@ OUT = REPO / "docs" / "benchmarks"
 
 
 def _problem(name: str, n_synthetic: int, optimizer_name: str):
-    """(dataset, recipe, schedule, batches) of one benchmark case."""
+    """(dataset, recipe, schedule, batches, (x_val, y_val)) of one benchmark case."""
     from pipeline.config import DataSettings, ModelSettings, OptimizerSettings
     from pipeline.data import load_dataset
     from pipeline.kernels.schedule import make_schedule
-    from pipeline.kernels.training import Recipe, make_batches
+    from pipeline.kernels.task import make_task
+    from pipeline.kernels.training import Recipe, as_inputs, as_targets, make_batches
     from pipeline.models import build_model
     from pipeline.stages.recipes import functional_optimizer
 
@@ -48,9 +51,11 @@ def _problem(name: str, n_synthetic: int, optimizer_name: str):
         model, batch_size, epochs = ModelSettings(hidden=(256,), activation="relu"), 128, 1
     lr = {"sgd": 0.1, "adam": 0.001}[optimizer_name]
     optimizer = functional_optimizer(OptimizerSettings(name=optimizer_name, lr=lr))
-    recipe = Recipe(build_model(model, data.input_shape, data.num_classes, "float32", seed=0), optimizer, "cross_entropy", True, data.input_shape)
+    task = make_task("classification", "cross_entropy", "cross_entropy")
+    recipe = Recipe(build_model(model, data.input_shapes, "classification", data.num_classes, "float32", seed=0), optimizer, task)
     schedule = make_schedule(data.n_train, batch_size, epochs, shuffle=True, seed=0, lr=lr)
-    return data, recipe, schedule, make_batches(data.x_train, data.y_train, schedule, "float32")
+    validation = (as_inputs(list(data.x_val.values()), "float32"), as_targets(data.y_val, task, "float32"))
+    return data, recipe, schedule, make_batches(list(data.x_train.values()), data.y_train, schedule, "float32", task), validation
 
 
 def _timed(fn):
@@ -64,14 +69,14 @@ def time_case(name: str, n_synthetic: int, optimizer_name: str) -> dict:
     from pipeline.kernels.training import train
     from pipeline.kernels.trajectory import ReverseSweep
 
-    data, recipe, schedule, batches = _problem(name, n_synthetic, optimizer_name)
+    data, recipe, schedule, batches, validation = _problem(name, n_synthetic, optimizer_name)
     steps = checkpoint_steps(schedule.n_steps, None)
     stored: dict = {}
     run_train = lambda: train(recipe, recipe.initial_state(), batches, steps, stored.__setitem__)  # noqa: E731
     _, train_cold = _timed(run_train)
     train_warm = min(_timed(run_train)[1] for _ in range(3))
-    sweep = ReverseSweep(recipe, "cross_entropy")
-    run_sweep = lambda: sweep.run(stored, steps, batches, data.x_val, data.y_val)  # noqa: E731
+    sweep = ReverseSweep(recipe)
+    run_sweep = lambda: sweep.run(stored, steps, batches, *validation)  # noqa: E731
     result, sweep_cold = _timed(run_sweep)
     sweep_warm = min(_timed(run_sweep)[1] for _ in range(3))
     n_params = sum(int(v.shape.num_elements()) for v in recipe.initial_state().trainable)
@@ -79,7 +84,7 @@ def time_case(name: str, n_synthetic: int, optimizer_name: str) -> dict:
         "case": name,
         "optimizer": optimizer_name,
         "n_train": data.n_train,
-        "n_features": data.n_features,
+        "n_features": int(sum(np.prod(shape) for shape in data.input_shapes.values())),
         "n_params": n_params,
         "steps": schedule.n_steps,
         "k": steps[1] - steps[0],
@@ -107,12 +112,12 @@ def memory_case(k: int, n_synthetic: int) -> dict:
     from pipeline.kernels.training import train
     from pipeline.kernels.trajectory import ReverseSweep
 
-    data, recipe, schedule, batches = _problem("synthetic", n_synthetic, "adam")
+    data, recipe, schedule, batches, validation = _problem("synthetic", n_synthetic, "adam")
     steps = checkpoint_steps(schedule.n_steps, k)
-    sweep = ReverseSweep(recipe, "cross_entropy")
+    sweep = ReverseSweep(recipe)
     warm: dict = {}  # one step: traces both loops (segment length is a tensor) at almost no memory
     train(recipe, recipe.initial_state(), batches, [0, 1], warm.__setitem__)
-    sweep.run(warm, [0, 1], batches, data.x_val, data.y_val)
+    sweep.run(warm, [0, 1], batches, *validation)
     state_mib = sum(int(t.shape.num_elements()) * 4 for t in recipe.flatten(warm[0])) / 2**20
     del warm
     baseline, peak, running = _rss_mib(), [0.0], [True]
@@ -126,7 +131,7 @@ def memory_case(k: int, n_synthetic: int) -> dict:
     sampler.start()
     stored: dict = {}
     train(recipe, recipe.initial_state(), batches, steps, stored.__setitem__)
-    _, seconds = _timed(lambda: sweep.run(stored, steps, batches, data.x_val, data.y_val))
+    _, seconds = _timed(lambda: sweep.run(stored, steps, batches, *validation))
     running[0] = False
     sampler.join()
     segment = max(b - a for a, b in zip(steps[:-1], steps[1:]))
@@ -178,7 +183,7 @@ def write_markdown(results: dict, path: Path) -> None:
         )
     lines += [
         "",
-        "Target: sweep / train at most 3x (DESIGN.md section 6). Reading the numbers: each reverse step recomputes",
+        "Target: sweep / train at most 3x (docs/design.md). Reading the numbers: each reverse step recomputes",
         "its training step (forward + backward) inside a tape and back-propagates through it, and each segment is",
         "first replayed from its checkpoint, so the sweep costs about 1 (replay) + 1 (taped step) + 2 (second-order",
         "backward) training steps, plus the input gradient: with d = 784 the first layer dominates, and dE/dx_B needs two",

@@ -1,4 +1,4 @@
-"""How well each scoring method predicts real retraining, on digits (DESIGN.md section 5).
+"""How well each scoring method predicts real retraining, on digits (docs/design.md, "Ground truth").
 
     python scripts/evaluate.py                                  # the three experiments below
     python scripts/evaluate.py digits_mlp_adam                  # some of them (names of conf/experiment/*.yaml)

@@ -25,3 +25,19 @@ def ray_session():
     cluster.connect(ClusterSettings(num_cpus=2))
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def digits_subset():
+    """digits_subset(n): the digits data set with only its first n training samples (cached per session)."""
+    from pipeline.config import DataSettings
+    from pipeline.data import load_dataset
+
+    cache = {}
+
+    def load(n_train: int | None = None):
+        if n_train not in cache:
+            cache[n_train] = load_dataset(DataSettings(max_train=n_train))
+        return cache[n_train]
+
+    return load

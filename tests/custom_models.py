@@ -28,3 +28,8 @@ def not_a_model(input_shape, num_classes):
 
 def wrong_width(input_shape, num_classes):
     return keras.Sequential([keras.Input(input_shape), keras.layers.Flatten(), keras.layers.Dense(num_classes + 1)])
+
+
+def regression_head(*, input_shape: tuple[int, ...], output_dim: int) -> keras.Model:
+    """A keyword-only builder for regression: it declares output_dim, not num_classes."""
+    return keras.Sequential([keras.Input(input_shape), keras.layers.Dense(output_dim)])

@@ -5,12 +5,16 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 from hydra import compose, initialize_config_dir
 
 from pipeline.config import (
+    DEFAULT_LOSS,
+    METHODS,
+    TASK_LOSSES,
     ClusterSettings,
     DataSettings,
     InfluenceSettings,
@@ -18,11 +22,15 @@ from pipeline.config import (
     OptimizerSettings,
     OutputSettings,
     Settings,
+    TaskSettings,
     TrainSettings,
     VerifySettings,
     settings_from_config,
+    validate,
+    with_task_defaults,
 )
 from pipeline.errors import ConfigError
+from pipeline.methods import REGISTRY
 
 ROOT = Path(__file__).resolve().parent.parent
 CONF_DIR = str(ROOT / "conf")
@@ -43,11 +51,12 @@ def make_settings(*overrides: str) -> Settings:
 def test_default_config_composes_to_digits_mlp_sgd_trajectory():
     s = make_settings()
     assert s == Settings(
+        task=TaskSettings(name="classification"),
         data=DataSettings(source="digits", path=None, val_fraction=0.2, split_seed=0, max_train=None),
         model=ModelSettings(name="mlp", hidden=(64,), activation="tanh", dropout=0.0, batch_norm=False),
         optimizer=OptimizerSettings(name="sgd", lr=0.1),
-        train=TrainSettings(epochs=10, batch_size=32, seeds=(0,), shuffle=True, dtype="float32", loss="cross_entropy"),
-        influence=InfluenceSettings(method="trajectory", objective="cross_entropy", checkpoint_every=None),
+        train=TrainSettings(epochs=10, batch_size=32, seeds=(0,), shuffle=True, dtype="float32", loss="cross_entropy", checkpoint_every=None),
+        influence=InfluenceSettings(method="trajectory", objective="cross_entropy", output_weights=None),
         verify=VerifySettings(n_gradcheck=6, n_loo=20, fd_step=None, seed=0),
         cluster=ClusterSettings(address=None, num_cpus=None, cpus_per_task=1.0, gpus_per_task=0.0, tf_threads=1, max_retries=2),
         output=OutputSettings(dir="outputs/default", overwrite=False),
@@ -57,16 +66,26 @@ def test_default_config_composes_to_digits_mlp_sgd_trajectory():
     assert type(s.model.hidden) is tuple and type(s.train.seeds) is tuple and type(s.stages) is tuple
     assert type(s.optimizer.lr) is float and type(s.train.epochs) is int and type(s.train.shuffle) is bool
     assert s.output_dir == Path("outputs/default")
+    assert s.data.inputs is None
+
+
+def test_yaml_leaves_loss_and_objective_to_the_task():
+    # the YAML says null; settings_from_config fills in the task's default
+    cfg = make_cfg()
+    assert cfg.train.loss is None and cfg.influence.objective is None
+    assert cfg.task.name == "classification"
 
 
 def test_composed_config_has_no_hydra_node_and_every_section():
     cfg = make_cfg()
-    assert set(cfg.keys()) == {"data", "model", "optimizer", "influence", "cluster", "output", "train", "verify", "stages"}
+    assert set(cfg.keys()) == {"task", "data", "model", "optimizer", "influence", "cluster", "output", "train", "verify", "stages"}
 
 
 # -------------------------------------------------------------------------------------- group choices
 
 GROUP_CASES = [
+    (["task=classification"], "task", {"name": "classification"}),
+    (["task=regression"], "task", {"name": "regression"}),
     (["data=digits"], "data", {"source": "digits", "path": None, "val_fraction": 0.2, "split_seed": 0, "max_train": None}),
     (
         ["data=synthetic"],
@@ -76,20 +95,28 @@ GROUP_CASES = [
     (
         ["data=npz", "data.path=/data/mnist.npz"],
         "data",
-        {"source": "npz", "path": "/data/mnist.npz", "val_from": "test", "val_fraction": 0.2, "split_seed": 0, "max_train": None},
+        {"source": "npz", "path": "/data/mnist.npz", "inputs": None, "val_from": "test", "val_fraction": 0.2, "split_seed": 0, "max_train": None},
     ),
+    (["data=mnist"], "data", {"source": "mnist", "path": None, "val_fraction": 0.2, "split_seed": 0, "max_train": None}),
     (
         ["data=parquet", "data.path=/data/table.parquet"],
         "data",
-        {"source": "parquet", "path": "/data/table.parquet", "label_column": "label", "feature_columns": None, "split_column": None, "val_fraction": 0.2},
+        {"source": "parquet", "path": "/data/table.parquet", "label_column": "label", "feature_columns": None, "inputs": None, "split_column": None, "val_fraction": 0.2},
     ),
     (["model=logistic"], "model", {"name": "logistic"}),
     (["model=mlp"], "model", {"name": "mlp", "hidden": (64,), "activation": "tanh", "dropout": 0.0, "batch_norm": False}),
     (["model=cnn"], "model", {"name": "cnn", "filters": (32, 64), "kernel_size": 3, "activation": "relu", "dropout": 0.5}),
     (["model=custom", "model.builder=mypkg.nets:build"], "model", {"name": "custom", "builder": "mypkg.nets:build", "from_logits": True}),
+    (["model=saved", "model.path=/models/net.keras"], "model", {"name": "saved", "path": "/models/net.keras", "from_logits": True, "builder": None}),
     (["optimizer=sgd"], "optimizer", {"name": "sgd", "lr": 0.1}),
     (["optimizer=momentum"], "optimizer", {"name": "momentum", "lr": 0.05, "momentum": 0.9, "nesterov": False}),
     (["optimizer=adam"], "optimizer", {"name": "adam", "lr": 0.001, "beta_1": 0.9, "beta_2": 0.999, "epsilon": 1e-7}),
+    (["influence=trajectory"], "influence", {"method": "trajectory", "objective": "cross_entropy"}),
+    (["influence=lookahead"], "influence", {"method": "lookahead", "objective": "cross_entropy", "steps": 1, "shard_size": 1024, "batch_size": 64}),
+    (["influence=tracin"], "influence", {"method": "tracin", "objective": "cross_entropy", "shard_size": 1024, "batch_size": 256}),
+    (["influence=loss"], "influence", {"method": "loss", "objective": "cross_entropy", "shard_size": 1024, "batch_size": 1024}),
+    (["influence=saliency"], "influence", {"method": "saliency", "objective": "cross_entropy", "shard_size": 1024, "batch_size": 1024}),
+    (["influence=sensitivity"], "influence", {"method": "sensitivity", "output_weights": None, "shard_size": 1024, "batch_size": 1024}),
 ]
 
 
@@ -100,8 +127,11 @@ def test_every_group_choice_composes_to_matching_settings(overrides, section, ex
     assert {k: getattr(got, k) for k in expected} == expected
     # the other groups keep their defaults
     default = make_settings()
-    for other in ("data", "model", "optimizer"):
-        if other != section:
+    for other in ("task", "data", "model", "optimizer", "influence"):
+        if other == "influence" and section == "task":
+            # only the objective follows the task
+            assert s.influence == replace(default.influence, objective=s.train.loss)
+        elif other != section:
             assert getattr(s, other) == getattr(default, other)
 
 
@@ -127,7 +157,7 @@ def test_more_overrides_arrive_typed():
         "data.feature_columns=[a,b]",
         "data.split_column=split",
         "stages=[train,score,verify]",
-        "influence.checkpoint_every=5",
+        "train.checkpoint_every=5",
         "train.shuffle=false",
         "cluster.num_cpus=4",
         "output.overwrite=true",
@@ -135,10 +165,134 @@ def test_more_overrides_arrive_typed():
     assert s.data.feature_columns == ("a", "b") and type(s.data.feature_columns) is tuple
     assert s.data.split_column == "split"
     assert s.stages == ("train", "score", "verify")
-    assert s.influence.checkpoint_every == 5
+    assert s.train.checkpoint_every == 5 and type(s.train.checkpoint_every) is int
     assert s.train.shuffle is False
     assert s.cluster.num_cpus == 4
     assert s.output.overwrite is True
+
+
+def test_new_settings_arrive_typed():
+    s = make_settings("data=npz", "data.path=d.npz", "data.inputs=[prices,image]")
+    assert s.data.inputs == ("prices", "image") and type(s.data.inputs) is tuple
+    s = make_settings("data=parquet", "data.path=t.parquet", "data.inputs={prices:[open,close],volume:volume}")
+    assert s.data.inputs == {"prices": ["open", "close"], "volume": "volume"}
+    assert list(s.data.inputs) == ["prices", "volume"]  # the order of the override is the order of the inputs
+    s = make_settings("influence=sensitivity", "influence.output_weights=[1,0.5,-2]")
+    assert s.influence.output_weights == (1.0, 0.5, -2.0) and type(s.influence.output_weights) is tuple
+    assert all(type(w) is float for w in s.influence.output_weights)  # 1 and 1.0 are one config
+    assert make_settings("influence=sensitivity", "influence.output_weights=[1]") == make_settings("influence=sensitivity", "influence.output_weights=[1.0]")
+    s = make_settings("model=saved", "model.path='~/nets/model.keras'", "model.from_logits=false")
+    assert s.model.path == "~/nets/model.keras" and s.model.from_logits is False
+
+
+# ------------------------------------------------------------------------------------------- task and losses
+
+
+@pytest.mark.parametrize("task", ["classification", "regression"])
+def test_null_loss_and_objective_take_the_task_default(task):
+    s = make_settings(f"task={task}")
+    assert s.task == TaskSettings(name=task)
+    assert s.train.loss == s.influence.objective == DEFAULT_LOSS[task]
+    assert DEFAULT_LOSS == {"classification": "cross_entropy", "regression": "mse"}
+
+
+def test_explicit_loss_and_objective_are_kept():
+    s = make_settings("train.loss=mse", "influence.objective=margin")
+    assert s.train.loss == "mse" and s.influence.objective == "margin"
+    s = make_settings("task=regression", "train.loss=huber")
+    assert s.train.loss == "huber" and s.influence.objective == "mse"  # only the null one is filled in
+
+
+def test_explicit_default_equals_null():
+    assert make_settings() == make_settings("train.loss=cross_entropy", "influence.objective=cross_entropy")
+    assert make_settings("task=regression") == make_settings("task=regression", "train.loss=mse", "influence.objective=mse")
+
+
+@pytest.mark.parametrize("task", ["classification", "regression"])
+def test_every_built_in_loss_of_the_task_is_accepted(task):
+    assert TASK_LOSSES == {"classification": ("cross_entropy", "mse", "margin"), "regression": ("mse", "mae", "huber")}
+    for loss in TASK_LOSSES[task]:
+        s = make_settings(f"task={task}", f"train.loss={loss}", f"influence.objective={loss}")
+        assert s.train.loss == loss and s.influence.objective == loss
+
+
+@pytest.mark.parametrize("task", ["classification", "regression"])
+def test_module_function_losses_are_accepted_for_either_task(task):
+    s = make_settings(f"task={task}", "train.loss=mypkg.losses:pinball", "influence.objective=mypkg.losses:quantile_90")
+    assert s.train.loss == "mypkg.losses:pinball" and s.influence.objective == "mypkg.losses:quantile_90"
+
+
+@pytest.mark.parametrize(
+    "overrides,setting,other",
+    [
+        (["task=regression", "train.loss=cross_entropy"], "train.loss", "classification"),
+        (["task=regression", "influence.objective=margin"], "influence.objective", "classification"),
+        (["train.loss=mae"], "train.loss", "regression"),
+        (["influence.objective=huber"], "influence.objective", "regression"),
+    ],
+)
+def test_a_loss_of_the_other_task_is_refused_with_a_hint(overrides, setting, other):
+    with pytest.raises(ConfigError) as info:
+        make_settings(*overrides)
+    message = str(info.value)
+    assert message.startswith(f"{setting}=") and "\n" not in message
+    assert f"(set task={other})" in message, message
+    task = "regression" if other == "classification" else "classification"
+    assert f"unknown for task={task}" in message and all(name in message for name in TASK_LOSSES[task])
+
+
+def test_an_unknown_loss_gets_no_task_hint():
+    with pytest.raises(ConfigError) as info:
+        make_settings("train.loss=hinge")
+    assert "set task=" not in str(info.value) and "module:function" in str(info.value)
+
+
+def test_with_task_defaults_on_hand_built_settings():
+    s = with_task_defaults(Settings(task=TaskSettings("regression")))
+    assert s.train.loss == "mse" and s.influence.objective == "mse"
+    s = with_task_defaults(Settings(train=TrainSettings(loss="margin")))
+    assert s.train.loss == "margin" and s.influence.objective == "cross_entropy"
+
+
+def test_validate_checks_hand_built_settings():
+    validate(Settings())  # the dataclass defaults are valid
+    with pytest.raises(ConfigError, match=r"^model\.path: required for model=saved"):
+        validate(Settings(model=ModelSettings(name="saved")))
+    with pytest.raises(ConfigError, match=r"^task\.name='ranking': unknown \(known: classification, regression\)"):
+        validate(Settings(task=TaskSettings("ranking")))
+    with pytest.raises(ConfigError, match=r"^data\.inputs="):
+        validate(Settings(data=DataSettings(inputs="prices")))
+
+
+def test_checkpoint_every_moved_to_train():
+    with pytest.raises(ConfigError, match=r"^influence\.checkpoint_every: unknown setting \(known: .*output_weights"):
+        make_settings("+influence.checkpoint_every=5")
+    assert "checkpoint_every" not in {f for f in InfluenceSettings.__dataclass_fields__}
+    assert make_settings("train.checkpoint_every=7").train.checkpoint_every == 7
+
+
+# ---------------------------------------------------------------------------------------------- methods
+
+
+def test_methods_come_from_the_registry():
+    assert METHODS == tuple(REGISTRY)
+    assert set(METHODS) == {"trajectory", "lookahead", "tracin", "loss", "saliency", "sensitivity"}
+
+
+def test_every_method_has_a_config_group_and_composes():
+    groups = {p.stem for p in (ROOT / "conf" / "influence").glob("*.yaml")}
+    assert groups == set(METHODS)
+    for method in METHODS:
+        assert make_settings(f"influence={method}").influence.method == method
+        # and under the other task
+        assert make_settings("task=regression", f"influence={method}").influence.objective == "mse"
+
+
+def test_removed_names_are_gone():
+    import pipeline.config as config
+
+    for name in ("SHARDED_METHODS", "OBJECTIVES", "TRAIN_LOSSES"):
+        assert not hasattr(config, name), name
 
 
 # ------------------------------------------------------------------------------------------ invalid values
@@ -159,7 +313,28 @@ INVALID = [
     (["train.loss=hinge"], "train.loss"),
     (["influence.objective=foo"], "influence.objective"),
     (["influence.method=influence_functions"], "influence.method"),
-    (["influence.checkpoint_every=0"], "influence.checkpoint_every"),
+    (["train.checkpoint_every=0"], "train.checkpoint_every"),
+    (["train.checkpoint_every=1.5"], "train.checkpoint_every"),
+    (["+influence.checkpoint_every=5"], "influence.checkpoint_every"),  # moved to train.checkpoint_every
+    (["task.name=ranking"], "task.name"),
+    (["+task.loss=mse"], "task.loss"),
+    (["train.loss=huber"], "train.loss"),  # a regression loss under classification
+    (["task=regression", "train.loss=cross_entropy"], "train.loss"),
+    (["task=regression", "train.loss=margin"], "train.loss"),
+    (["task=regression", "influence.objective=cross_entropy"], "influence.objective"),
+    (["task=regression", "influence.objective=foo"], "influence.objective"),
+    (["train.loss=mypkg.losses:"], "train.loss"),
+    (["train.loss=:fn"], "train.loss"),
+    (["influence.objective=mypkg:not-a-name"], "influence.objective"),
+    (["model=saved"], "model.path"),
+    (["model=saved", "model.path=''"], "model.path"),
+    (["influence=sensitivity", "influence.output_weights=[]"], "influence.output_weights"),
+    (["influence=sensitivity", "influence.output_weights=[1,a]"], "influence.output_weights"),
+    (["influence=sensitivity", "influence.output_weights=[true]"], "influence.output_weights"),
+    (["influence.method=random"], "influence.method"),
+    (["data=npz", "data.path=x.npz", "data.inputs=prices"], "data.inputs"),
+    (["data=npz", "data.path=x.npz", "data.inputs=3"], "data.inputs"),
+    (["data.source=cifar"], "data.source"),
     (["+train.foo=1"], "train.foo"),
     (["+optimizer.weight_decay=0.1"], "optimizer.weight_decay"),
     (["stages=[train,bogus]"], "stages"),
@@ -198,6 +373,16 @@ def test_file_source_without_path_raises_config_error_naming_data_path(source):
     assert "\n" not in str(info.value)
 
 
+def test_saved_model_without_path_names_model_path():
+    with pytest.raises(ConfigError, match=r"^model\.path: required but not set \(pass model\.path=\.\.\.\)$"):
+        make_settings("model=saved")
+
+
+def test_scalar_output_weights_is_config_error():
+    with pytest.raises(ConfigError, match=r"^influence\.output_weights="):
+        make_settings("influence=sensitivity", "influence.output_weights=2")
+
+
 # -------------------------------------------------------------------------------------------- result hash
 
 
@@ -229,11 +414,30 @@ def test_result_hash_changes_with_result_settings():
             ["train.dtype=float64"],
             ["data.max_train=100"],
             ["influence.objective=margin"],
+            ["task=regression"],
+            ["train.loss=mse"],
+            ["train.checkpoint_every=5"],
+            ["influence.method=sensitivity"],
+            ["influence=sensitivity", "influence.output_weights=[2]"],
+            ["data=mnist"],
+            ["data.split_seed=1"],
         )
     }
     for overrides, h in changed.items():
         assert h != base, overrides
     assert len(set(changed.values())) == len(changed)
+
+
+def test_result_hash_follows_the_order_of_npz_inputs():
+    ab = make_settings("data=npz", "data.path=d.npz", "data.inputs=[a,b]")
+    ba = make_settings("data=npz", "data.path=d.npz", "data.inputs=[b,a]")
+    assert ab != ba and ab.result_hash() != ba.result_hash()
+
+
+def test_result_hash_follows_the_order_of_parquet_inputs():
+    ab = make_settings("data=parquet", "data.path=t.parquet", "data.inputs={a:[f],b:[g]}")
+    ba = make_settings("data=parquet", "data.path=t.parquet", "data.inputs={b:[g],a:[f]}")
+    assert ab.result_hash() != ba.result_hash()
 
 
 def test_result_hash_does_not_depend_on_int_vs_float_spelling():
@@ -255,6 +459,7 @@ def test_cli_cfg_job_prints_composed_yaml_without_running():
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     out = proc.stdout
+    assert "task:\n  name: classification" in out
     assert "source: digits" in out
     assert "name: mlp" in out
     assert "name: sgd" in out

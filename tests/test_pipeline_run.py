@@ -27,8 +27,7 @@ def small_settings(out, **changes) -> Settings:
         data=DataSettings(max_train=N),
         model=ModelSettings(hidden=(8,)),
         optimizer=OptimizerSettings(name="momentum", lr=0.05, momentum=0.9),
-        train=TrainSettings(epochs=2, batch_size=25, seeds=(0,), dtype="float64"),
-        influence=InfluenceSettings(checkpoint_every=4),
+        train=TrainSettings(epochs=2, batch_size=25, seeds=(0,), dtype="float64", checkpoint_every=4),
         verify=VerifySettings(n_gradcheck=2, n_loo=6),
         output=OutputSettings(dir=str(out)),
         stages=("train", "score"),
@@ -57,6 +56,7 @@ def test_train_score_verify_writes_the_contract(ray_session, tmp_path):
     table = pads.dataset(tmp_path / "scores", format="parquet", partitioning="hive").to_table()
     assert sorted(table["sample_id"].to_pylist()) == list(range(N))  # every sample exactly once
     assert table.schema.field("input_grad").type.list_size == 64
+    assert json.loads(table.schema.metadata[b"input_shapes"]) == {"x": [8, 8, 1]}
     part = pq.read_table(tmp_path / "scores" / "method=trajectory" / "seed=0" / "part-00000.parquet")
     assert part.schema.metadata[b"sign_convention"].decode() == SIGN_CONVENTION
     assert np.all(np.isfinite(part["influence"].to_numpy())) and np.any(part["influence"].to_numpy() != 0)
@@ -90,7 +90,7 @@ def test_rerun_resumes_and_other_config_is_refused(ray_session, tmp_path):
     assert (summary.stat().st_mtime_ns, part.stat().st_mtime_ns) == stamps
 
     other = replace(settings, optimizer=replace(settings.optimizer, lr=0.01))
-    with pytest.raises(ConfigError, match=r"output.dir=.*holds a run with a different config"):
+    with pytest.raises(ConfigError, match=r"output.dir=.*holds a trajectory computed with other settings \(optimizer.lr=0.05 there, 0.01 now\)"):
         execute(other)
     assert json.loads((tmp_path / "manifest.json").read_text())["status"] == "succeeded"  # untouched
 
@@ -117,7 +117,7 @@ def test_interrupted_seed_is_redone_on_rerun(ray_session, tmp_path):
 
 
 def test_divergence_stops_with_the_step_and_marks_failure(ray_session, tmp_path):
-    settings = small_settings(tmp_path, optimizer=OptimizerSettings(name="sgd", lr=1e38), train=TrainSettings(epochs=2, batch_size=25, dtype="float32"))
+    settings = small_settings(tmp_path, optimizer=OptimizerSettings(name="sgd", lr=1e38), train=TrainSettings(epochs=2, batch_size=25, dtype="float32", checkpoint_every=4))
     with pytest.raises(DivergenceError, match=r"training diverged: NaN/inf at step \d+"):
         execute(settings)
     manifest = json.loads((tmp_path / "manifest.json").read_text())

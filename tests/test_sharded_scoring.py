@@ -19,12 +19,13 @@ from test_pipeline_run import N, small_settings
 
 
 def sharded_settings(out, method="tracin", **changes) -> Settings:
-    base = small_settings(out, influence=InfluenceSettings(method=method, checkpoint_every=4, shard_size=40, batch_size=16, steps=2))
+    base = small_settings(out, influence=InfluenceSettings(method=method, shard_size=40, batch_size=16, steps=2))
     return replace(base, **changes)
 
 
 def _scores(root, method="tracin") -> dict[int, np.ndarray]:
-    table = pads.dataset(root / "scores" / f"method={method}", format="parquet", partitioning="hive").to_table()
+    parts = sorted((root / "scores" / f"method={method}").glob("seed=*/part-*.parquet"))
+    table = pads.dataset(parts, format="parquet", partitioning=pads.partitioning(flavor="hive"), partition_base_dir=str(root / "scores" / f"method={method}")).to_table()
     out = {}
     for seed in set(table["seed"].to_pylist()):
         rows = table.filter(pads.field("seed") == seed).sort_by("sample_id")
@@ -37,23 +38,26 @@ def _in_process_tracin(root, settings):
     """TracIn of seed 0 computed directly from the stored checkpoints, without shards or Ray."""
     import tensorflow as tf
 
+    from pipeline.config import with_task_defaults
     from pipeline.data import load_dataset
+    from pipeline.io.checkpoints import StoredStates
     from pipeline.io.files import read_json
     from pipeline.io.layout import RunLayout
     from pipeline.io.tables import read_schedule
     from pipeline.kernels.per_sample import SampleScorer
+    from pipeline.kernels.training import as_inputs
     from pipeline.stages.recipes import recipe_for
-    from pipeline.stages.score import StoredStates
 
+    settings = with_task_defaults(settings)
     data = load_dataset(settings.data)
     layout = RunLayout(root)
     recipe = recipe_for(settings, data, 0)
     steps = read_json(layout.train_summary(0))["checkpoint_steps"]
-    states, lr = StoredStates(layout, 0, steps, recipe), read_schedule(layout.schedule(0)).lr
-    scorer = SampleScorer(recipe, "cross_entropy")
-    x_val, y_val = tf.constant(data.x_val, tf.float64), tf.constant(data.y_val)
+    states, lr = StoredStates(lambda t: layout.checkpoint(0, t), steps, recipe, "retrain"), read_schedule(layout.schedule(0)).lr
+    scorer = SampleScorer(recipe)
+    x_val, y_val = as_inputs(data.x_val["x"], tf.float64), tf.constant(data.y_val)
     checkpoints = [scorer.checkpoint(lr[a] * (b - a) / N, states[a], x_val, y_val) for a, b in zip(steps[:-1], steps[1:])]  # w_c by hand
-    influence, _ = scorer.tracin(checkpoints, tf.constant(data.x_train, tf.float64), tf.constant(data.y_train))
+    influence, _ = scorer.tracin(checkpoints, as_inputs(data.x_train["x"], tf.float64), tf.constant(data.y_train))
     return influence.numpy()
 
 
@@ -66,7 +70,7 @@ def test_tracin_shards_equal_the_in_process_result(ray_session, tmp_path):
     np.testing.assert_allclose(scores[0], _in_process_tracin(tmp_path, settings), rtol=1e-10)
 
 
-@pytest.mark.parametrize("method", ["lookahead", "loss", "saliency"])
+@pytest.mark.parametrize("method", ["lookahead", "loss", "saliency", "sensitivity"])
 def test_other_sharded_methods_cover_every_sample(ray_session, tmp_path, method):
     execute(sharded_settings(tmp_path, method=method))
     influence = _scores(tmp_path, method)[0]
@@ -98,7 +102,7 @@ def test_failed_run_resumes_without_redoing_finished_shards(ray_session, tmp_pat
     assert "part-00003.parquet" not in finished
 
     monkeypatch.delenv(KILL_AT_SHARD_ENV)
-    execute(replace(settings, cluster=ClusterSettings(max_retries=2)))  # cluster settings are not part of the config hash
+    execute(replace(settings, cluster=ClusterSettings(max_retries=2)))  # cluster settings are not part of any key
     assert all((parts / name).stat().st_mtime_ns == stamp for name, stamp in finished.items())  # skipped, not rewritten
     _scores(tmp_path)  # every sample exactly once
     assert (tmp_path / "_SUCCESS").exists()

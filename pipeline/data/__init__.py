@@ -1,9 +1,10 @@
-"""Data sources (digits, synthetic, npz, parquet), validation split and checks.
+"""Data sources (digits, synthetic, mnist, npz, parquet), validation split and checks.
 
-Features are kept flat: x has shape [N, d] (float32), `input_shape` says how the model sees one sample
-(e.g. (8, 8, 1) for digits). `sample_id` of a training sample is its row in x_train.
+Inputs are a nest name -> [N, *shape] (one input is named "x"); targets are class ids or floats,
+as the task says. `sample_id` of a training sample is its row in x_train.
 """
 
-from pipeline.data.dataset import Dataset, load_dataset
+from pipeline.data.dataset import SINGLE_INPUT, Dataset, make_dataset
+from pipeline.data.sources import describe, load_dataset
 
-__all__ = ["Dataset", "load_dataset"]
+__all__ = ["SINGLE_INPUT", "Dataset", "describe", "load_dataset", "make_dataset"]

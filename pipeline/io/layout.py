@@ -1,4 +1,4 @@
-"""Where every output of a run lives (DESIGN.md section 3). Paths only; no reading or writing."""
+"""Where every output of a run lives (docs/design.md, "Outputs"). Paths only; no reading or writing."""
 
 from __future__ import annotations
 
@@ -18,6 +18,25 @@ class RunLayout:
     def success(self) -> Path:
         return self.root / "_SUCCESS"
 
+    @property
+    def lock(self) -> Path:
+        return self.root / ".lock"
+
+    @property
+    def trajectory_dir(self) -> Path:
+        return self.root / "trajectory"
+
+    @property
+    def trajectory_arguments(self) -> Path:
+        """What the recorded training runs were computed from (io.arguments)."""
+        return self.trajectory_dir / "_arguments.json"
+
+    def method_dir(self, method: str) -> Path:
+        return self.root / "scores" / f"method={method}"
+
+    def score_arguments(self, method: str) -> Path:
+        return self.method_dir(method) / "_arguments.json"
+
     def seed_dir(self, seed: int) -> Path:
         return self.root / "trajectory" / f"seed={seed}"
 
@@ -32,13 +51,17 @@ class RunLayout:
         return self.seed_dir(seed) / "_summary.json"
 
     def scores_dir(self, method: str, seed: int) -> Path:
-        return self.root / "scores" / f"method={method}" / f"seed={seed}"
+        return self.method_dir(method) / f"seed={seed}"
 
     def score_part(self, method: str, seed: int, shard: int) -> Path:
         return self.scores_dir(method, seed) / f"part-{shard:05d}.parquet"
 
+    def score_parts(self, method: str, seed: int) -> list[Path]:
+        """The part files present for (method, seed) (quarantined *.corrupt files excluded)."""
+        return sorted(self.scores_dir(method, seed).glob("part-*.parquet"))
+
     def score_summary(self, method: str, seed: int) -> Path:
-        """Written after all parts of (method, seed): its presence marks them as complete."""
+        """Timings of the last scoring of (method, seed); the parts themselves are what counts."""
         return self.scores_dir(method, seed) / "_summary.json"
 
     @property
@@ -56,7 +79,7 @@ class RunLayout:
     @property
     def result_dirs(self) -> tuple[Path, ...]:
         """Everything a run writes besides the manifest; removed when output.overwrite replaces a run."""
-        return (self.root / "trajectory", self.root / "scores", self.verify_dir, self.report_dir)
+        return (self.trajectory_dir, self.root / "scores", self.verify_dir, self.report_dir)
 
     @property
     def result_files(self) -> tuple[Path, ...]:

@@ -1,18 +1,16 @@
 """manifest.json: resolved config, package versions, sign convention, stage timings and run status.
 
-Only the driver writes it. A run refuses an output dir that holds a run with other result settings
-unless output.overwrite=true, so results of two configs never mix.
+Only the driver writes it, under the run lock. Whether earlier results may be reused is decided per
+artifact (io.arguments), not here: the manifest describes the latest run in the directory.
 """
 
 from __future__ import annotations
 
-import shutil
 import time
 from importlib import metadata
 from typing import Any
 
 from pipeline.config import Settings
-from pipeline.errors import ConfigError
 from pipeline.io.files import read_json, write_json
 from pipeline.io.layout import RunLayout
 from pipeline.io.tables import SIGN_CONVENTION
@@ -38,28 +36,22 @@ class Manifest:
         self.payload = payload
 
     @classmethod
-    def open(cls, layout: RunLayout, settings: Settings) -> "Manifest":
-        """Start (or resume) a run in layout.root; see the module docstring for the overwrite rule."""
-        config_hash = settings.result_hash()
-        previous = read_json(layout.manifest) if layout.manifest.exists() else None
-        if previous is not None and previous.get("config_hash") != config_hash:
-            if not settings.output.overwrite:
-                raise ConfigError(
-                    f"output.dir={layout.root}: holds a run with a different config "
-                    f"(hash {previous.get('config_hash')} vs {config_hash}); choose another output.dir or set output.overwrite=true"
-                )
-            for folder in layout.result_dirs:
-                shutil.rmtree(folder, ignore_errors=True)
-            for file in layout.result_files:
-                file.unlink(missing_ok=True)
-            previous = None
+    def open(cls, layout: RunLayout, settings: Settings, extra: dict[str, Any]) -> "Manifest":
+        """Start (or resume) the run's manifest: status running, earlier stage records kept, _SUCCESS removed."""
+        try:
+            previous = read_json(layout.manifest) if layout.manifest.exists() else {}
+        except (OSError, ValueError):
+            previous = {}
+        if not isinstance(previous, dict):
+            previous = {}
         layout.success.unlink(missing_ok=True)
         payload = {
             "config": settings.to_dict(),
-            "config_hash": config_hash,
+            "config_hash": settings.result_hash(),
+            **extra,
             "versions": package_versions(),
             "sign_convention": SIGN_CONVENTION,
-            "stages": previous.get("stages", {}) if previous else {},
+            "stages": previous.get("stages", {}) if previous.get("config_hash") == settings.result_hash() else {},
             "status": "running",
             "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }
@@ -79,7 +71,7 @@ class Manifest:
         self.save()
 
     def finish(self, status: str, error: str | None = None) -> None:
-        """Mark the run succeeded (and write _SUCCESS last) or failed with its one-line error."""
+        """Mark the run succeeded (and write _SUCCESS last), failed or interrupted, with its one-line error."""
         self.payload["status"] = status
         self.payload["finished_at"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
         if error is not None:

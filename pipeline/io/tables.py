@@ -6,6 +6,7 @@ convention, so a file read on its own still says what its numbers mean.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +19,7 @@ from pipeline.kernels.schedule import Schedule
 SIGN_CONVENTION = (
     "influence = dE/d eps_i at eps = 1 (E = validation objective); positive = harmful: more weight on the "
     "sample raises validation error, removing it changes E by about -influence. "
-    "input_grad = dE/d x_i, flattened like x."
+    "input_grad = dE/d x_i (input_grad.<name> per input), flattened in C order; shapes in the input_shapes metadata."
 )
 
 SCHEDULE_SCHEMA = pa.schema([("step", pa.int64()), ("sample_id", pa.int64()), ("lr", pa.float64())])
@@ -39,45 +40,66 @@ def read_schedule(path: Path) -> Schedule:
     return Schedule.from_rows(*(table[c].to_numpy() for c in ("step", "sample_id", "lr")))
 
 
-def scores_schema(n_features: int, metadata: dict[str, str]) -> pa.Schema:
-    return pa.schema(
-        [
-            ("sample_id", pa.int64()),
-            ("label", pa.int64()),
-            ("influence", pa.float64()),
-            ("input_grad", pa.list_(pa.float32(), n_features)),
-            ("input_grad_norm", pa.float64()),
-            ("train_loss", pa.float64()),
-        ],
-        metadata={"sign_convention": SIGN_CONVENTION, **metadata},
-    )
+def input_grad_column(name: str, n_inputs: int) -> str:
+    """input_grad for a single input, input_grad.<name> for each of several."""
+    return "input_grad" if n_inputs == 1 else f"input_grad.{name}"
+
+
+def target_field(targets: np.ndarray, task: str) -> pa.Field:
+    """label int64 (classification), target float64 ([n] targets) or fixed_size_list<double>[k] ([n, k])."""
+    if task == "classification":
+        return pa.field("label", pa.int64())
+    if targets.ndim == 1:
+        return pa.field("target", pa.float64())
+    return pa.field("target", pa.list_(pa.float64(), int(targets.shape[1])))
+
+
+def target_array(targets: np.ndarray, task: str) -> pa.Array:
+    field = target_field(targets, task)
+    if pa.types.is_fixed_size_list(field.type):
+        return pa.FixedSizeListArray.from_arrays(pa.array(np.ascontiguousarray(targets, dtype=np.float64).reshape(-1)), field.type.list_size)
+    return pa.array(targets, field.type)
 
 
 def scores_table(
     sample_id: np.ndarray,
-    label: np.ndarray,
+    targets: np.ndarray,
+    task: str,
     influence: np.ndarray,
-    input_grad: np.ndarray,
+    input_grad: dict[str, np.ndarray],
     train_loss: np.ndarray,
     metadata: dict[str, str],
 ) -> pa.Table:
-    """One row per sample. input_grad: [n, d], stored as fixed_size_list<float>[d]."""
-    n, d = input_grad.shape
-    flat = pa.array(np.ascontiguousarray(input_grad, dtype=np.float32).reshape(-1))
-    return pa.Table.from_arrays(
-        [
-            pa.array(sample_id, pa.int64()),
-            pa.array(label, pa.int64()),
-            pa.array(influence, pa.float64()),
-            pa.FixedSizeListArray.from_arrays(flat, d),
-            pa.array(np.linalg.norm(input_grad, axis=1), pa.float64()),
-            pa.array(train_loss, pa.float64()),
-        ],
-        schema=scores_schema(d, metadata),
-    )
+    """One row per sample. input_grad: name -> [n, *shape], each stored flattened as fixed_size_list<float>;
+    the shapes go to the schema metadata (`input_shapes`, JSON) next to the sign convention."""
+    n = sample_id.shape[0]
+    grads = {name: np.ascontiguousarray(g, dtype=np.float32).reshape(n, -1) for name, g in input_grad.items()}
+    fields = [pa.field("sample_id", pa.int64()), target_field(targets, task), pa.field("influence", pa.float64())]
+    arrays = [pa.array(sample_id, pa.int64()), target_array(targets, task), pa.array(influence, pa.float64())]
+    for name, flat in grads.items():
+        column = input_grad_column(name, len(grads))
+        fields.append(pa.field(column, pa.list_(pa.float32(), flat.shape[1])))
+        arrays.append(pa.FixedSizeListArray.from_arrays(pa.array(flat.reshape(-1)), flat.shape[1]))
+    norm = np.sqrt(sum(np.sum(np.square(flat, dtype=np.float64), axis=1) for flat in grads.values()))
+    fields += [pa.field("input_grad_norm", pa.float64()), pa.field("train_loss", pa.float64())]
+    arrays += [pa.array(norm, pa.float64()), pa.array(train_loss, pa.float64())]
+    shapes = {name: list(g.shape[1:]) for name, g in input_grad.items()}
+    schema = pa.schema(fields, metadata={"sign_convention": SIGN_CONVENTION, "input_shapes": json.dumps(shapes), **metadata})
+    return pa.Table.from_arrays(arrays, schema=schema)
 
 
-def input_grad_matrix(table: pa.Table) -> np.ndarray:
-    """[n, d] float32 view of the input_grad column."""
-    column = table["input_grad"].combine_chunks()
-    return column.flatten().to_numpy().reshape(len(column), column.type.list_size)
+def input_grads(table: pa.Table) -> dict[str, np.ndarray]:
+    """name -> [n, *shape] float32 input gradients of a scores table, shapes from its schema metadata."""
+    shapes = json.loads((table.schema.metadata or {}).get(b"input_shapes", b"{}"))
+    out = {}
+    for name, shape in shapes.items():
+        column = table[input_grad_column(name, len(shapes))].combine_chunks()
+        out[name] = column.flatten().to_numpy().reshape(len(column), *shape)
+    return out
+
+
+def read_parts(paths: list[Path], columns: list[str] | None = None) -> pa.Table:
+    """The rows of several Parquet parts (same schema) as one table; [] gives an error, not an empty table."""
+    if not paths:
+        raise ValueError("no parts to read")
+    return pa.concat_tables([pq.read_table(p, columns=columns) for p in sorted(paths)])

@@ -1,6 +1,7 @@
-"""Per-sample scoring methods that run independently over batches of training samples (sharded).
+"""Per-sample scoring kernels that run independently over batches of training samples (sharded).
 
-Every method returns (influence [b], input_grad [b, d]) for a batch x [b, d], y [b]:
+Every method returns (influence [b], input_grad) for a batch of inputs x (a tuple with one tensor
+[b, *shape] per model input) and targets y; input_grad has the structure of x.
 
 - `lookahead`: from a trained state, K more optimizer steps on sample i alone with weight eps_i, then the
   validation objective E; influence = dE/d eps_i, input_grad = dE/d x_i (reverse mode through the K
@@ -11,7 +12,9 @@ Every method returns (influence [b], input_grad [b, d]) for a batch x [b, d], y 
   Per-sample dot products of a whole batch come from one forward-mode pass (ForwardAccumulator).
 - `loss`: influence = the training loss of the final model (a ranking score: larger = more suspicious),
   input_grad = d loss_i / d x_i.
-- `saliency`: influence = |d loss_i / d x_i| (ranking score), input_grad = d loss_i / d x_i.
+- `saliency`: influence = |d loss_i / d x_i| over all inputs (ranking score), input_grad = d loss_i / d x_i.
+- `sensitivity`: d (w . f(x_i)) / d x_i of the trained model f with output weights w [k] (one VJP);
+  influence = w . f(x_i), the weighted output.
 """
 
 from __future__ import annotations
@@ -20,8 +23,9 @@ from typing import Mapping, NamedTuple, Sequence
 
 import tensorflow as tf
 
-from pipeline.kernels import objectives
 from pipeline.kernels.training import Recipe, TrainState
+
+Inputs = tuple[tf.Tensor, ...]
 
 
 class Checkpoint(NamedTuple):
@@ -32,91 +36,115 @@ class Checkpoint(NamedTuple):
     direction: list[tf.Tensor]
 
 
+def input_norm(grads: Sequence[tf.Tensor]) -> tf.Tensor:
+    """[b] Euclidean norm of each sample's gradient over all inputs and feature axes."""
+    squares = [tf.reduce_sum(tf.reshape(tf.square(g), (tf.shape(g)[0], -1)), axis=1) for g in grads]
+    return tf.sqrt(tf.add_n(squares))
+
+
 class SampleScorer:
-    def __init__(self, recipe: Recipe, objective: str):
+    def __init__(self, recipe: Recipe):
         self.recipe = recipe
-        self.objective = objective
         self._loss_and_grad = tf.function(self._loss_and_grad_fn, reduce_retracing=True)
         self._tracin_one = tf.function(self._tracin_one_fn, reduce_retracing=True)
         self._objective_direction = tf.function(self._objective_direction_fn, reduce_retracing=True)
         self._lookahead = tf.function(self._lookahead_fn, reduce_retracing=True)
+        self._sensitivity = tf.function(self._sensitivity_fn, reduce_retracing=True)
 
     # ----- loss and saliency -------------------------------------------------------------------
-    def _loss_and_grad_fn(self, state: TrainState, x: tf.Tensor, y: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    def _loss_and_grad_fn(self, state: TrainState, x: Inputs, y: tf.Tensor) -> tuple[tf.Tensor, Inputs]:
         r = self.recipe
         with tf.GradientTape() as tape:
             tape.watch(x)
             outputs, _ = r.forward(state.trainable, state.non_trainable, x, training=False)
-            losses = objectives.per_sample(r.loss, outputs, y, r.from_logits)
+            losses = r.task.loss(outputs, y)
         # The gradient of a vector target is that of its sum; samples are independent in inference mode.
-        return losses, tape.gradient(losses, x)
+        return losses, tuple(tape.gradient(losses, x))
 
-    def loss(self, state: TrainState, x: tf.Tensor, y: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    def loss(self, state: TrainState, x: Inputs, y: tf.Tensor) -> tuple[tf.Tensor, Inputs]:
         return self._loss_and_grad(state, x, y)
 
-    def saliency(self, state: TrainState, x: tf.Tensor, y: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    def saliency(self, state: TrainState, x: Inputs, y: tf.Tensor) -> tuple[tf.Tensor, Inputs]:
         _, grad = self._loss_and_grad(state, x, y)
-        return tf.norm(grad, axis=1), grad
+        return input_norm(grad), grad
+
+    # ----- sensitivity -------------------------------------------------------------------------
+    def _sensitivity_fn(self, state: TrainState, x: Inputs, output_weights: tf.Tensor) -> tuple[tf.Tensor, Inputs]:
+        r = self.recipe
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            outputs, _ = r.forward(state.trainable, state.non_trainable, x, training=False)
+        weights = tf.broadcast_to(tf.cast(output_weights, outputs.dtype), tf.shape(outputs))
+        # One VJP with cotangent w per row: row i gets w . d f(x_i) / d x_i (rows are independent at inference).
+        grads = tape.gradient(outputs, x, output_gradients=weights)
+        return tf.reduce_sum(outputs * weights, axis=-1), tuple(grads)
+
+    def sensitivity(self, state: TrainState, x: Inputs, output_weights: Sequence[float]) -> tuple[tf.Tensor, Inputs]:
+        """(w . f(x_i) [b], d (w . f(x_i)) / d x_i) with output weights w [k] (k = the model's output width)."""
+        return self._sensitivity(state, x, tf.constant(output_weights, tf.float64))
 
     # ----- tracin ------------------------------------------------------------------------------
-    def _objective_direction_fn(self, state: TrainState, x_val: tf.Tensor, y_val: tf.Tensor) -> list[tf.Tensor]:
+    def _objective_direction_fn(self, state: TrainState, x_val: Inputs, y_val: tf.Tensor) -> list[tf.Tensor]:
         with tf.GradientTape() as tape:
             tape.watch(state.trainable)
-            value = self.recipe.objective(state, x_val, y_val, self.objective)
+            value = self.recipe.objective(state, x_val, y_val)
         return [tf.convert_to_tensor(g) for g in tape.gradient(value, state.trainable)]
 
-    def checkpoint(self, weight: float, state: TrainState, x_val: tf.Tensor, y_val: tf.Tensor) -> Checkpoint:
+    def checkpoint(self, weight: float, state: TrainState, x_val: Inputs, y_val: tf.Tensor) -> Checkpoint:
         """Prepare one TracIn checkpoint: grad E(theta_c) is computed once, not per batch."""
         return Checkpoint(weight, state, self._objective_direction(state, x_val, y_val))
 
     def checkpoints(
-        self, states: Mapping[int, TrainState], steps: Sequence[int], lr: Sequence[float], n_train: int, x_val: tf.Tensor, y_val: tf.Tensor
+        self, states: Mapping[int, TrainState], steps: Sequence[int], lr: Sequence[float], n_train: int, x_val: Inputs, y_val: tf.Tensor
     ) -> list[Checkpoint]:
         """TracIn checkpoints at every stored step but the last, w_c = lr[c] * (next stored step - c) / n_train."""
         return [self.checkpoint(float(lr[a]) * (b - a) / n_train, states[a], x_val, y_val) for a, b in zip(steps[:-1], steps[1:])]
 
-    def _tracin_one_fn(self, state: TrainState, direction: list[tf.Tensor], x: tf.Tensor, y: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-        """(grad E . grad loss_i [b], its gradient in x_i [b, d]) at one checkpoint."""
+    def _tracin_one_fn(self, state: TrainState, direction: list[tf.Tensor], x: Inputs, y: tf.Tensor) -> tuple[tf.Tensor, Inputs]:
+        """(grad E . grad loss_i [b], its gradient in x_i) at one checkpoint."""
         r = self.recipe
         with tf.GradientTape() as tape:
             tape.watch(x)
             with tf.autodiff.ForwardAccumulator(state.trainable, direction) as accumulator:
                 outputs, _ = r.forward(state.trainable, state.non_trainable, x, training=False)
-                losses = objectives.per_sample(r.loss, outputs, y, r.from_logits)
+                losses = r.task.loss(outputs, y)
             dots = accumulator.jvp(losses)
-        return dots, tape.gradient(dots, x)
+        return dots, tuple(tape.gradient(dots, x))
 
-    def tracin(self, checkpoints: Sequence[Checkpoint], x: tf.Tensor, y: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-        influence, input_grad = tf.zeros(tf.shape(x)[:1], x.dtype), tf.zeros_like(x)
+    def tracin(self, checkpoints: Sequence[Checkpoint], x: Inputs, y: tf.Tensor) -> tuple[tf.Tensor, Inputs]:
+        influence = tf.zeros(tf.shape(y)[:1], x[0].dtype)
+        input_grad = tuple(tf.zeros_like(a) for a in x)
         for c in checkpoints:
             dots, grad = self._tracin_one(c.state, c.direction, x, y)
-            weight = tf.constant(-c.weight, x.dtype)
-            influence, input_grad = influence + weight * dots, input_grad + weight * grad
+            weight = tf.constant(-c.weight, x[0].dtype)
+            influence = influence + weight * dots
+            input_grad = tuple(total + weight * g for total, g in zip(input_grad, grad))
         return influence, input_grad
 
     # ----- lookahead ---------------------------------------------------------------------------
     def _lookahead_fn(
-        self, state: TrainState, x: tf.Tensor, y: tf.Tensor, x_val: tf.Tensor, y_val: tf.Tensor, lr: tf.Tensor, first_step: tf.Tensor, steps: int
-    ) -> tuple[tf.Tensor, tf.Tensor]:
+        self, state: TrainState, x: Inputs, y: tf.Tensor, x_val: Inputs, y_val: tf.Tensor, lr: tf.Tensor, first_step: tf.Tensor, steps: int
+    ) -> tuple[tf.Tensor, Inputs]:
         r = self.recipe
 
-        def one_sample(sample: tuple[tf.Tensor, tf.Tensor]) -> tuple[tf.Tensor, tf.Tensor]:
-            x_i, y_i = sample[0][None], sample[1][None]
-            eps = tf.ones((1,), x.dtype)
+        def one_sample(sample: tuple[Inputs, tf.Tensor]) -> tuple[tf.Tensor, Inputs]:
+            x_i = tuple(a[None] for a in sample[0])
+            y_i = sample[1][None]
+            eps = tf.ones((1,), x_i[0].dtype)
             with tf.GradientTape() as tape:
                 tape.watch([eps, x_i])
                 s = state
                 for k in range(steps):  # K is small and fixed: unrolled
                     s, _ = r.step(s, x_i, y_i, eps, lr, first_step + k)
-                value = r.objective(s, x_val, y_val, self.objective)
+                value = r.objective(s, x_val, y_val)
             d_eps, d_x = tape.gradient(value, [eps, x_i])
-            return d_eps[0], d_x[0]
+            return d_eps[0], tuple(g[0] for g in d_x)
 
         return tf.vectorized_map(one_sample, (x, y))
 
     def lookahead(
-        self, state: TrainState, x: tf.Tensor, y: tf.Tensor, x_val: tf.Tensor, y_val: tf.Tensor, lr: float, first_step: int, steps: int
-    ) -> tuple[tf.Tensor, tf.Tensor]:
+        self, state: TrainState, x: Inputs, y: tf.Tensor, x_val: Inputs, y_val: tf.Tensor, lr: float, first_step: int, steps: int
+    ) -> tuple[tf.Tensor, Inputs]:
         """dE/d eps_i and dE/d x_i after `steps` optimizer steps on each sample alone, from `state`
         (whose optimizer buffers continue; `first_step` is the global step index of the first one)."""
         return self._lookahead(state, x, y, x_val, y_val, tf.constant(lr, tf.float64), tf.constant(first_step), steps)

@@ -16,9 +16,9 @@ import numpy as np
 import tensorflow as tf
 
 from pipeline.errors import DivergenceError
-from pipeline.kernels import objectives
 from pipeline.kernels.optimizers import FunctionalOptimizer
 from pipeline.kernels.schedule import Schedule
+from pipeline.kernels.task import Task
 
 Tensors = list[tf.Tensor]
 
@@ -30,28 +30,41 @@ class TrainState(NamedTuple):
 
 
 class Batches(NamedTuple):
-    """Everything a run of steps reads. x: [N, d] flat; y: [N]; eps: [N] sample weights;
-    index: [T, B_max] (-1 padded), size: [T], lr: [T]."""
+    """Everything a run of steps reads. x: one tensor [N, *shape] per model input; y: [N] class ids or
+    [N] / [N, k] float targets; eps: [N] sample weights; index: [T, B_max] (-1 padded), size: [T], lr: [T]."""
 
-    x: tf.Tensor
+    x: tuple[tf.Tensor, ...]
     y: tf.Tensor
     eps: tf.Tensor
     index: tf.Tensor
     size: tf.Tensor
     lr: tf.Tensor
 
-    def batch(self, step: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor, tf.Tensor]:
-        """(ids [b], x [b, d], y [b], eps [b]) of one step."""
+    def batch(self, step: tf.Tensor) -> tuple[tf.Tensor, tuple[tf.Tensor, ...], tf.Tensor, tf.Tensor]:
+        """(ids [b], x (one [b, *shape] per input), y [b, ...], eps [b]) of one step."""
         ids = self.index[step, : self.size[step]]
-        return ids, tf.gather(self.x, ids), tf.gather(self.y, ids), tf.gather(self.eps, ids)
+        return ids, tuple(tf.gather(x, ids) for x in self.x), tf.gather(self.y, ids), tf.gather(self.eps, ids)
 
 
-def make_batches(x: np.ndarray, y: np.ndarray, schedule: Schedule, dtype: str, eps: np.ndarray | None = None) -> Batches:
+def as_inputs(x: Sequence[np.ndarray] | np.ndarray, dtype: str | tf.DType) -> tuple[tf.Tensor, ...]:
+    """Model inputs as a tuple of tensors in `dtype` (a single array becomes a 1-tuple)."""
+    arrays = (x,) if isinstance(x, (np.ndarray, tf.Tensor)) else tuple(x)
+    return tuple(tf.constant(a, dtype=dtype) for a in arrays)
+
+
+def as_targets(y: np.ndarray, task: Task, dtype: str | tf.DType) -> tf.Tensor:
+    """Class ids as int64; float targets in the model's dtype."""
+    return tf.constant(y, dtype=task.target_dtype or dtype)
+
+
+def make_batches(
+    x: Sequence[np.ndarray] | np.ndarray, y: np.ndarray, schedule: Schedule, dtype: str, task: Task, eps: np.ndarray | None = None
+) -> Batches:
     """Tensors for the compiled loops; eps defaults to ones (every sample at full weight)."""
-    eps = np.ones(x.shape[0]) if eps is None else eps
+    eps = np.ones(y.shape[0]) if eps is None else eps
     return Batches(
-        x=tf.constant(x, dtype=dtype),
-        y=tf.constant(y, dtype=tf.int64),
+        x=as_inputs(x, dtype),
+        y=as_targets(y, task, dtype),
         eps=tf.constant(eps, dtype=dtype),
         index=tf.constant(schedule.index, dtype=tf.int64),
         size=tf.constant(schedule.size, dtype=tf.int32),
@@ -60,17 +73,16 @@ def make_batches(x: np.ndarray, y: np.ndarray, schedule: Schedule, dtype: str, e
 
 
 class Recipe:
-    """A Keras model + functional optimizer + loss, as pure functions of the state.
+    """A Keras model + functional optimizer + task (losses), as pure functions of the state.
 
-    `model` only provides the computation (`stateless_call`) and the initial variable values.
+    `model` only provides the computation (`stateless_call`) and the initial variable values. Inputs are
+    a tuple with one tensor per model input; a model with several inputs is called on them as a list.
     """
 
-    def __init__(self, model: Any, optimizer: FunctionalOptimizer, loss: str, from_logits: bool, input_shape: tuple[int, ...]):
+    def __init__(self, model: Any, optimizer: FunctionalOptimizer, task: Task):
         self.model = model
         self.optimizer = optimizer
-        self.loss = loss
-        self.from_logits = from_logits
-        self.input_shape = tuple(input_shape)
+        self.task = task
         self.dtype = tf.as_dtype(model.trainable_variables[0].dtype)
         # Float non-trainables (BatchNorm statistics) carry an adjoint; integer ones (seed state) do not.
         self.float_non_trainable = [v.dtype.startswith("float") for v in model.non_trainable_variables]
@@ -88,13 +100,15 @@ class Recipe:
         non_trainable = [tf.convert_to_tensor(v.value) for v in self.model.non_trainable_variables]
         return TrainState(trainable, non_trainable, self.optimizer.init(trainable))
 
-    def state_names(self) -> list[str]:
-        """Names of the flattened state tensors: trainable/<path>, non_trainable/<path>, optimizer/<slot>/<path>."""
-        trainable = [v.path for v in self.model.trainable_variables]
-        names = [f"trainable/{p}" for p in trainable]
-        names += [f"non_trainable/{v.path}" for v in self.model.non_trainable_variables]
-        names += [f"optimizer/{slot}/{p}" for slot in self.optimizer.slots for p in trainable]
-        return names
+    def state_layout(self) -> list[tuple[str, tuple[int, ...], str]]:
+        """(key, shape, variable path) of every flattened state tensor. Keys go by position, never by
+        Keras' auto-generated names (those change with every model built in a process):
+        trainable/<i>, non_trainable/<i>, optimizer/<slot>/<i>, i zero-padded to 4 digits."""
+        trainable = [(f"trainable/{i:04d}", tuple(v.shape), v.path) for i, v in enumerate(self.model.trainable_variables)]
+        layout = list(trainable)
+        layout += [(f"non_trainable/{i:04d}", tuple(v.shape), v.path) for i, v in enumerate(self.model.non_trainable_variables)]
+        layout += [(f"optimizer/{slot}/{key.split('/')[1]}", shape, path) for slot in self.optimizer.slots for key, shape, path in trainable]
+        return layout
 
     def flatten(self, state: TrainState) -> list[tf.Tensor]:
         return [*state.trainable, *state.non_trainable, *state.optimizer]
@@ -110,20 +124,22 @@ class Recipe:
         return TrainState(state.trainable, nt, state.optimizer)
 
     # ----- math --------------------------------------------------------------------------------
-    def forward(self, trainable: Tensors, non_trainable: Tensors, x: tf.Tensor, training: bool) -> tuple[tf.Tensor, Tensors]:
-        """outputs [b, C] and the updated non-trainables for flat inputs x [b, d]."""
-        x = tf.reshape(x, (-1, *self.input_shape))
+    def forward(self, trainable: Tensors, non_trainable: Tensors, x: Sequence[tf.Tensor], training: bool) -> tuple[tf.Tensor, Tensors]:
+        """outputs [b, k] and the updated non-trainables for inputs x (one [b, *shape] per model input)."""
+        inputs = x[0] if len(x) == 1 else list(x)
         kwargs = {"training": training} if self._takes_training else {}
-        outputs, non_trainable = self.model.stateless_call(trainable, non_trainable, x, **kwargs)
+        outputs, non_trainable = self.model.stateless_call(trainable, non_trainable, inputs, **kwargs)
         return outputs, list(non_trainable)
 
-    def batch_loss(self, state: TrainState, x: tf.Tensor, y: tf.Tensor, eps: tf.Tensor) -> tuple[tf.Tensor, Tensors]:
+    def batch_loss(self, state: TrainState, x: Sequence[tf.Tensor], y: tf.Tensor, eps: tf.Tensor) -> tuple[tf.Tensor, Tensors]:
         """(1/b) sum_i eps_i loss_i (Keras' sum_over_batch_size with sample weights), and new non-trainables."""
         outputs, non_trainable = self.forward(state.trainable, state.non_trainable, x, training=True)
-        per_sample = objectives.per_sample(self.loss, outputs, y, self.from_logits)
-        return tf.reduce_sum(eps * per_sample) / tf.cast(tf.shape(x)[0], x.dtype), non_trainable
+        per_sample = self.task.loss(outputs, y)
+        return tf.reduce_sum(eps * per_sample) / tf.cast(tf.shape(eps)[0], eps.dtype), non_trainable
 
-    def step(self, state: TrainState, x: tf.Tensor, y: tf.Tensor, eps: tf.Tensor, lr: tf.Tensor, step: tf.Tensor) -> tuple[TrainState, tf.Tensor]:
+    def step(
+        self, state: TrainState, x: Sequence[tf.Tensor], y: tf.Tensor, eps: tf.Tensor, lr: tf.Tensor, step: tf.Tensor
+    ) -> tuple[TrainState, tf.Tensor]:
         """One optimizer step on the batch; returns (next state, batch loss)."""
         with tf.GradientTape() as tape:
             tape.watch(state.trainable)
@@ -132,13 +148,10 @@ class Recipe:
         trainable, opt_state = self.optimizer.update(state.trainable, state.optimizer, grads, lr, step)
         return TrainState(trainable, non_trainable, opt_state), loss
 
-    def objective(self, state: TrainState, x: tf.Tensor, y: tf.Tensor, kind: str) -> tf.Tensor:
-        """Validation objective E: mean over samples of `kind`, inference mode (BatchNorm moving stats)."""
+    def objective(self, state: TrainState, x: Sequence[tf.Tensor], y: tf.Tensor) -> tf.Tensor:
+        """Validation objective E: mean over samples of the task's objective, inference mode."""
         outputs, _ = self.forward(state.trainable, state.non_trainable, x, training=False)
-        return self._mean_objective(outputs, y, kind)
-
-    def _mean_objective(self, outputs: tf.Tensor, y: tf.Tensor, kind: str) -> tf.Tensor:
-        return tf.reduce_mean(objectives.per_sample(kind, outputs, y, self.from_logits))
+        return tf.reduce_mean(self.task.objective(outputs, y))
 
     # ----- compiled loops ----------------------------------------------------------------------
     def _run_steps(self, state: TrainState, batches: Batches, start: tf.Tensor, stop: tf.Tensor) -> tuple[TrainState, tf.Tensor]:
@@ -150,17 +163,22 @@ class Recipe:
             losses = losses.write(t - start, loss)
         return state, losses.stack()
 
-    def _per_sample_loss(self, state: TrainState, x: tf.Tensor, y: tf.Tensor) -> tf.Tensor:
+    def _per_sample_loss(self, state: TrainState, x: Sequence[tf.Tensor], y: tf.Tensor) -> tf.Tensor:
         """[n] training loss of each sample under `state`, inference mode."""
         outputs, _ = self.forward(state.trainable, state.non_trainable, x, training=False)
-        return objectives.per_sample(self.loss, outputs, y, self.from_logits)
+        return self.task.loss(outputs, y)
 
-    def _evaluate(self, state: TrainState, x: tf.Tensor, y: tf.Tensor, kind: str) -> tuple[tf.Tensor, tf.Tensor]:
-        """(objective E of `kind`, accuracy) on (x, y), inference mode."""
+    def _evaluate(self, state: TrainState, x: Sequence[tf.Tensor], y: tf.Tensor) -> dict[str, tf.Tensor]:
+        """{objective E, loss (mean training loss), accuracy (NaN for regression)} on (x, y), inference mode."""
         outputs, _ = self.forward(state.trainable, state.non_trainable, x, training=False)
-        value = self._mean_objective(outputs, y, kind)
-        correct = tf.equal(tf.argmax(outputs, axis=-1, output_type=y.dtype), y)
-        return value, tf.reduce_mean(tf.cast(correct, tf.float64))
+        return {
+            "objective": tf.reduce_mean(self.task.objective(outputs, y)),
+            "loss": tf.reduce_mean(self.task.loss(outputs, y)),
+            "accuracy": self.task.accuracy(outputs, y),
+        }
+
+
+DIVERGENCE_FACTOR = 100.0  # a batch loss this many times the first one means training has blown up
 
 
 def train(
@@ -173,12 +191,17 @@ def train(
 ) -> TrainState:
     """Run steps 0..stored_steps[-1]; call on_state(t, state) for every t in stored_steps (0 included).
 
-    Raises DivergenceError naming the first step whose batch loss is NaN or inf.
+    Raises DivergenceError naming the first step whose batch loss is NaN/inf or more than
+    DIVERGENCE_FACTOR times the largest batch loss of the first segment.
     """
     on_state(stored_steps[0], state)
+    reference = None  # the largest batch loss of the first segment
     for start, stop in zip(stored_steps[:-1], stored_steps[1:]):
         state, losses = recipe.run_steps(state, batches, tf.constant(start), tf.constant(stop))
-        raise_if_nonfinite(losses.numpy(), "training", first_step=start)
+        losses = losses.numpy()
+        raise_if_nonfinite(losses, "training", first_step=start)
+        reference = float(np.max(losses)) if reference is None else reference
+        raise_if_exploded(losses, reference, "training loss", first_step=start)
         on_state(stop, state)
         if progress is not None:
             progress(stop - start)
@@ -193,11 +216,25 @@ def raise_if_nonfinite(values: np.ndarray, what: str, first_step: int) -> None:
         raise DivergenceError(f"{what} diverged: NaN/inf at step {step}; try a smaller optimizer.lr")
 
 
-def per_sample_losses(recipe: Recipe, state: TrainState, x: np.ndarray, y: np.ndarray, chunk: int = 4096) -> np.ndarray:
-    """[n] float64 training loss of every sample under `state` (inference mode), in chunks of rows."""
+def raise_if_exploded(values: np.ndarray, reference: float, what: str, first_step: int) -> None:
+    """DivergenceError naming the first step whose value exceeds DIVERGENCE_FACTOR x |reference|
+    (losses and objectives blow up upwards; a margin objective may fall below zero and that is fine)."""
+    limit = DIVERGENCE_FACTOR * max(abs(reference), np.finfo(np.float32).tiny)
+    bad = np.flatnonzero(values > limit)
+    if bad.size:
+        step = first_step + int(bad[0])
+        raise DivergenceError(
+            f"{what} diverged: {float(values[bad[0]]):.3g} at step {step}, over {DIVERGENCE_FACTOR:g}x its early value "
+            f"{reference:.3g}; try a smaller optimizer.lr"
+        )
+
+
+def per_sample_losses(recipe: Recipe, state: TrainState, x: Sequence[np.ndarray], y: np.ndarray, chunk: int = 4096) -> np.ndarray:
+    """[n] float64 training loss of every sample under `state` (inference mode), in chunks of rows.
+    x: one array [n, *shape] per model input."""
     parts = [
-        recipe.per_sample_loss(state, tf.constant(x[i : i + chunk], recipe.dtype), tf.constant(y[i : i + chunk]))
-        for i in range(0, x.shape[0], chunk)
+        recipe.per_sample_loss(state, as_inputs([a[i : i + chunk] for a in x], recipe.dtype), as_targets(y[i : i + chunk], recipe.task, recipe.dtype))
+        for i in range(0, y.shape[0], chunk)
     ]
     return np.concatenate([p.numpy() for p in parts]).astype(np.float64)
 

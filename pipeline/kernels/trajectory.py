@@ -5,7 +5,7 @@ state_t inside a GradientTape and one vector-Jacobian product of state_{t+1} wit
 (state_t, eps_B, x_B) gives a_t and, for every sample i in the batch, its contribution to
 
     influence_i  = dE/d eps_i   (positive: more weight on sample i raises validation error)
-    input_grad_i = dE/d x_i     [d], same flat layout as x
+    input_grad_i = dE/d x_i     one array per model input, each of that input's sample shape
 
 summed over all the steps that used sample i. States are read from checkpoints every k steps and the
 k states of a segment are recomputed, so memory holds the checkpoints plus k states.
@@ -25,16 +25,15 @@ from pipeline.kernels.training import Batches, Recipe, TrainState, raise_if_nonf
 class Hypergradients(NamedTuple):
     objective: float  # E at the final state
     influence: np.ndarray  # [N] dE/d eps_i
-    input_grad: np.ndarray  # [N, d] dE/d x_i, in the training dtype
+    input_grad: tuple[np.ndarray, ...]  # per model input [N, *shape]: dE/d x_i, in the training dtype
     replay_error: float  # max |recomputed state - stored checkpoint| over segment ends (0 when bit-exact)
 
 
 class ReverseSweep:
     """Compiled pieces of the sweep for one recipe; `run` drives them over the checkpointed segments."""
 
-    def __init__(self, recipe: Recipe, objective: str):
+    def __init__(self, recipe: Recipe):
         self.recipe = recipe
-        self.objective = objective
         self._objective_grad = tf.function(self._objective_grad_fn, reduce_retracing=True)
         self._reverse_segment = tf.function(self._reverse_segment_fn, reduce_retracing=True)
         # A separate (not inlined) function: inlined into the while loop, Grappler's memory optimizer
@@ -43,12 +42,12 @@ class ReverseSweep:
         self._reverse_step = tf.function(self._reverse_step_fn, experimental_attributes={"_noinline": True})
 
     # E and dE/d(differentiable state) at the final state.
-    def _objective_grad_fn(self, state: TrainState, x_val: tf.Tensor, y_val: tf.Tensor) -> tuple[tf.Tensor, TrainState]:
+    def _objective_grad_fn(self, state: TrainState, x_val: tuple[tf.Tensor, ...], y_val: tf.Tensor) -> tuple[tf.Tensor, TrainState]:
         r = self.recipe
         diff = r.differentiable(state)
         with tf.GradientTape() as tape:
             tape.watch(diff)
-            value = r.objective(self._merge(state, diff), x_val, y_val, self.objective)
+            value = r.objective(self._merge(state, diff), x_val, y_val)
         grads = tape.gradient(value, diff, unconnected_gradients=tf.UnconnectedGradients.ZERO)
         return value, tf.nest.map_structure(tf.convert_to_tensor, grads)
 
@@ -59,7 +58,7 @@ class ReverseSweep:
         return TrainState(list(diff.trainable), nt, list(diff.optimizer))
 
     def _reverse_step_fn(self, state: TrainState, adjoint: TrainState, batches: Batches, t: tf.Tensor):
-        """One VJP: (a_t, dE/d eps_B [b], dE/d x_B [b, d], ids [b]) from a_{t+1} and the stored state_t."""
+        """One VJP: (a_t, dE/d eps_B [b], dE/d x_B (per input [b, *shape]), ids [b]) from a_{t+1} and state_t."""
         r = self.recipe
         ids, x, y, eps = batches.batch(t)
         diff = r.differentiable(state)
@@ -81,7 +80,7 @@ class ReverseSweep:
         start: tf.Tensor,
         stop: tf.Tensor,
         influence: tf.Variable,
-        input_grad: tf.Variable,
+        input_grad: tuple[tf.Variable, ...],
     ) -> tuple[TrainState, TrainState]:
         """Recompute states start..stop-1 from `state`, then carry the adjoint from stop back to start,
         adding per-sample gradients into the accumulators. Returns (adjoint at start, recomputed state at stop)."""
@@ -99,7 +98,8 @@ class ReverseSweep:
             adjoint, grad_eps, grad_x, ids = self._reverse_step(state_i, adjoint, batches, start + i)
             # Row-wise ResourceScatterAdd: several times faster here than scatter_nd_add.
             influence.scatter_add(tf.IndexedSlices(grad_eps, ids))
-            input_grad.scatter_add(tf.IndexedSlices(grad_x, ids))
+            for accumulator, grad in zip(input_grad, grad_x):
+                accumulator.scatter_add(tf.IndexedSlices(grad, ids))
         return adjoint, end_state
 
     def run(
@@ -107,17 +107,18 @@ class ReverseSweep:
         checkpoints: Mapping[int, TrainState],
         stored_steps: Sequence[int],
         batches: Batches,
-        x_val: np.ndarray,
-        y_val: np.ndarray,
+        x_val: tuple[tf.Tensor, ...],
+        y_val: tf.Tensor,
         progress: Callable[[int], None] | None = None,
     ) -> Hypergradients:
-        """Sweep from the last stored step back to 0. `checkpoints[t]` is the state after t steps."""
+        """Sweep from the last stored step back to 0. `checkpoints[t]` is the state after t steps;
+        x_val, y_val: validation inputs (one tensor per model input) and targets, as tensors."""
         r = self.recipe
         steps = sorted(stored_steps)
-        value, adjoint = self._objective_grad(checkpoints[steps[-1]], tf.constant(x_val, r.dtype), tf.constant(y_val))
+        value, adjoint = self._objective_grad(checkpoints[steps[-1]], x_val, y_val)
         raise_if_nonfinite(np.array([value.numpy()]), "validation objective", first_step=steps[-1])
-        influence = tf.Variable(tf.zeros(batches.x.shape[0], r.dtype))
-        input_grad = tf.Variable(tf.zeros(batches.x.shape, r.dtype))
+        influence = tf.Variable(tf.zeros(batches.eps.shape, r.dtype))
+        input_grad = tuple(tf.Variable(tf.zeros(x.shape, r.dtype)) for x in batches.x)
         replay_error = 0.0
         for start, stop in reversed(list(zip(steps[:-1], steps[1:]))):
             adjoint, end_state = self._reverse_segment(
@@ -131,7 +132,7 @@ class ReverseSweep:
         return Hypergradients(
             objective=float(value.numpy()),
             influence=influence.numpy().astype(np.float64),
-            input_grad=input_grad.numpy(),
+            input_grad=tuple(g.numpy() for g in input_grad),
             replay_error=replay_error,
         )
 

@@ -1,7 +1,7 @@
 """Assemble RUN/report/index.html: one self-contained page (inline CSS, figures as base64 PNG, no scripts).
 
-Every piece of text that comes from the run (config values, labels, methods) goes through `_e`
-(html.escape); markup is only ever built here.
+Every piece of text that comes from the run (config values, labels, targets, input names, methods) goes
+through `_e` (html.escape); markup is only ever built here.
 """
 
 from __future__ import annotations
@@ -9,8 +9,9 @@ from __future__ import annotations
 import base64
 import html
 import math
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
 
 import numpy as np
 
@@ -18,18 +19,78 @@ from pipeline.io.files import atomic_path
 from pipeline.report import figures
 from pipeline.report.inputs import Ranking, Verify, mean_input_grads, read_manifest, read_rankings, read_verify
 
+if TYPE_CHECKING:
+    from pipeline.data import Dataset
+
 TOP_K = 12
 STAGE_ORDER = ("train", "score", "aggregate", "verify", "report")
-HARMFUL_FRACTION = 0.10
+TOP_FRACTION = 0.10  # the "10% most harmful" (largest influence_mean) of the histogram and the group tables
+QUANTILE_BINS = 5  # regression: equal-count bins of the target
+VALUES_SHOWN = 16  # values of a non-image input shown per sample
 SIGN_CONVENTION = (
     "Positive influence = harmful: more weight on the sample raises validation error; "
     "removing it changes validation error by about -influence."
 )
-TABLE_COLUMNS = ("rank", "sample_id", "label", "influence_mean", "influence_std", "input_grad_norm_mean", "train_loss_mean")
-GRADCHECK_KINDS = {
-    "eps": "weight eps_i: influence vs finite difference of retraining",
-    "x": "features x_i along a random direction: input_grad . u vs finite difference",
-}
+SENSITIVITY = (
+    "Method sensitivity: influence = w · model output and input_grad = d(w · output)/dx of the trained model "
+    "(w: influence.output_weights, ones when unset). No validation error is involved: large means a large "
+    "weighted output, not harmful."
+)
+TARGET_COLUMN = {"classification": "label", "regression": "target"}
+TABLE_COLUMNS = ("rank", "sample_id", "label", "target", "influence_mean", "influence_std", "input_grad_norm_mean", "train_loss_mean")
+
+
+@dataclass(frozen=True)
+class End:
+    """One end of a method's ranking, as the report names it."""
+
+    role: str  # id of its sample_id list (data-list attribute): harmful | helpful | largest | smallest
+    title: str  # heading of its samples
+    first: str  # order of its sample_id list
+    effect: str  # what its samples do
+
+
+@dataclass(frozen=True)
+class Wording:
+    """How a method's scores read: dE/d eps methods (positive = harmful) or sensitivity (w . output)."""
+
+    top: End
+    bottom: End
+    share: str  # the top TOP_FRACTION of samples, in table headers and the histogram
+    positive: str  # what influence > 0 means
+    negative: str
+    axis: str  # histogram x label
+    grad: str  # the input gradient up to the input's name ("dE/d" + "x")
+    red: str  # what red means in a gradient map
+    red_short: str  # the same for the colour bar
+
+
+ERROR = Wording(
+    top=End("harmful", "Most harmful training samples", "most harmful first",
+            "Giving these samples more weight would raise validation error the most."),
+    bottom=End("helpful", "Most helpful training samples", "most helpful first",
+               "Giving these samples more weight would lower validation error the most."),
+    share="10% most harmful",
+    positive="harmful",
+    negative="helpful",
+    axis="influence_mean   (left of 0: helpful, right of 0: harmful)",
+    grad="dE/d",
+    red="validation error rises if these pixels get brighter",
+    red_short="brighter pixel raises val. error",
+)
+SENSITIVE = Wording(
+    top=End("largest", "Training samples with the largest weighted output", "largest first",
+            "The trained model's weighted output w · output is largest for these samples."),
+    bottom=End("smallest", "Training samples with the smallest weighted output", "smallest first",
+               "The trained model's weighted output w · output is smallest for these samples."),
+    share="10% largest",
+    positive="positive",
+    negative="negative",
+    axis="influence_mean = w · model output",
+    grad="d(w·out)/d",
+    red="w · output rises if these pixels get brighter",
+    red_short="brighter pixel raises w · output",
+)
 
 CSS = """
 body { font-family: system-ui, -apple-system, "Segoe UI", Roboto, Helvetica, Arial, sans-serif; color: #222;
@@ -43,6 +104,7 @@ h3 { font-size: 17px; margin: 22px 0 6px; }
 .cards > div { flex: 1 1 330px; }
 table { border-collapse: collapse; font-size: 14px; margin: 6px 0 10px; }
 th, td { border-bottom: 1px solid #e3e3e3; padding: 3px 10px; text-align: left; }
+td { vertical-align: top; }
 th { background: #f4f4f4; font-weight: 600; }
 td.num { text-align: right; font-variant-numeric: tabular-nums; font-family: ui-monospace, Menlo, Consolas, monospace; font-size: 13px; }
 table.kv th { background: none; color: #555; font-weight: 500; width: 1%; white-space: nowrap; }
@@ -51,31 +113,32 @@ figure { margin: 8px 0 16px; }
 figcaption { color: #555; font-size: 14px; max-width: 900px; margin-top: 4px; }
 .ids { font-size: 13px; color: #555; font-family: ui-monospace, Menlo, Consolas, monospace; margin: 2px 0 12px; }
 .status-succeeded { color: #1e8449; font-weight: 600; }
-.status-failed, .status-running { color: #c0392b; font-weight: 600; }
+.status-failed, .status-running, .status-interrupted { color: #c0392b; font-weight: 600; }
 .pos { color: #b03a2e; } .neg { color: #1f618d; }
 .muted { color: #777; font-size: 13px; }
+.vec { font-family: ui-monospace, Menlo, Consolas, monospace; font-size: 13px; }
+.grad { color: #888; }
 """
 
 
-def write_report(run_dir: Path, x_train: np.ndarray, input_shape: tuple[int, ...]) -> Path:
-    """Write RUN/report/index.html for the finished run in run_dir and return its path.
+def write_report(run_dir: Path, dataset: Dataset, final_status: str | None = None) -> Path:
+    """Write RUN/report/index.html for the run in run_dir and return its path.
 
-    x_train: [N, d] float32 training features (row = sample_id), not stored in the run's outputs;
-    input_shape: one sample's shape, e.g. (8, 8, 1); three dimensions mean images.
+    dataset: the run's data (task, targets and training inputs, row = sample_id); the inputs are not stored in
+    the run's outputs. final_status: shown instead of the manifest's status, which still says "running" while
+    the report stage runs (the pipeline passes "succeeded": the report is only written when all else succeeded).
     """
     run_dir = Path(run_dir)
-    input_shape = tuple(int(s) for s in input_shape)
-    x_train = np.asarray(x_train)
-    x_train = x_train.reshape(x_train.shape[0], -1)
-    if x_train.shape[1] != math.prod(input_shape):
-        raise ValueError(f"x_train has {x_train.shape[1]} features per sample, input_shape {input_shape} needs {math.prod(input_shape)}")
     manifest = read_manifest(run_dir)
     rankings = read_rankings(run_dir)
+    target = TARGET_COLUMN[dataset.task]
+    if any(target not in r.columns for r in rankings):
+        raise ValueError(f"{run_dir / 'ranking.parquet'}: no {target} column, which task={dataset.task} needs")
     largest = max((int(r.columns["sample_id"].max()) for r in rankings if len(r)), default=-1)
-    if largest >= x_train.shape[0]:
-        raise ValueError(f"x_train has {x_train.shape[0]} rows but {run_dir / 'ranking.parquet'} has sample_id {largest}")
+    if largest >= dataset.n_train:
+        raise ValueError(f"the dataset has {dataset.n_train} training samples but {run_dir / 'ranking.parquet'} has sample_id {largest}")
     verify = read_verify(run_dir, manifest)
-    page = _page(manifest, rankings, verify, run_dir, x_train, input_shape)
+    page = _page(manifest, rankings, verify, run_dir, dataset, final_status)
     path = run_dir / "report" / "index.html"
     with atomic_path(path) as tmp:
         tmp.write_text(page, encoding="utf-8")
@@ -108,7 +171,7 @@ def _fmt(value: Any) -> str:
 
 
 def _score(value: float) -> str:
-    """An influence value with its sign and a colour class (red = harmful, blue = helpful)."""
+    """An influence value with its sign and a colour class (red = positive, e.g. harmful; blue = negative)."""
     css = "pos" if value > 0 else "neg" if value < 0 else ""
     return f'<span class="{css}">{_e(f"{value:+.3e}")}</span>'
 
@@ -164,17 +227,70 @@ def _optimizer_text(opt: dict[str, Any]) -> str:
     return f"{name} ({', '.join(parts)})"
 
 
-def _header(manifest: dict[str, Any], run_dir: Path) -> str:
+def _wording(method: str) -> Wording:
+    return SENSITIVE if method == "sensitivity" else ERROR
+
+
+def _shape_text(shape: Sequence[int]) -> str:
+    return " x ".join(str(int(s)) for s in shape)
+
+
+def _target_text(value: Any) -> str:
+    """A label or target for tables and titles: class id, float, or [a, b, ...] for a k-wide target."""
+    if np.ndim(value):
+        return "[" + ", ".join(_fmt(v) for v in np.asarray(value, np.float64)) + "]"
+    return _fmt(value)
+
+
+def _values_text(values: np.ndarray, fmt: Callable[[Any], str]) -> str:
+    """The first VALUES_SHOWN values of one sample's input (C order), and how many it has when there are more."""
+    flat = np.asarray(values).ravel()
+    shown = ", ".join(fmt(v) for v in flat[:VALUES_SHOWN])
+    return shown if flat.size <= VALUES_SHOWN else f"{shown}, … ({flat.size} values)"
+
+
+def _grad_name(wording: Wording, name: str) -> str:
+    """The input gradient of one input: dE/dx for a one-letter name, dE/d(name) otherwise."""
+    return f"{wording.grad}{name}" if len(name) == 1 else f"{wording.grad}({name})"
+
+
+# ---------------------------------------------------------------------------------------------- header
+
+
+def _model_text(model: dict[str, Any]) -> str:
+    name = model.get("name", "?")
+    details = {
+        "mlp": ("hidden", "activation", "dropout", "batch_norm"),
+        "cnn": ("filters", "kernel_size", "dropout", "batch_norm"),
+        "custom": ("builder", "from_logits"),
+    }.get(name, ())
+    parts = [f"{key}={model[key]}" for key in details if key in model and model[key] not in (None, False, 0, 0.0)]
+    return f"{name} ({', '.join(parts)})" if parts else str(name)
+
+
+def _optimizer_text(opt: dict[str, Any]) -> str:
+    name = opt.get("name", "?")
+    parts = [f"lr={_fmt(opt.get('lr'))}"]
+    if name == "momentum":
+        parts.append(f"momentum={_fmt(opt.get('momentum'))}" + (", nesterov" if opt.get("nesterov") else ""))
+    elif name == "adam":
+        parts += [f"beta_1={_fmt(opt.get('beta_1'))}", f"beta_2={_fmt(opt.get('beta_2'))}", f"epsilon={_fmt(opt.get('epsilon'))}"]
+    return f"{name} ({', '.join(parts)})"
+
+
+def _header(
+    manifest: dict[str, Any], run_dir: Path, dataset: Dataset, methods: Sequence[str], final_status: str | None
+) -> str:
     config = manifest.get("config") or {}
     section = lambda name: config.get(name) or {}  # noqa: E731
-    data, train, influence = manifest.get("data") or {}, section("train"), section("influence")
+    train, influence = section("train"), section("influence")
     stages = manifest.get("stages") or {}
-    dataset = data.get("name") or section("data").get("source", "?")
+    source = dataset.name
     if section("data").get("path"):
-        dataset = f"{dataset} ({section('data')['path']})"
+        source = f"{source} ({section('data')['path']})"
     seeds = train.get("seeds")
     settings = [
-        ("dataset", dataset),
+        ("dataset", source),
         ("model", _model_text(section("model"))),
         ("optimizer", _optimizer_text(section("optimizer"))),
         ("epochs", train.get("epochs")),
@@ -183,18 +299,26 @@ def _header(manifest: dict[str, Any], run_dir: Path) -> str:
         ("dtype", train.get("dtype")),
         ("training loss", train.get("loss")),
         ("method", influence.get("method")),
-        ("objective E", influence.get("objective")),
     ]
+    if influence.get("method") == "sensitivity":
+        weights = influence.get("output_weights")
+        settings.append(("output weights w", ", ".join(_fmt(w) for w in weights) if weights else "ones"))
+    else:
+        settings.append(("objective E", influence.get("objective")))
+    classification = dataset.task == "classification"
+    inputs = "<br>".join(
+        f"{_e(name)}: {_e(_shape_text(shape))}{' (image)' if figures.is_image(shape) else ''}" for name, shape in dataset.input_shapes.items()
+    )
     sizes = [
-        ("training samples", data.get("n_train")),
-        ("validation samples", data.get("n_val")),
-        ("features", data.get("n_features")),
-        ("input shape", " x ".join(str(s) for s in data.get("input_shape") or []) or None),
-        ("classes", data.get("num_classes")),
+        ("task", _e(dataset.task)),
+        ("training samples", _e(dataset.n_train)),
+        ("validation samples", _e(dataset.n_val)),
+        ("inputs" if len(dataset.input_shapes) > 1 else "input", inputs),
+        ("classes", _e(dataset.num_classes)) if classification else ("target width", _e(dataset.output_dim)),
     ]
-    status = str(manifest.get("status", "unknown"))
+    status = final_status or str(manifest.get("status", "unknown"))
     status_html = f'<span class="status-{_e(status)}">{_e(status)}</span>'
-    if manifest.get("error"):
+    if final_status is None and manifest.get("error"):
         status_html += f" &mdash; {_e(manifest['error'])}"
     run_rows = [("status", status_html), ("config hash", _e(manifest.get("config_hash", "–")))]
     order = [s for s in STAGE_ORDER if s in stages] + sorted(s for s in stages if s not in STAGE_ORDER)
@@ -203,23 +327,31 @@ def _header(manifest: dict[str, Any], run_dir: Path) -> str:
     if timed:
         run_rows.append(("stages total", _e(f"{sum(s for _, s in timed if s is not None):.1f} s")))
     trained = (stages.get("train") or {}).get("seeds") or {}
+    train_header = ("seed", "val_loss", "val_accuracy", "steps", "seconds") if classification else ("seed", "val_loss", "steps", "seconds")
     train_rows = [
-        (_e(seed), _e(_fmt(s.get("val_loss"))), _e(_fmt(s.get("val_accuracy"))), _e(_fmt(s.get("n_steps"))), _e(f"{s.get('seconds', float('nan')):.1f}"))
+        [_e(seed), _e(_fmt(s.get("val_loss")))]
+        + ([_e(_fmt(s.get("val_accuracy")))] if classification else [])
+        + [_e(_fmt(s.get("n_steps"))), _e(f"{s.get('seconds', float('nan')):.1f}")]
         for seed, s in trained.items()
     ]
     versions = ", ".join(f"{k} {v}" for k, v in (manifest.get("versions") or {}).items())
     parts = [
         "<h1>Influence report</h1>",
         f'<p class="sub">Run directory: <code>{_e(run_dir.resolve())}</code></p>',
-        f'<p class="sign"><strong>{_e(SIGN_CONVENTION)}</strong></p>',
+    ]
+    if any(_wording(m) is ERROR for m in methods):
+        parts.append(f'<p class="sign"><strong>{_e(SIGN_CONVENTION)}</strong></p>')
+    if any(_wording(m) is SENSITIVE for m in methods):
+        parts.append(f'<p class="sign"><strong>{_e(SENSITIVITY)}</strong></p>')
+    parts += [
         '<div class="cards">',
         f"<div><h3>Run settings</h3>{_kv((k, _e(_fmt(v))) for k, v in settings)}</div>",
-        f"<div><h3>Data</h3>{_kv((k, _e(_fmt(v))) for k, v in sizes)}"
+        f"<div><h3>Data</h3>{_kv(sizes)}"
         f"<h3>Run</h3>{_kv(run_rows)}</div>",
         "</div>",
     ]
     if train_rows:
-        parts.append("<h3>Training result per seed</h3>" + _table(("seed", "val_loss", "val_accuracy", "steps", "seconds"), train_rows, numeric=range(5)))
+        parts.append("<h3>Training result per seed</h3>" + _table(train_header, train_rows, numeric=range(len(train_header))))
     if versions:
         parts.append(f'<p class="muted">Versions: {_e(versions)}</p>')
     return "\n".join(parts)
@@ -228,79 +360,118 @@ def _header(manifest: dict[str, Any], run_dir: Path) -> str:
 # ---------------------------------------------------------------------------------------------- per method
 
 
-def _titles(rows: dict[str, np.ndarray]) -> list[str]:
+def _titles(rows: dict[str, np.ndarray], target: str) -> list[str]:
     return [
-        f"#{rank}  id {sid}  label {label}\ninfluence {score:+.2e}"
-        for rank, sid, label, score in zip(rows["rank"], rows["sample_id"], rows["label"], rows["influence_mean"])
+        f"#{rank}  id {sid}  {target} {_target_text(value)}\ninfluence {score:+.2e}"
+        for rank, sid, value, score in zip(rows["rank"], rows["sample_id"], rows[target], rows["influence_mean"])
     ]
 
 
-def _id_list(rows: dict[str, np.ndarray], role: str, method: str) -> str:
+def _id_list(rows: dict[str, np.ndarray], end: End, method: str) -> str:
     ids = ", ".join(str(int(s)) for s in rows["sample_id"])
-    order = "most harmful first" if role == "harmful" else "most helpful first"
-    return f'<p class="ids" data-list="{_e(role)}-{_e(method)}">sample_id, {order}: {ids}</p>'
+    return f'<p class="ids" data-list="{_e(end.role)}-{_e(method)}">sample_id, {_e(end.first)}: {ids}</p>'
 
 
-def _sample_table(rows: dict[str, np.ndarray]) -> str:
+def _cell(column: str, value: Any) -> str:
+    if column == "influence_mean":
+        return _score(value)
+    if column == "influence_std":
+        return _e(f"{value:.3e}")
+    if column in TARGET_COLUMN.values():
+        return _e(_target_text(value))
+    return _e(_fmt(value))
+
+
+def _sample_table(rows: dict[str, np.ndarray], inputs: dict[str, np.ndarray], grads: dict[str, np.ndarray], wording: Wording) -> str:
+    """The samples' scores and label or target and, per input in inputs (name -> [n, *shape]), one left-aligned column
+    with its values and, below them in grey, its mean input gradient."""
     columns = [c for c in TABLE_COLUMNS if c in rows]
     body = []
     for i in range(len(rows["sample_id"])):
-        body.append([_score(rows[c][i]) if c == "influence_mean" else _e(f"{rows[c][i]:.3e}") if c == "influence_std"
-                     else _e(_fmt(rows[c][i])) for c in columns])
-    return _table(columns, body, numeric=range(len(columns)))
+        cells = [_cell(c, rows[c][i]) for c in columns]
+        cells += [
+            f'<span class="vec">{_e(_values_text(inputs[name][i], _fmt))}</span><br>'
+            f'<span class="vec grad">{_e(_values_text(grads[name][i], lambda v: f"{v:+.2e}"))}</span>'
+            for name in inputs
+        ]
+        body.append(cells)
+    header = columns + list(inputs)
+    names = ", ".join(f"<code>{_e(name)}</code>" for name in inputs)
+    gradients = ", ".join(_e(_grad_name(wording, name)) for name in inputs)
+    note = (
+        f'<p class="muted">Input{"s" if len(inputs) > 1 else ""} {names}: the sample\'s values (C order, the first {VALUES_SHOWN} '
+        f"at most) and, in grey below them, its input gradient {gradients} (mean over seeds).</p>"
+    )
+    return note + _table(header, body, numeric=range(len(columns)))
 
 
-def _samples(ranking: Ranking, run_dir: Path, x_train: np.ndarray, input_shape: tuple[int, ...]) -> str:
-    """The most harmful and most helpful samples: image grids with dE/dx maps, or tables."""
-    groups = [("harmful", "Most harmful", ranking.head(TOP_K)), ("helpful", "Most helpful", ranking.tail(TOP_K))]
-    is_image = len(input_shape) == 3
-    out = []
-    if is_image:
-        grads = {role: mean_input_grads(run_dir, ranking.method, rows["sample_id"]) for role, _, rows in groups}
-        maps = np.concatenate([g.reshape(len(g), *input_shape).sum(axis=-1).ravel() for g in grads.values()])
-        limit = float(np.quantile(np.abs(maps), 0.99)) if maps.size else 1.0
-        gray = input_shape[-1] == 1
-        image_range = (float(x_train.min()), float(x_train.max())) if gray else (0.0, 1.0)
-        look = "gray, one scale for all images" if gray else "colour, contrast stretched per image"
-    for role, title, rows in groups:
-        word = "raise" if role == "harmful" else "lower"
-        out.append(f"<h3>{title} training samples (top {len(rows['sample_id'])} by rank)</h3>")
-        out.append(f'<p class="muted">Giving these samples more weight would {word} validation error the most.</p>')
-        if is_image:
-            png = figures.sample_grid(
-                x_train[rows["sample_id"]], grads[role], input_shape, _titles(rows), image_range, limit
-            )
-            caption = (
-                f"Each sample: the training image ({look}; title: rank, sample_id, label, influence_mean) and, to its right, "
-                f"its input gradient dE/dx (mean over seeds). <strong>Red = validation error rises if these pixels get "
-                f"brighter</strong>; blue = it falls; white = no effect. One colour scale for every map of this method "
-                f"(&plusmn;{_e(f'{limit:.2e}')}, stronger values saturate)."
-            )
-            out.append(_figure(png, f"{title} samples, method {ranking.method}", caption))
-        else:
-            out.append(_sample_table(rows))
-        out.append(_id_list(rows, role, ranking.method))
+def _image_grid(
+    rows: dict[str, np.ndarray], target: str, name: str, dataset: Dataset, grads: np.ndarray, limit: float, wording: Wording, method: str
+) -> str:
+    """One image input of the samples in rows, each image next to its gradient map."""
+    x = dataset.x_train[name]
+    gray = x.ndim == 3 or x.shape[-1] == 1
+    image_range = (float(x.min()), float(x.max())) if gray else (0.0, 1.0)
+    look = "gray, one scale for all images" if gray else "colour, contrast stretched per image"
+    grad = _grad_name(wording, name)
+    png = figures.sample_grid(x[rows["sample_id"]], grads, _titles(rows, target), image_range, limit, grad, f"{grad}  (red: {wording.red_short})")
+    several = len(dataset.input_shapes) > 1
+    caption = (
+        (f"Input <code>{_e(name)}</code> ({_e(_shape_text(x.shape[1:]))}). " if several else "")
+        + f"Each sample: the training image ({look}; title: rank, sample_id, {_e(target)}, influence_mean) and, to its right, "
+        f"its input gradient {_e(grad)} (mean over seeds). <strong>Red = {_e(wording.red)}</strong>; blue = it falls; "
+        f"white = no effect. One colour scale for every map of this method{' and input' if several else ''} "
+        f"(&plusmn;{_e(f'{limit:.2e}')}, stronger values saturate)."
+    )
+    return _figure(png, f"samples, input {name}, method {method}", caption)
+
+
+def _samples(ranking: Ranking, run_dir: Path, dataset: Dataset) -> str:
+    """Both ends of the ranking: image grids with gradient maps for image inputs, a table with the others' values."""
+    wording, target, shapes = _wording(ranking.method), TARGET_COLUMN[dataset.task], dataset.input_shapes
+    ends = [(wording.top, ranking.head(TOP_K)), (wording.bottom, ranking.tail(TOP_K))]
+    grads = mean_input_grads(run_dir, ranking.method, np.concatenate([rows["sample_id"] for _, rows in ends]), shapes)
+    images = [name for name, shape in shapes.items() if figures.is_image(shape)]
+    others = [name for name in shapes if name not in images]
+    limits = {name: float(np.quantile(np.abs(figures.channel_sum(grads[name])), 0.99)) for name in images}
+    out, start = [], 0
+    for end, rows in ends:
+        n = len(rows["sample_id"])
+        mine = {name: g[start:start + n] for name, g in grads.items()}
+        start += n
+        out.append(f"<h3>{_e(end.title)} ({'top' if end is wording.top else 'bottom'} {n} by rank)</h3>")
+        out.append(f'<p class="muted">{_e(end.effect)}</p>')
+        out += [_image_grid(rows, target, name, dataset, mine[name], limits[name], wording, ranking.method) for name in images]
+        if others:
+            inputs = {name: dataset.x_train[name][rows["sample_id"]] for name in others}
+            out.append(_sample_table(rows, inputs, {name: mine[name] for name in others}, wording))
+        out.append(_id_list(rows, end, ranking.method))
     return "\n".join(out)
 
 
-def _per_class(ranking: Ranking) -> tuple[str, float | None]:
-    """Per-class table and the influence value where the 10% most harmful begin.
-
-    A class whose share of the 10% most harmful is at least 1.5x its share of the training set is bold.
-    """
-    cols = ranking.columns
+def _top(ranking: Ranking) -> tuple[np.ndarray, int, float | None]:
+    """Mask of the TOP_FRACTION largest influence_mean (at least one sample), their count and where they begin."""
     n = len(ranking)
-    k = max(1, math.ceil(HARMFUL_FRACTION * n)) if n else 0
-    top = cols["rank"] <= k
-    threshold = float(cols["influence_mean"][top].min()) if k else None
+    k = max(1, math.ceil(TOP_FRACTION * n)) if n else 0
+    top = ranking.columns["rank"] <= k
+    threshold = float(ranking.columns["influence_mean"][top].min()) if k else None
+    return top, k, threshold
+
+
+def _share_table(ranking: Ranking, keys: Sequence[str], groups: list[tuple[list[str], np.ndarray]], wording: Wording) -> str:
+    """One row per group of samples (its leading cells, markup, and its mask): count, mean influence and shares.
+
+    A group whose share of the top TOP_FRACTION is at least 1.5x its share of the training set is bold.
+    """
+    n = len(ranking)
+    top, k, _ = _top(ranking)
     rows = []
-    for label in np.unique(cols["label"]):
-        mine = cols["label"] == label
+    for lead, mine in groups:
         share_all, share_top = mine.sum() / n, (mine & top).sum() / k
         cells = [
-            _e(int(label)),
+            *lead,
             _e(int(mine.sum())),
-            _score(float(cols["influence_mean"][mine].mean())),
+            _score(float(ranking.columns["influence_mean"][mine].mean())),
             _e(f"{100 * share_all:.1f}%"),
             _e(f"{100 * share_top:.1f}%"),
             _e(int((mine & top).sum())),
@@ -308,35 +479,65 @@ def _per_class(ranking: Ranking) -> tuple[str, float | None]:
         if share_top >= 1.5 * share_all:
             cells = [f"<strong>{c}</strong>" for c in cells]
         rows.append(cells)
-    header = ("label", "count", "mean influence", "share of training set", "share of 10% most harmful", f"samples in 10% most harmful (top {k})")
-    return _table(header, rows, numeric=range(6)), threshold
+    header = (*keys, "count", "mean influence", "share of training set", f"share of {wording.share}", f"samples in {wording.share} (top {k})")
+    return _table(header, rows, numeric=range(len(header)))
 
 
-def _method_section(ranking: Ranking, run_dir: Path, x_train: np.ndarray, input_shape: tuple[int, ...]) -> str:
+def _per_class(ranking: Ranking, wording: Wording) -> str:
+    labels = ranking.columns["label"]
+    groups = [([_e(int(label))], labels == label) for label in np.unique(labels)]
+    note = (
+        f'<p class="muted">Bold: classes whose share of the {_e(wording.share)} samples is at least 1.5 times their share '
+        "of the training set, i.e. they hold more than their part of them"
+        + (" (mislabelled or atypical examples often show up this way)" if wording is ERROR else "")
+        + ".</p>"
+    )
+    return "\n".join(["<h3>Per class</h3>", note, _share_table(ranking, ("label",), groups, wording)])
+
+
+def _per_quantile(ranking: Ranking, wording: Wording) -> str:
+    """Regression: the samples in QUANTILE_BINS equal-count bins of the target (of its Euclidean norm when k-wide)."""
+    target = ranking.columns["target"]
+    values = target if target.ndim == 1 else np.linalg.norm(target, axis=1)
+    edges = np.quantile(values, np.linspace(0, 1, QUANTILE_BINS + 1))
+    bins = np.searchsorted(edges[1:-1], values, side="right")
+    groups = [
+        ([_e(f"Q{b + 1}"), _e(f"{_fmt(values[bins == b].min())} to {_fmt(values[bins == b].max())}")], bins == b)
+        for b in range(QUANTILE_BINS) if (bins == b).any()
+    ]
+    what = "target" if target.ndim == 1 else f"Euclidean norm |target| of the {target.shape[1]} target values"
+    note = (
+        f'<p class="muted">Training samples in {QUANTILE_BINS} bins of about equal count by {_e(what)} (Q1: smallest), '
+        f"with their mean influence. Bold: bins whose share of the {_e(wording.share)} samples is at least 1.5 times "
+        "their share of the training set.</p>"
+    )
+    name = "target" if target.ndim == 1 else "|target|"
+    return "\n".join(["<h3>By target quantile</h3>", note, _share_table(ranking, ("quantile", f"{name} range"), groups, wording)])
+
+
+def _method_section(ranking: Ranking, run_dir: Path, dataset: Dataset) -> str:
+    wording = _wording(ranking.method)
     values = ranking.columns["influence_mean"]
-    table, threshold = _per_class(ranking)
+    _, _, threshold = _top(ranking)
     n_seeds = int(ranking.columns["n_seeds"].max()) if "n_seeds" in ranking.columns and len(ranking) else 1
     stats = (
         f"{len(ranking)} samples, mean over {n_seeds} seed{'s' if n_seeds != 1 else ''}; "
-        f"{int((values > 0).sum())} harmful (&gt; 0), {int((values < 0).sum())} helpful (&lt; 0); "
+        f"{int((values > 0).sum())} {wording.positive} (&gt; 0), {int((values < 0).sum())} {wording.negative} (&lt; 0); "
         f"median {_e(f'{np.median(values):+.2e}')}, range {_e(f'{values.min():+.2e}')} to {_e(f'{values.max():+.2e}')}."
     )
     histogram = _figure(
-        figures.histogram(values, threshold),
+        figures.histogram(values, threshold, wording.share, wording.axis),
         f"histogram of influence_mean, method {ranking.method}",
         f"Distribution of influence_mean over all training samples ({stats}) "
-        "The dashed red line marks where the 10% most harmful samples start.",
+        f"The dashed red line marks where the {_e(wording.share)} samples start.",
     )
+    groups = _per_class(ranking, wording) if dataset.task == "classification" else _per_quantile(ranking, wording)
     return "\n".join([
         f"<h2>Method: {_e(ranking.method)}</h2>",
-        _samples(ranking, run_dir, x_train, input_shape),
+        _samples(ranking, run_dir, dataset),
         "<h3>Score distribution</h3>",
         histogram,
-        "<h3>Per class</h3>",
-        '<p class="muted">Bold: classes whose share of the 10% most harmful samples is at least 1.5 times their share '
-        "of the training set, i.e. they hold more than their part of the harmful samples (mislabelled or atypical "
-        "examples often show up this way).</p>",
-        table,
+        groups,
     ])
 
 
@@ -364,6 +565,17 @@ def _seed_agreement(manifest: dict[str, Any], rankings: list[Ranking]) -> str:
 # ---------------------------------------------------------------------------------------------- verify
 
 
+def _gradcheck_text(kind: str) -> str:
+    """What a gradcheck kind checks: eps, x (a single input) or x.<name> (one of several inputs)."""
+    if kind == "eps":
+        return "weight eps_i: influence vs finite difference of retraining"
+    if kind == "x":
+        return "features x_i along a random direction: input_grad . u vs finite difference"
+    if kind.startswith("x."):
+        return f"input {kind[2:]} along a random direction: input_grad.{kind[2:]} . u vs finite difference"
+    return ""
+
+
 def _verify_section(verify: Verify, method: str | None) -> str:
     """Leave-one-out scatter and gradient-check table/plot; method: the one the verify stage checked."""
     whose = f" of method {_e(method)}" if method else ""
@@ -386,7 +598,7 @@ def _verify_section(verify: Verify, method: str | None) -> str:
     if verify.gradcheck is not None and len(verify.gradcheck["sample_id"]):
         step = verify.summary.get("fd_step")
         rows = [
-            [_e(kind), _e(GRADCHECK_KINDS.get(kind, "")), _e(n), _e(f"{median:.2e}"), _e(f"{high:.2e}")]
+            [_e(kind), _e(_gradcheck_text(kind)), _e(n), _e(f"{median:.2e}"), _e(f"{high:.2e}")]
             for kind, n, median, high in verify.gradcheck_rows()
         ]
         step_text = f" with step h = {_e(_fmt(step))}" if step is not None else ""
@@ -413,15 +625,15 @@ def _page(
     rankings: list[Ranking],
     verify: Verify | None,
     run_dir: Path,
-    x_train: np.ndarray,
-    input_shape: tuple[int, ...],
+    dataset: Dataset,
+    final_status: str | None,
 ) -> str:
-    sections = [_header(manifest, run_dir)]
-    sections += [_method_section(r, run_dir, x_train, input_shape) for r in rankings]
+    sections = [_header(manifest, run_dir, dataset, [r.method for r in rankings], final_status)]
+    sections += [_method_section(r, run_dir, dataset) for r in rankings]
     sections.append(_seed_agreement(manifest, rankings))
     if verify is not None:
         sections.append(_verify_section(verify, ((manifest.get("config") or {}).get("influence") or {}).get("method")))
-    title = f"Influence report: {(manifest.get('data') or {}).get('name', run_dir.name)}"
+    title = f"Influence report: {dataset.name}"
     return (
         "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
         f"<title>{_e(title)}</title>\n<style>{CSS}</style>\n</head>\n<body>\n"

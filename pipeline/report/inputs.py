@@ -1,6 +1,7 @@
 """Read what the report needs from a finished run directory (manifest, ranking, scores, verify).
 
-Only the run's own files are read; training features are passed in by the caller.
+Only the run's own files are read; training inputs are passed in by the caller (the Dataset).
+Score parts are listed one by one (RunLayout.score_parts), so quarantined *.corrupt parts are never read.
 """
 
 from __future__ import annotations
@@ -17,11 +18,16 @@ import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
 from pipeline import metrics
+from pipeline.io.layout import RunLayout
+from pipeline.io.tables import input_grad_column, input_grads
 
 
 @dataclass(frozen=True)
 class Ranking:
-    """ranking.parquet rows of one method, sorted by rank (1 = most harmful first)."""
+    """ranking.parquet rows of one method, sorted by rank (1 = largest influence_mean first).
+
+    columns: name -> [n] arrays; `target` of [n, k] regression targets is [n, k].
+    """
 
     method: str
     columns: dict[str, np.ndarray]
@@ -30,11 +36,11 @@ class Ranking:
         return len(self.columns["sample_id"])
 
     def head(self, k: int) -> dict[str, np.ndarray]:
-        """The k most harmful rows, most harmful first."""
+        """The k rows of largest influence, largest first."""
         return {name: col[:k] for name, col in self.columns.items()}
 
     def tail(self, k: int) -> dict[str, np.ndarray]:
-        """The k most helpful rows, most helpful (largest rank) first."""
+        """The k rows of smallest influence, smallest (largest rank) first."""
         k = min(k, len(self))
         return {name: col[::-1][:k] for name, col in self.columns.items()}
 
@@ -65,8 +71,16 @@ class Verify:
         return rows
 
 
+def _numpy(column: pa.ChunkedArray) -> np.ndarray:
+    """A column as a numpy array; fixed-size lists (regression targets [n, k]) become [n, k]."""
+    if pa.types.is_fixed_size_list(column.type):
+        values = column.combine_chunks()
+        return values.flatten().to_numpy(zero_copy_only=False).reshape(len(values), column.type.list_size)
+    return column.to_numpy(zero_copy_only=False)
+
+
 def _columns(table: pa.Table) -> dict[str, np.ndarray]:
-    return {name: table[name].to_numpy(zero_copy_only=False) for name in table.column_names}
+    return {name: _numpy(table[name]) for name in table.column_names}
 
 
 def read_manifest(run_dir: Path) -> dict[str, Any]:
@@ -84,23 +98,42 @@ def read_rankings(run_dir: Path) -> list[Ranking]:
     return out
 
 
-def mean_input_grads(run_dir: Path, method: str, sample_ids: np.ndarray) -> np.ndarray:
-    """[len(sample_ids), d] input_grad averaged over seeds, rows in the order of sample_ids."""
-    dataset = pads.dataset(run_dir / "scores", format="parquet", partitioning="hive")
+def _input_shapes(part: Path) -> dict[str, tuple[int, ...]]:
+    """The input_shapes a score part records in its schema metadata."""
+    recorded = json.loads((pq.read_schema(part).metadata or {}).get(b"input_shapes", b"{}"))
+    return {name: tuple(shape) for name, shape in recorded.items()}
+
+
+def mean_input_grads(
+    run_dir: Path, method: str, sample_ids: np.ndarray, input_shapes: dict[str, tuple[int, ...]]
+) -> dict[str, np.ndarray]:
+    """name -> [len(sample_ids), *shape] input_grad averaged over seeds, rows in the order of sample_ids.
+
+    Reads the parts of every seed of the method; input_shapes (the dataset's) must match what the parts record.
+    """
+    layout = RunLayout(run_dir)
+    seeds = sorted(int(folder.name.split("=", 1)[1]) for folder in layout.method_dir(method).glob("seed=*"))
+    parts = [part for seed in seeds for part in layout.score_parts(method, seed)]
+    if not parts:
+        raise ValueError(f"{layout.method_dir(method)}: no score parts")
+    for part in parts:
+        recorded = _input_shapes(part)
+        if recorded != input_shapes:
+            raise ValueError(f"{part}: input shapes {recorded} differ from the dataset's {input_shapes}")
     wanted = pa.array(np.asarray(sample_ids, np.int64))
-    table = dataset.to_table(
-        columns=["sample_id", "input_grad"],
-        filter=(pads.field("method") == method) & pads.field("sample_id").isin(wanted),
+    columns = [input_grad_column(name, len(input_shapes)) for name in input_shapes]
+    table = pads.dataset([str(p) for p in parts], format="parquet").to_table(
+        columns=["sample_id", *columns], filter=pads.field("sample_id").isin(wanted)
     )
-    grads = table["input_grad"].combine_chunks()
-    flat = grads.flatten().to_numpy().reshape(len(grads), grads.type.list_size).astype(np.float64)
+    grads = input_grads(table.replace_schema_metadata(pq.read_schema(parts[0]).metadata))
     ids = table["sample_id"].to_numpy()
-    out = np.zeros((len(sample_ids), flat.shape[1]))
+    out = {name: np.zeros((len(sample_ids), *shape)) for name, shape in input_shapes.items()}
     for row, sid in enumerate(sample_ids):
         match = ids == sid
         if not match.any():
             raise ValueError(f"scores/method={method}: no input_grad for sample_id {sid}")
-        out[row] = flat[match].mean(axis=0)
+        for name, grad in grads.items():
+            out[name][row] = grad[match].astype(np.float64).mean(axis=0)
     return out
 
 

@@ -1,8 +1,9 @@
 """Stage `aggregate`: combine the scores of all seeds and shards into ranking.parquet.
 
-One row per (method, sample): influence_mean, influence_std (over seeds, population std: 0 with one
-seed), n_seeds, input_grad_norm_mean, train_loss_mean, and rank (1 = most harmful = largest
-influence_mean). The seeds' agreement (mean pairwise Spearman of their influence) goes to the manifest.
+One row per (method, sample), for every method scored from this output.dir's trajectory: label or
+target, influence_mean, influence_std (over seeds, population std: 0 with one seed), n_seeds,
+input_grad_norm_mean, train_loss_mean, and rank (1 = most harmful = largest influence_mean). The seeds'
+agreement (mean pairwise Spearman of their influence) goes to the manifest.
 """
 
 from __future__ import annotations
@@ -12,55 +13,72 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.dataset as pads
 
 from pipeline import __version__, metrics
-from pipeline.config import Settings
+from pipeline.data import Dataset
 from pipeline.errors import ConfigError, DataError
+from pipeline.io.files import read_json
 from pipeline.io.layout import RunLayout
-from pipeline.io.tables import SIGN_CONVENTION, write_table
+from pipeline.io.tables import SIGN_CONVENTION, read_parts, target_array, target_field, write_table
+from pipeline.stages.context import RunContext
 
-COLUMNS = ["method", "seed", "sample_id", "label", "influence", "input_grad_norm", "train_loss"]
-
-
-def read_scores(layout: RunLayout) -> pa.Table:
-    """Every score part of the run (all methods, seeds and shards), without the input_grad column."""
-    if not (layout.root / "scores").is_dir():
-        raise ConfigError(f"stages: aggregate needs scores in {layout.root}; add score to stages")
-    dataset = pads.dataset(layout.root / "scores", format="parquet", partitioning="hive")
-    return dataset.to_table(columns=COLUMNS)
+COLUMNS = ["sample_id", "influence", "input_grad_norm", "train_loss"]
 
 
-def run(settings: Settings, n_train: int) -> dict[str, Any]:
-    layout = RunLayout(settings.output_dir)
-    scores = read_scores(layout)
-    _check_complete(scores, settings.train.seeds, n_train)
-    ranking = rank(scores)
-    write_table(ranking.replace_schema_metadata({"sign_convention": SIGN_CONVENTION, "package_version": __version__, "config_hash": settings.result_hash()}), layout.ranking)
-    agreement = {}
-    for method in sorted(set(scores["method"].to_pylist())):
-        rows = scores.filter(pc.equal(scores["method"], method)).sort_by([("seed", "ascending"), ("sample_id", "ascending")])
-        n_seeds = len(set(rows["seed"].to_pylist()))
-        agreement[method] = metrics.mean_pairwise_spearman(rows["influence"].to_numpy().reshape(n_seeds, -1))
-    return {"rows": ranking.num_rows, "seed_agreement": agreement}
+def scored_methods(layout: RunLayout, trajectory_key: str) -> dict[str, str]:
+    """method -> scores key, for every method scored from the current trajectory in this output.dir."""
+    methods = {}
+    for arguments in sorted((layout.root / "scores").glob("method=*/_arguments.json")):
+        stored = read_json(arguments)
+        if stored.get("arguments", {}).get("trajectory_key") == trajectory_key:
+            methods[arguments.parent.name.split("=", 1)[1]] = stored["key"]
+    return methods
 
 
-def _check_complete(scores: pa.Table, seeds: tuple[int, ...], n_train: int) -> None:
-    """Every (method, seed) must hold each sample_id 0..n_train-1 exactly once: nothing lost or doubled."""
-    for method in sorted(set(scores["method"].to_pylist())):
-        for seed in seeds:
-            part = scores.filter(pc.and_(pc.equal(scores["method"], method), pc.equal(scores["seed"], seed)))
-            ids = np.sort(part["sample_id"].to_numpy())
-            if ids.size != n_train or not np.array_equal(ids, np.arange(n_train)):
-                raise DataError(
-                    f"scores/method={method}/seed={seed}: holds {ids.size} rows ({np.unique(ids).size} distinct sample_ids) "
-                    f"for {n_train} training samples; rerun the score stage"
-                )
+def read_scores(layout: RunLayout, method: str, seeds: tuple[int, ...], n_train: int) -> pa.Table:
+    """Every part of `method` for `seeds` (without input gradients), checked complete: each sample_id
+    0..n_train-1 exactly once per seed, nothing lost or doubled."""
+    tables = []
+    for seed in seeds:
+        parts = layout.score_parts(method, seed)
+        if not parts:
+            raise DataError(f"{layout.scores_dir(method, seed)}: no score parts; rerun with score in stages")
+        table = read_parts(parts, COLUMNS)
+        table = table.add_column(0, "seed", pa.array(np.full(table.num_rows, seed), pa.int64()))
+        ids = np.sort(table["sample_id"].to_numpy())
+        if ids.size != n_train or not np.array_equal(ids, np.arange(n_train)):
+            raise DataError(
+                f"{layout.scores_dir(method, seed)}: holds {ids.size} rows ({np.unique(ids).size} distinct sample_ids) "
+                f"for {n_train} training samples; rerun with score in stages to repair it"
+            )
+        tables.append(table)
+    return pa.concat_tables(tables)
 
 
-def rank(scores: pa.Table) -> pa.Table:
-    """Group the per-seed rows by (method, sample_id) and rank within each method, most harmful first."""
-    grouped = scores.group_by(["method", "sample_id", "label"]).aggregate(
+def run(context: RunContext) -> dict[str, Any]:
+    """ranking.parquet over every method scored from this trajectory, each over the seeds it has."""
+    layout, settings, dataset = context.layout, context.settings, context.dataset
+    methods = scored_methods(layout, context.trajectory_key)
+    if settings.influence.method not in methods:
+        raise ConfigError(f"stages: aggregate needs {settings.influence.method} scores in {layout.root}; add score to stages")
+    rankings, agreement = [], {}
+    for method in methods:
+        seeds = tuple(sorted(int(p.name.split("=", 1)[1]) for p in layout.method_dir(method).glob("seed=*")))
+        if method == settings.influence.method and not set(settings.train.seeds) <= set(seeds):
+            missing = sorted(set(settings.train.seeds) - set(seeds))
+            raise ConfigError(f"stages: aggregate needs {method} scores of seed {missing[0]}; add score to stages")
+        scores = read_scores(layout, method, seeds, dataset.n_train).sort_by([("seed", "ascending"), ("sample_id", "ascending")])
+        rankings.append(rank(scores, method))
+        agreement[method] = metrics.mean_pairwise_spearman(scores["influence"].to_numpy().reshape(len(seeds), -1))
+    ranking = with_targets(pa.concat_tables(rankings), dataset)
+    metadata = {"sign_convention": SIGN_CONVENTION, "package_version": __version__, "trajectory_key": context.trajectory_key}
+    write_table(ranking.replace_schema_metadata(metadata), layout.ranking)
+    return {"rows": ranking.num_rows, "methods": list(methods), "seed_agreement": agreement}
+
+
+def rank(scores: pa.Table, method: str) -> pa.Table:
+    """One method's per-seed rows grouped by sample_id and ranked, most harmful (largest mean) first."""
+    grouped = scores.group_by(["sample_id"]).aggregate(
         [
             ("influence", "mean"),
             ("influence", "stddev", pc.VarianceOptions(ddof=0)),
@@ -69,10 +87,14 @@ def rank(scores: pa.Table) -> pa.Table:
             ("train_loss", "mean"),
         ]
     )
-    grouped = grouped.rename_columns(
-        ["method", "sample_id", "label", "influence_mean", "influence_std", "n_seeds", "input_grad_norm_mean", "train_loss_mean"]
-    ).sort_by([("method", "ascending"), ("influence_mean", "descending"), ("sample_id", "ascending")])
-    methods = grouped["method"].to_numpy(zero_copy_only=False)
-    starts = {m: int(np.argmax(methods == m)) for m in set(methods)}
-    ranks = np.arange(len(methods)) - np.array([starts[m] for m in methods]) + 1
-    return grouped.append_column("rank", pa.array(ranks, pa.int64()))
+    grouped = grouped.rename_columns(["sample_id", "influence_mean", "influence_std", "n_seeds", "input_grad_norm_mean", "train_loss_mean"])
+    grouped = grouped.sort_by([("influence_mean", "descending"), ("sample_id", "ascending")])
+    grouped = grouped.add_column(0, "method", pa.array([method] * grouped.num_rows, pa.string()))
+    return grouped.append_column("rank", pa.array(np.arange(1, grouped.num_rows + 1), pa.int64()))
+
+
+def with_targets(ranking: pa.Table, dataset: Dataset) -> pa.Table:
+    """The ranking with each sample's label (classification) or target (regression), after sample_id."""
+    field = target_field(dataset.y_train, dataset.task)
+    values = target_array(dataset.y_train, dataset.task).take(ranking["sample_id"].combine_chunks())
+    return ranking.add_column(ranking.schema.get_field_index("sample_id") + 1, field, values)

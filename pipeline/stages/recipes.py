@@ -1,12 +1,15 @@
-"""Settings -> kernel objects (model, functional optimizer, recipe, schedule, batches). Runs in workers."""
+"""Settings -> kernel objects (task, model, functional optimizer, recipe, schedule, batches). Runs in workers."""
 
 from __future__ import annotations
 
 import functools
 from typing import Any
 
+import numpy as np
+
 from pipeline.config import ModelSettings, OptimizerSettings, Settings, TrainSettings
 from pipeline.data import Dataset
+from pipeline.errors import ConfigError
 from pipeline.kernels.schedule import Schedule, make_schedule
 
 
@@ -25,23 +28,93 @@ def functional_optimizer(settings: OptimizerSettings) -> Any:
     return optimizers.sgd()
 
 
+def output_width(dataset: Dataset) -> int:
+    """Model outputs the task needs: num_classes (classification) or output_dim (regression)."""
+    return int(dataset.num_classes if dataset.task == "classification" else dataset.output_dim)
+
+
 def recipe_for(settings: Settings, dataset: Dataset, seed: int) -> Any:
     """The Recipe of one seed; its model's variables hold the seed's initial weights.
 
     Cached per worker process, so the tasks of a run that a worker executes reuse one model and its
     compiled loops instead of tracing them again (a Recipe is pure: nothing ever assigns its variables).
     """
-    return _cached_recipe(settings.model, settings.optimizer, settings.train, dataset.input_shape, dataset.num_classes, seed)
+    recipe = _cached_recipe(
+        settings.task.name,
+        settings.model,
+        settings.optimizer,
+        settings.train,
+        settings.influence.objective,
+        tuple(dataset.input_shapes.items()),
+        output_width(dataset),
+        seed,
+    )
+    _check_losses(settings, recipe, dataset)
+    return recipe
 
 
 @functools.lru_cache(maxsize=8)
 def _cached_recipe(
-    model: ModelSettings, optimizer: OptimizerSettings, train: TrainSettings, input_shape: tuple[int, ...], num_classes: int, seed: int
+    task: str,
+    model: ModelSettings,
+    optimizer: OptimizerSettings,
+    train: TrainSettings,
+    objective: str,
+    input_shapes: tuple[tuple[str, tuple[int, ...]], ...],
+    width: int,
+    seed: int,
 ) -> Any:
     from pipeline.cluster import configure_tensorflow
+    from pipeline.kernels.task import make_task
     from pipeline.kernels.training import Recipe
     from pipeline.models import build_model
 
     configure_tensorflow()
-    keras_model = build_model(model, input_shape, num_classes, train.dtype, seed)
-    return Recipe(keras_model, functional_optimizer(optimizer), train.loss, model.from_logits, input_shape)
+    try:
+        losses = make_task(task, str(train.loss), objective, model.from_logits)
+    except (ImportError, AttributeError) as exc:
+        raise ConfigError(f"train.loss={train.loss} / influence.objective={objective}: cannot import ({exc})") from None
+    keras_model = build_model(model, dict(input_shapes), task, width, train.dtype, seed)
+    return Recipe(keras_model, functional_optimizer(optimizer), losses)
+
+
+def _check_losses(settings: Settings, recipe: Any, dataset: Dataset) -> None:
+    """User losses ('module:function') must give one finite value per sample and a second derivative."""
+    import tensorflow as tf
+
+    from pipeline.kernels.training import as_inputs, as_targets
+
+    user = [(name, value) for name, value in (("train.loss", settings.train.loss), ("influence.objective", settings.influence.objective)) if ":" in str(value)]
+    if not user or id(recipe) in _CHECKED:
+        return
+    rows = min(4, dataset.n_train)
+    x = as_inputs([a[:rows] for a in dataset.x_train.values()], recipe.dtype)
+    y = as_targets(dataset.y_train[:rows], recipe.task, recipe.dtype)
+    state = recipe.initial_state()
+    for setting, value in user:
+        fn = recipe.task.loss if setting == "train.loss" else recipe.task.objective
+        try:
+            with tf.GradientTape() as outer:
+                outer.watch(state.trainable)
+                with tf.GradientTape() as inner:
+                    inner.watch(state.trainable)
+                    outputs, _ = recipe.forward(state.trainable, state.non_trainable, x, training=False)
+                    values = fn(outputs, y)
+                grads = inner.gradient(tf.reduce_sum(values), state.trainable)
+                if any(g is None for g in grads):
+                    raise ValueError("no gradient with respect to the model outputs")
+                norm = tf.add_n([tf.reduce_sum(tf.square(tf.convert_to_tensor(g))) for g in grads])
+            second = outer.gradient(norm, state.trainable)
+        except Exception as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ConfigError(f"{setting}={value}: not usable as a loss ({first})") from None
+        if tuple(values.shape) != (rows,):
+            raise ConfigError(f"{setting}={value}: must return one value per sample (shape [{rows}]), got {tuple(values.shape)}")
+        if not np.all(np.isfinite(values.numpy())):
+            raise ConfigError(f"{setting}={value}: gives NaN/inf on the first training samples")
+        if all(g is None for g in second):
+            raise ConfigError(f"{setting}={value}: cannot be differentiated twice (the reverse sweep needs second derivatives)")
+    _CHECKED.add(id(recipe))
+
+
+_CHECKED: set[int] = set()  # ids of the (cached) recipes whose user losses passed the check in this worker

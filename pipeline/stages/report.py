@@ -1,19 +1,20 @@
-"""Stage `report`: report/index.html built from the run's Parquet outputs and manifest."""
+"""Stage `report`: report/index.html built from the run's Parquet outputs and manifest.
+
+It runs last and only after every earlier stage succeeded, so the page states the run as succeeded
+(the manifest still says "running" while the page is written)."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from pipeline.config import Settings
-from pipeline.data import Dataset
 from pipeline.errors import ConfigError
-from pipeline.io.layout import RunLayout
+from pipeline.stages.context import RunContext
 
 
-def run(settings: Settings, dataset: Dataset) -> dict[str, Any]:
+def run(context: RunContext) -> dict[str, Any]:
     from pipeline.report import write_report
 
-    layout = RunLayout(settings.output_dir)
+    layout = context.layout
     if not layout.ranking.exists():
         raise ConfigError(f"stages: report needs {layout.ranking}; add aggregate to stages")
-    return {"path": str(write_report(layout.root, dataset.x_train, dataset.input_shape))}
+    return {"path": str(write_report(layout.root, context.dataset, final_status="succeeded"))}

@@ -1,77 +1,65 @@
-"""Stage `score` (method `trajectory`): one Ray task per trained seed runs the reverse sweep over the
-stored checkpoints and writes scores/method=trajectory/seed=<s>/part-00000.parquet, then _summary.json."""
+"""Stage `score`: every seed's scores for influence.method, as Parquet parts under
+scores/method=<m>/seed=<s>/. Exact methods (trajectory) write one part per seed from one Ray task;
+sharded methods (stages.score_sharded) one part per training-set shard from a pool of actors.
+
+Resume checks what it skips: every expected part must read back with the current scores key and exactly
+its shard's sample_ids. A bad part is renamed aside (*.corrupt) and recomputed; parts that belong to no
+shard of the current layout are renamed aside too. _summary.json only records timings.
+"""
 
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 
-from pipeline import __version__, cluster
-from pipeline.config import SHARDED_METHODS, Settings
+from pipeline import cluster
+from pipeline.config import Settings
 from pipeline.data import Dataset
-from pipeline.errors import ConfigError
+from pipeline.errors import ConfigError, DataError
+from pipeline.io.checkpoints import retrain_hint
 from pipeline.io.files import read_json, write_json
 from pipeline.io.layout import RunLayout
+from pipeline.io.parts import part_metadata, parts_to_compute, split, whole
+from pipeline.methods import REGISTRY
+from pipeline.stages import score_sharded
+from pipeline.stages.context import RunContext
 
-METHOD = "trajectory"
-
-
-def run(settings: Settings, dataset_ref: Any, n_train: int, options: dict[str, Any]) -> dict[str, Any]:
-    """Score every seed not yet scored with influence.method; returns {seed: summary}."""
-    layout = RunLayout(settings.output_dir)
+def run(context: RunContext) -> dict[str, Any]:
+    """Score every seed's missing or bad parts; returns {"method", "seeds": {seed: summary}}."""
+    settings, layout = context.settings, context.layout
+    method = REGISTRY[settings.influence.method]
     for seed in settings.train.seeds:
         if not layout.train_summary(seed).exists():
             raise ConfigError(f"stages: score needs the trained trajectory of seed {seed} in {layout.root}; add train to stages")
-    if settings.influence.method in SHARDED_METHODS:
-        from pipeline.stages import score_sharded
-
-        return score_sharded.run(settings, dataset_ref, n_train, options)
-    todo = [s for s in settings.train.seeds if not layout.score_summary(METHOD, s).exists()]
-    cluster.run_tasks(score_seed, [(settings, dataset_ref, s) for s in todo], options, desc=f"score {METHOD} (seeds)")
-    return {str(s): read_json(layout.score_summary(METHOD, s)) for s in settings.train.seeds}
-
-
-def part_metadata(settings: Settings, seed: int) -> dict[str, str]:
-    """Schema metadata of a score part (tables.scores_schema adds the sign convention)."""
-    return {
-        "package_version": __version__,
-        "config_hash": settings.result_hash(),
-        "method": settings.influence.method,
-        "seed": str(seed),
-        "objective": settings.influence.objective,
-    }
-
-
-class StoredStates(Mapping):
-    """Checkpoints of one seed as a read-only mapping step -> TrainState, loaded from disk on access."""
-
-    def __init__(self, layout: RunLayout, seed: int, steps: list[int], recipe: Any):
-        self.layout, self.seed, self.steps, self.recipe = layout, seed, steps, recipe
-        self.names = recipe.state_names()
-
-    def __getitem__(self, step: int) -> Any:
-        from pipeline.io.checkpoints import load_state
-
-        if step not in self.steps:
-            raise KeyError(step)
-        return self.recipe.unflatten(load_state(self.layout.checkpoint(self.seed, step), self.names))
-
-    def __iter__(self) -> Iterator[int]:
-        return iter(self.steps)
-
-    def __len__(self) -> int:
-        return len(self.steps)
+    shards = whole(context.dataset.n_train) if method.exact else split(context.dataset.n_train, settings.influence.shard_size)
+    todo = [(seed, shard) for seed in settings.train.seeds for shard in parts_to_compute(layout, method.name, seed, shards, context.score_key)]
+    if method.exact:
+        calls = [(settings, context.dataset_ref, seed, context.score_key) for seed, _ in todo]
+        cluster.run_tasks(score_seed, calls, context.task_options, desc=f"score {method.name} (seeds)")
+    elif todo:
+        score_sharded.score_shards(context, todo)
+    summaries = {}
+    for seed in settings.train.seeds:
+        missing = parts_to_compute(layout, method.name, seed, shards, context.score_key, repair=False)
+        if missing:
+            raise DataError(f"{layout.scores_dir(method.name, seed)}: parts {[s[0] for s in missing]} still missing after scoring")
+        summary_path = layout.score_summary(method.name, seed)
+        summary = read_json(summary_path) if summary_path.exists() else {}
+        summary.update({"seed": seed, "n_samples": context.dataset.n_train, "parts": len(shards)})
+        write_json(summary_path, summary)
+        summaries[str(seed)] = summary
+    return {"method": method.name, "seeds": summaries}
 
 
-def score_seed(settings: Settings, dataset: Dataset, seed: int) -> dict[str, Any]:
-    """Ray task body: trajectory hypergradients of one seed."""
+def score_seed(settings: Settings, dataset: Dataset, seed: int, key: str) -> dict[str, Any]:
+    """Ray task body: trajectory hypergradients of one seed, written as its single part."""
     from ray.experimental.tqdm_ray import tqdm
 
+    from pipeline.io.checkpoints import StoredStates
     from pipeline.io.tables import read_schedule, scores_table, write_table
-    from pipeline.kernels.training import make_batches, per_sample_losses
+    from pipeline.kernels.training import as_inputs, as_targets, make_batches, per_sample_losses
     from pipeline.kernels.trajectory import ReverseSweep
     from pipeline.stages.recipes import recipe_for
 
@@ -79,20 +67,22 @@ def score_seed(settings: Settings, dataset: Dataset, seed: int) -> dict[str, Any
     trained = read_json(layout.train_summary(seed))
     schedule = read_schedule(layout.schedule(seed))
     recipe = recipe_for(settings, dataset, seed)
-    states = StoredStates(layout, seed, trained["checkpoint_steps"], recipe)
-    batches = make_batches(dataset.x_train, dataset.y_train, schedule, settings.train.dtype)
+    states = StoredStates(lambda step: layout.checkpoint(seed, step), trained["checkpoint_steps"], recipe, retrain_hint(seed))
+    x_train = list(dataset.x_train.values())
+    batches = make_batches(x_train, dataset.y_train, schedule, settings.train.dtype, recipe.task)
+    x_val, y_val = as_inputs(list(dataset.x_val.values()), recipe.dtype), as_targets(dataset.y_val, recipe.task, recipe.dtype)
 
     bar = tqdm(total=schedule.n_steps, desc=f"reverse sweep seed={seed}", unit="step")
     began = time.perf_counter()
-    result = ReverseSweep(recipe, settings.influence.objective).run(
-        states, states.steps, batches, dataset.x_val, dataset.y_val, progress=bar.update
-    )
+    result = ReverseSweep(recipe).run(states, states.steps, batches, x_val, y_val, progress=bar.update)
     seconds = time.perf_counter() - began
     bar.close()
-    train_loss = per_sample_losses(recipe, states[states.steps[-1]], dataset.x_train, dataset.y_train)
-
-    table = scores_table(np.arange(dataset.n_train), dataset.y_train, result.influence, result.input_grad, train_loss, part_metadata(settings, seed))
-    write_table(table, layout.score_part(METHOD, seed, 0))
+    train_loss = per_sample_losses(recipe, states[states.steps[-1]], x_train, dataset.y_train)
+    input_grad = dict(zip(dataset.input_names, result.input_grad))
+    table = scores_table(
+        np.arange(dataset.n_train), dataset.y_train, dataset.task, result.influence, input_grad, train_loss, part_metadata(settings, seed, key)
+    )
+    write_table(table, layout.score_part("trajectory", seed, 0))
     summary = {
         "seed": seed,
         "objective": settings.influence.objective,
@@ -100,8 +90,6 @@ def score_seed(settings: Settings, dataset: Dataset, seed: int) -> dict[str, Any
         "seconds": round(seconds, 4),
         "seconds_over_training": round(seconds / max(trained["compute_seconds"], 1e-9), 3),
         "replay_max_abs_error": result.replay_error,
-        "n_samples": dataset.n_train,
-        "parts": 1,
     }
-    write_json(layout.score_summary(METHOD, seed), summary)
+    write_json(layout.score_summary("trajectory", seed), summary)
     return summary

@@ -1,69 +1,110 @@
 """Stage `train`: one Ray task per seed trains the model functionally and records its trajectory:
-schedule.parquet, checkpoints/step=<t>.npz (t = 0 and every influence.checkpoint_every steps, and the
-last step), then _summary.json, whose presence marks the seed as done (a rerun skips it)."""
+schedule.parquet, checkpoints/step=<t>.npz (t = 0, every train.checkpoint_every steps, and the last
+step), then _summary.json, which carries the trajectory key. A rerun skips a seed only when its summary
+has the current key and its schedule and every checkpoint read back; otherwise the seed is retrained."""
 
 from __future__ import annotations
 
 import time
 from typing import Any
 
+import pyarrow.parquet as pq
+
 from pipeline import cluster
 from pipeline.config import Settings
 from pipeline.data import Dataset
 from pipeline.io.files import read_json, write_json
+from pipeline.io.integrity import check_npz
 from pipeline.io.layout import RunLayout
+from pipeline.stages.context import RunContext
 
 
-def run(settings: Settings, dataset_ref: Any, options: dict[str, Any]) -> dict[str, Any]:
-    """Train every seed not yet trained in this output dir; returns {seed: summary}."""
-    layout = RunLayout(settings.output_dir)
-    todo = [s for s in settings.train.seeds if not layout.train_summary(s).exists()]
-    cluster.run_tasks(train_seed, [(settings, dataset_ref, s) for s in todo], options, desc="train (seeds)")
-    return {str(s): read_json(layout.train_summary(s)) for s in settings.train.seeds}
+def run(context: RunContext) -> dict[str, Any]:
+    """Train every seed that has no valid recorded trajectory; returns {"seeds": {seed: summary}}."""
+    layout, settings = context.layout, context.settings
+    todo = []
+    for seed in settings.train.seeds:
+        problem = trajectory_problem(layout, seed, context.trajectory_key)
+        if problem is not None:
+            if layout.train_summary(seed).exists():
+                print(f"[train] seed={seed}: {problem}; retraining")
+            todo.append(seed)
+    calls = [(settings, context.dataset_ref, s, context.trajectory_key) for s in todo]
+    cluster.run_tasks(train_seed, calls, context.task_options, desc="train (seeds)")
+    return {"seeds": {str(s): read_json(layout.train_summary(s)) for s in settings.train.seeds}}
 
 
-def train_seed(settings: Settings, dataset: Dataset, seed: int) -> dict[str, Any]:
+def trajectory_problem(layout: RunLayout, seed: int, key: str) -> str | None:
+    """None if seed's trajectory is complete under `key`; else why not (one line)."""
+    path = layout.train_summary(seed)
+    if not path.exists():
+        return "not trained"
+    try:
+        summary = read_json(path)
+    except (OSError, ValueError):
+        return f"{path.name} unreadable"
+    if summary.get("key") != key:
+        return "trained under another key"
+    try:
+        pq.ParquetFile(layout.schedule(seed)).close()
+    except Exception:
+        return f"{layout.schedule(seed).name} missing or unreadable"
+    for step in summary.get("checkpoint_steps", []):
+        problem = check_npz(layout.checkpoint(seed, step))
+        if problem is not None:
+            return f"checkpoint step={step}.npz {problem}"
+    return None
+
+
+def train_seed(settings: Settings, dataset: Dataset, seed: int, key: str) -> dict[str, Any]:
     """Ray task body: train one seed, write its trajectory and summary."""
     import numpy as np
-    import tensorflow as tf
     from ray.experimental.tqdm_ray import tqdm
 
     from pipeline.io.checkpoints import save_state
     from pipeline.io.tables import write_schedule
     from pipeline.kernels.schedule import checkpoint_steps
-    from pipeline.kernels.training import make_batches, train
+    from pipeline.kernels.training import as_inputs, as_targets, make_batches, raise_if_exploded, train
     from pipeline.stages.recipes import recipe_for, schedule_for
 
     layout = RunLayout(settings.output_dir)
     schedule = schedule_for(settings, dataset, seed)
     recipe = recipe_for(settings, dataset, seed)
-    stored = checkpoint_steps(schedule.n_steps, settings.influence.checkpoint_every)
-    names = recipe.state_names()
+    stored = checkpoint_steps(schedule.n_steps, settings.train.checkpoint_every)
+    state_layout = recipe.state_layout()
     write_schedule(layout.schedule(seed), schedule)
-    batches = make_batches(dataset.x_train, dataset.y_train, schedule, settings.train.dtype)
+    batches = make_batches(list(dataset.x_train.values()), dataset.y_train, schedule, settings.train.dtype, recipe.task)
+    x_val = as_inputs(list(dataset.x_val.values()), recipe.dtype)
+    y_val = as_targets(dataset.y_val, recipe.task, recipe.dtype)
 
     io_seconds = 0.0
 
     def save(step: int, state: Any) -> None:
         nonlocal io_seconds
         began = time.perf_counter()
-        save_state(layout.checkpoint(seed, step), names, [np.asarray(t) for t in recipe.flatten(state)])
+        save_state(layout.checkpoint(seed, step), state_layout, [np.asarray(t) for t in recipe.flatten(state)])
         io_seconds += time.perf_counter() - began
 
+    initial = recipe.initial_state()
+    before = {k: float(v) for k, v in recipe.evaluate(initial, x_val, y_val).items()}
     bar = tqdm(total=schedule.n_steps, desc=f"train seed={seed}", unit="step")
     began = time.perf_counter()
-    final = train(recipe, recipe.initial_state(), batches, stored, save, progress=bar.update)
+    final = train(recipe, initial, batches, stored, save, progress=bar.update)
     seconds = time.perf_counter() - began
     bar.close()
-    val_loss, val_accuracy = recipe.evaluate(final, tf.constant(dataset.x_val, recipe.dtype), tf.constant(dataset.y_val), settings.train.loss)
+    after = {k: float(v) for k, v in recipe.evaluate(final, x_val, y_val).items()}
+    raise_if_exploded(np.array([after["objective"]]), before["objective"], "validation objective", first_step=schedule.n_steps)
     summary = {
         "seed": seed,
+        "key": key,
         "n_steps": schedule.n_steps,
         "checkpoint_steps": stored,
         "seconds": round(seconds, 4),
         "compute_seconds": round(seconds - io_seconds, 4),
-        "val_loss": float(val_loss),
-        "val_accuracy": float(val_accuracy),
+        "val_objective_initial": before["objective"],
+        "val_objective": after["objective"],
+        "val_loss": after["loss"],
+        "val_accuracy": after["accuracy"],
     }
     write_json(layout.train_summary(seed), summary)
     return summary

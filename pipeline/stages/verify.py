@@ -1,8 +1,8 @@
-"""Stage `verify`: ground truth by real retraining, one Ray task per retraining (DESIGN.md section 5).
+"""Stage `verify`: ground truth by real retraining, one Ray task per retraining (docs/design.md, "Ground truth").
 
-- gradcheck: central differences of the retrained validation objective in eps_i (h) and along a random
-  unit direction u of x_i restricted to the sample's nonzero features (x_i + h u); compared with
-  influence_i and input_grad_i . u.
+- gradcheck: central differences of the retrained validation objective in eps_i (h) and, for every model
+  input, along a random unit direction u of that input of x_i restricted to the sample's nonzero
+  features (x_i + h u); compared with influence_i and input_grad_i . u.
   (trajectory only: the other methods approximate a different quantity).
 - leave-one-out: retrain with eps_i = 0 on the same schedule; compare -influence_i with the change in E.
 Writes verify/gradcheck.parquet and verify/loo.parquet; returns the summary figures for the manifest.
@@ -10,21 +10,29 @@ Writes verify/gradcheck.parquet and verify/loo.parquet; returns the summary figu
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.dataset as pads
 
 from pipeline import cluster, metrics
 from pipeline.config import Settings
 from pipeline.data import Dataset
 from pipeline.errors import ConfigError
 from pipeline.io.layout import RunLayout
-from pipeline.io.tables import input_grad_matrix, write_table
+from pipeline.io.tables import input_grads, read_parts, write_table
+from pipeline.methods import REGISTRY
+from pipeline.stages.context import RunContext
 
-# A perturbation of one retraining: (sample_id, new eps_i or None, x direction scaled by h or None).
-Perturbation = tuple[int, float | None, np.ndarray | None]
+@dataclass(frozen=True)
+class Perturbation:
+    """One retraining: sample weights eps[ids] = weight (None: unchanged), and features of sample ids[0]
+    moved by dx (name -> [*shape], None: unchanged)."""
+
+    ids: tuple[int, ...] = ()
+    weight: float | None = None
+    dx: dict[str, np.ndarray] | None = None
 
 
 def fd_step(settings: Settings) -> float:
@@ -34,36 +42,48 @@ def fd_step(settings: Settings) -> float:
     return 1e-4 if settings.train.dtype == "float64" else 1e-2
 
 
-def run(settings: Settings, dataset_ref: Any, dataset: Dataset, options: dict[str, Any]) -> dict[str, Any]:
-    layout, method = RunLayout(settings.output_dir), settings.influence.method
+def x_kind(name: str, dataset: Dataset) -> str:
+    """Gradcheck kind of an input direction: "x" for a single input, "x.<name>" for each of several."""
+    return "x" if len(dataset.input_names) == 1 else f"x.{name}"
+
+
+def run(context: RunContext) -> dict[str, Any]:
+    settings, dataset, layout = context.settings, context.dataset, context.layout
+    method = settings.influence.method
     h = fd_step(settings)
     plans, gradcheck_rows, loo_rows, summary = [], [], [], {}
     for seed in settings.train.seeds:
-        if not layout.score_summary(method, seed).exists():
+        parts = layout.score_parts(method, seed)
+        if not parts:
             raise ConfigError(f"stages: verify needs the {method} scores of seed {seed} in {layout.root}; add score to stages")
-        scores = pads.dataset(layout.scores_dir(method, seed), format="parquet").to_table().sort_by("sample_id")
+        scores = read_parts(parts).sort_by("sample_id")
         grad_ids, directions, loo_ids = _choose(settings, dataset, seed)
-        if method != "trajectory":  # only the exact method is a derivative of this retraining
+        if not REGISTRY[method].exact:  # only the exact method is a derivative of this retraining
             grad_ids, directions = [], []
         plans.append((seed, scores, grad_ids, directions, loo_ids))
 
     calls = []
     for seed, _, grad_ids, directions, loo_ids in plans:
-        perturbations: list[Perturbation | None] = [None]
+        perturbations = [Perturbation()]
         for i, u in zip(grad_ids, directions):
-            perturbations += [(i, 1 + h, None), (i, 1 - h, None), (i, None, h * u), (i, None, -h * u)]
-        perturbations += [(i, 0.0, None) for i in loo_ids]
-        calls += [(settings, dataset_ref, seed, p) for p in perturbations]
-    objectives = iter(cluster.run_tasks(retrained_objective, calls, options, desc="verify (retrainings)"))
+            perturbations += [Perturbation((i,), 1 + h), Perturbation((i,), 1 - h)]
+            for name, direction in u.items():
+                perturbations += [Perturbation((i,), dx={name: h * direction}), Perturbation((i,), dx={name: -h * direction})]
+        perturbations += [Perturbation((i,), 0.0) for i in loo_ids]
+        calls += [(settings, context.dataset_ref, seed, p) for p in perturbations]
+    objectives = iter(cluster.run_tasks(retrained_objective, calls, context.task_options, desc="verify (retrainings)"))
 
     for seed, scores, grad_ids, directions, loo_ids in plans:
         influence = scores["influence"].to_numpy()
-        input_grad = input_grad_matrix(scores).astype(np.float64)
+        input_grad = input_grads(scores)
         base = next(objectives)
         for i, u in zip(grad_ids, directions):
-            e_plus, e_minus, x_plus, x_minus = (next(objectives) for _ in range(4))
+            e_plus, e_minus = next(objectives), next(objectives)
             gradcheck_rows.append((seed, i, "eps", influence[i], metrics.central_difference(e_plus, e_minus, h)))
-            gradcheck_rows.append((seed, i, "x", float(input_grad[i] @ u), metrics.central_difference(x_plus, x_minus, h)))
+            for name, direction in u.items():
+                x_plus, x_minus = next(objectives), next(objectives)
+                predicted = float(np.sum(input_grad[name][i].astype(np.float64) * direction))
+                gradcheck_rows.append((seed, i, x_kind(name, dataset), predicted, metrics.central_difference(x_plus, x_minus, h)))
         for i in loo_ids:
             loo_rows.append((seed, i, -influence[i], next(objectives) - base))
         summary[str(seed)] = {"objective": base}
@@ -75,8 +95,9 @@ def run(settings: Settings, dataset_ref: Any, dataset: Dataset, options: dict[st
     return {"fd_step": h, "gradcheck": _gradcheck_summary(gradcheck), "loo": _loo_summary(loo), "seeds": summary}
 
 
-def _choose(settings: Settings, dataset: Dataset, seed: int) -> tuple[list[int], list[np.ndarray], list[int]]:
-    """Samples for gradcheck (with unit directions on their nonzero features) and for leave-one-out."""
+def _choose(settings: Settings, dataset: Dataset, seed: int) -> tuple[list[int], list[dict[str, np.ndarray]], list[int]]:
+    """Samples for gradcheck (with one unit direction per input, on the sample's nonzero features) and
+    for leave-one-out."""
     v = settings.verify
     rng = np.random.default_rng([v.seed, seed])
     n_grad, n_loo = min(v.n_gradcheck, dataset.n_train), min(v.n_loo, dataset.n_train)
@@ -84,45 +105,45 @@ def _choose(settings: Settings, dataset: Dataset, seed: int) -> tuple[list[int],
     loo_ids = sorted(rng.choice(dataset.n_train, n_loo, replace=False).tolist())
     directions = []
     for i in grad_ids:
-        support = dataset.x_train[i] != 0
-        u = rng.normal(size=dataset.n_features) * (support if support.any() else 1.0)
-        directions.append(u / np.linalg.norm(u))
+        per_input = {}
+        for name, x in dataset.x_train.items():
+            support = x[i] != 0
+            u = rng.normal(size=x.shape[1:]) * (support if support.any() else 1.0)
+            per_input[name] = u / np.linalg.norm(u)
+        directions.append(per_input)
     return grad_ids, directions, loo_ids
 
 
-def retrained_objective(settings: Settings, dataset: Dataset, seed: int, perturbation: Perturbation | None) -> float:
-    """Ray task body: retrain with one sample's weight or features changed; returns the validation objective."""
-    x = dataset.x_train.astype(settings.train.dtype)
+def retrained_objective(settings: Settings, dataset: Dataset, seed: int, perturbation: Perturbation) -> float:
+    """Ray task body: retrain with one perturbation (see Perturbation); returns the validation objective."""
     eps = np.ones(dataset.n_train)
-    if perturbation is not None:
-        i, new_eps, dx = perturbation
-        if new_eps is not None:
-            eps[i] = new_eps
-        if dx is not None:
-            x[i] += dx
+    x = dict(dataset.x_train)
+    if perturbation.weight is not None:
+        eps[list(perturbation.ids)] = perturbation.weight
+    for name, dx in (perturbation.dx or {}).items():
+        x[name] = x[name].astype(settings.train.dtype)  # a copy, in the training precision
+        x[name][perturbation.ids[0]] += dx
     return objective_after_training(settings, dataset, seed, eps, x)
 
 
-def objective_after_training(settings: Settings, dataset: Dataset, seed: int, eps: np.ndarray, x: np.ndarray | None = None) -> float:
-    """Ray task body: retrain seed `seed` from its stored initial state on its stored schedule with sample
-    weights eps [N] (0 removes a sample) and features x [N, d] (default: the dataset's); returns E."""
-    import tensorflow as tf
-
+def objective_after_training(settings: Settings, dataset: Dataset, seed: int, eps: np.ndarray, x: dict[str, np.ndarray] | None = None) -> float:
+    """Retrain seed `seed` from its stored initial state on its stored schedule with sample weights
+    eps [N] (0 removes a sample) and inputs x (name -> [N, *shape]; default: the dataset's); returns E."""
+    from pipeline.io.checkpoints import StoredStates, retrain_hint
     from pipeline.io.tables import read_schedule
-    from pipeline.kernels.training import make_batches, train
+    from pipeline.kernels.training import as_inputs, as_targets, make_batches, train
     from pipeline.stages.recipes import recipe_for
-    from pipeline.stages.score import StoredStates
 
     layout = RunLayout(settings.output_dir)
     schedule = read_schedule(layout.schedule(seed))
     recipe = recipe_for(settings, dataset, seed)
-    initial = StoredStates(layout, seed, [0], recipe)[0]
+    initial = StoredStates(lambda step: layout.checkpoint(seed, step), [0], recipe, retrain_hint(seed))[0]
     x = dataset.x_train if x is None else x
-    batches = make_batches(x, dataset.y_train, schedule, settings.train.dtype, eps)
+    batches = make_batches(list(x.values()), dataset.y_train, schedule, settings.train.dtype, recipe.task, eps)
     final = {}
     train(recipe, initial, batches, [0, schedule.n_steps], final.__setitem__)
-    value, _ = recipe.evaluate(final[schedule.n_steps], tf.constant(dataset.x_val, recipe.dtype), tf.constant(dataset.y_val), settings.influence.objective)
-    return float(value)
+    x_val, y_val = as_inputs(list(dataset.x_val.values()), recipe.dtype), as_targets(dataset.y_val, recipe.task, recipe.dtype)
+    return float(recipe.evaluate(final[schedule.n_steps], x_val, y_val)["objective"])
 
 
 def _gradcheck_table(rows: list[tuple]) -> pa.Table:
@@ -153,8 +174,9 @@ def _loo_table(rows: list[tuple]) -> pa.Table:
 
 def _gradcheck_summary(table: pa.Table) -> dict[str, Any]:
     out = {}
-    for kind in ("eps", "x"):
-        errors = np.array([e for k, e in zip(table["kind"].to_pylist(), table["relative_error"].to_numpy()) if k == kind])
+    kinds = table["kind"].to_pylist()
+    for kind in dict.fromkeys(kinds):
+        errors = np.array([e for k, e in zip(kinds, table["relative_error"].to_numpy()) if k == kind])
         if errors.size:
             out[kind] = {"n": int(errors.size), "median_relative_error": float(np.median(errors)), "max_relative_error": float(errors.max())}
     return out

@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from pipeline.config import DataSettings, ModelSettings
-from pipeline.data import load_dataset
+from pipeline.config import ModelSettings
 from pipeline.kernels import optimizers
 from pipeline.kernels.schedule import Schedule, checkpoint_steps, make_schedule
-from pipeline.kernels.training import Recipe, make_batches, train
+from pipeline.kernels.task import make_task
+from pipeline.kernels.training import Recipe, as_inputs, make_batches, train
 from pipeline.kernels.trajectory import ReverseSweep
 from pipeline.metrics import relative_errors
 from pipeline.models import build_model
@@ -21,33 +21,34 @@ DTYPE = "float64"
 
 
 @pytest.fixture(scope="module")
-def digits():
-    return load_dataset(DataSettings(max_train=N_TRAIN))
+def digits(digits_subset):
+    return digits_subset(N_TRAIN)
 
 
 class Problem:
     """A small training run with helpers to retrain it under perturbations."""
 
     def __init__(self, digits, model=ModelSettings(hidden=(8,)), optimizer=None, lr=0.1, loss="cross_entropy", objective="cross_entropy", schedule=None):
-        self.digits, self.objective = digits, objective
+        self.digits = digits
+        self.x_train, self.x_val = digits.x_train["x"], digits.x_val["x"]  # [N, 8, 8, 1]
         self.schedule = schedule or make_schedule(N_TRAIN, 20, 2, shuffle=True, seed=0, lr=lr)
-        keras_model = build_model(model, digits.input_shape, digits.num_classes, DTYPE, seed=0)
-        self.recipe = Recipe(keras_model, optimizer or optimizers.sgd(), loss, True, digits.input_shape)
+        keras_model = build_model(model, digits.input_shapes, "classification", digits.num_classes, DTYPE, seed=0)
+        self.recipe = Recipe(keras_model, optimizer or optimizers.sgd(), make_task("classification", loss, objective))
         self.initial = self.recipe.initial_state()
 
     def hypergradients(self, every=None):
         stored = {}
         steps = checkpoint_steps(self.schedule.n_steps, every)
-        batches = make_batches(self.digits.x_train, self.digits.y_train, self.schedule, DTYPE)
+        batches = make_batches(self.x_train, self.digits.y_train, self.schedule, DTYPE, self.recipe.task)
         train(self.recipe, self.initial, batches, steps, stored.__setitem__)
-        return ReverseSweep(self.recipe, self.objective).run(stored, steps, batches, self.digits.x_val, self.digits.y_val)
+        return ReverseSweep(self.recipe).run(stored, steps, batches, as_inputs(self.x_val, DTYPE), tf.constant(self.digits.y_val))
 
     def retrained_objective(self, eps=None, x=None):
-        x = self.digits.x_train.astype(DTYPE) if x is None else x
-        batches = make_batches(x, self.digits.y_train, self.schedule, DTYPE, eps)
+        x = self.x_train.astype(DTYPE) if x is None else x
+        batches = make_batches(x, self.digits.y_train, self.schedule, DTYPE, self.recipe.task, eps)
         out = {}
         train(self.recipe, self.initial, batches, [0, self.schedule.n_steps], out.__setitem__)
-        return float(self.recipe.objective(out[self.schedule.n_steps], tf.constant(self.digits.x_val, tf.float64), tf.constant(self.digits.y_val), self.objective))
+        return float(self.recipe.objective(out[self.schedule.n_steps], as_inputs(self.x_val, DTYPE), tf.constant(self.digits.y_val)))
 
     def fd_eps(self, i, h):
         eps = np.ones(N_TRAIN)
@@ -57,7 +58,7 @@ class Problem:
         return (plus - self.retrained_objective(eps=eps)) / (2 * h)
 
     def fd_x(self, i, u, h):
-        x = self.digits.x_train.astype(DTYPE)
+        x = self.x_train.astype(DTYPE)
         x[i] += h * u
         plus = self.retrained_objective(x=x)
         x[i] -= 2 * h * u
@@ -84,9 +85,9 @@ def test_matches_finite_differences_of_retraining(digits, name):
     problem = Problem(digits, optimizer=optimizer, lr=lr)
     result = problem.hypergradients()
     for i in (3, 57):
-        u = _direction(digits.x_train[i], i)
+        u = _direction(problem.x_train[i], i)
         assert relative_errors(result.influence[i], problem.fd_eps(i, h)) < 1e-6
-        assert relative_errors(result.input_grad[i] @ u, problem.fd_x(i, u, h)) < 1e-6
+        assert relative_errors(np.sum(result.input_grad[0][i] * u), problem.fd_x(i, u, h)) < 1e-6
 
 
 @pytest.mark.parametrize(
@@ -102,9 +103,9 @@ def test_models_losses_and_objectives_match_finite_differences(digits, model, lo
     problem = Problem(digits, model=model, optimizer=optimizers.momentum(0.9), lr=0.05, loss=loss, objective=objective)
     result = problem.hypergradients()
     for i in (3, 57):
-        u = _direction(digits.x_train[i], i)
+        u = _direction(problem.x_train[i], i)
         assert relative_errors(result.influence[i], problem.fd_eps(i, 1e-4)) < 1e-6
-        assert relative_errors(result.input_grad[i] @ u, problem.fd_x(i, u, 1e-4)) < 1e-6
+        assert relative_errors(np.sum(result.input_grad[0][i] * u), problem.fd_x(i, u, 1e-4)) < 1e-6
     assert result.replay_error == 0.0  # the sweep recomputed exactly the recorded states
 
 
@@ -112,13 +113,13 @@ def _full_tape_reference(problem):
     """dE/d eps and dE/d x by one GradientTape over the whole unrolled run (eager, Python loop)."""
     r, s = problem.recipe, problem.schedule
     eps = tf.Variable(tf.ones(N_TRAIN, tf.float64))
-    x = tf.Variable(tf.constant(problem.digits.x_train, tf.float64))
+    x = tf.Variable(tf.constant(problem.x_train, tf.float64))
     with tf.GradientTape() as tape:
         state = problem.initial
         for t in range(s.n_steps):
             ids = s.batch(t)
-            state, _ = r.step(state, tf.gather(x, ids), tf.constant(problem.digits.y_train[ids]), tf.gather(eps, ids), tf.constant(s.lr[t]), tf.constant(t))
-        value = r.objective(state, tf.constant(problem.digits.x_val, tf.float64), tf.constant(problem.digits.y_val), problem.objective)
+            state, _ = r.step(state, (tf.gather(x, ids),), tf.constant(problem.digits.y_train[ids]), tf.gather(eps, ids), tf.constant(s.lr[t]), tf.constant(t))
+        value = r.objective(state, as_inputs(problem.x_val, DTYPE), tf.constant(problem.digits.y_val))
     d_eps, d_x = tape.gradient(value, [eps, x])
     return float(value), tf.convert_to_tensor(d_eps).numpy(), tf.convert_to_tensor(d_x).numpy()
 
@@ -130,7 +131,7 @@ def test_checkpointed_sweep_equals_full_tape_for_every_k(digits):
         result = problem.hypergradients(every=every)
         assert result.objective == pytest.approx(value, rel=1e-14)
         np.testing.assert_allclose(result.influence, d_eps, rtol=1e-9, atol=1e-15)
-        np.testing.assert_allclose(result.input_grad, d_x, rtol=1e-9, atol=1e-15)
+        np.testing.assert_allclose(result.input_grad[0], d_x, rtol=1e-9, atol=1e-15)
 
 
 def test_sample_never_used_in_training_gets_exactly_zero(digits):
@@ -141,6 +142,6 @@ def test_sample_never_used_in_training_gets_exactly_zero(digits):
     schedule = Schedule.from_rows(step[keep], sample_id[keep], lr[keep])
     result = Problem(digits, schedule=schedule).hypergradients()
     assert result.influence[unused] == 0.0
-    assert not np.any(result.input_grad[unused])
+    assert not np.any(result.input_grad[0][unused])
     assert np.count_nonzero(result.influence) == N_TRAIN - 1
 

@@ -1,0 +1,65 @@
+"""The scoring-method registry: every `influence.method` declares its name, how it runs, which
+`influence.*` settings change its numbers, and its kernel.
+
+- exact (`trajectory`): one reverse sweep per seed over the recorded training run (stages.score).
+- sharded (all others): a pool of Ray actors scores shards of the training set; `kernel(seed_run)` is
+  called once per (actor, seed) and returns score(x, y) -> (influence [b], input_grad per input).
+
+Kernels import TensorFlow lazily (this module is imported by config validation on the driver).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Callable
+
+if TYPE_CHECKING:
+    from pipeline.stages.score_sharded import SeedRun
+
+ScoreFn = Callable[[Any, Any], tuple[Any, Any]]
+
+
+@dataclass(frozen=True)
+class Method:
+    name: str
+    exact: bool  # True: differentiates the recorded run (one sweep per seed); False: sharded per sample
+    settings: tuple[str, ...]  # influence.<setting> names that change the scores (part of the artifact key)
+    description: str
+    kernel: Callable[["SeedRun"], ScoreFn] | None = None  # sharded methods only
+
+
+def _lookahead(run: "SeedRun") -> ScoreFn:
+    lr, last = float(run.schedule.lr[-1]), run.steps[-1]
+    steps = run.settings.influence.steps
+    return lambda x, y: run.scorer.lookahead(run.final, x, y, run.x_val, run.y_val, lr=lr, first_step=last, steps=steps)
+
+
+def _tracin(run: "SeedRun") -> ScoreFn:
+    checkpoints = run.scorer.checkpoints(run.states, run.steps, run.schedule.lr, run.n_train, run.x_val, run.y_val)
+    return lambda x, y: run.scorer.tracin(checkpoints, x, y)
+
+
+def _loss(run: "SeedRun") -> ScoreFn:
+    return lambda x, y: run.scorer.loss(run.final, x, y)
+
+
+def _saliency(run: "SeedRun") -> ScoreFn:
+    return lambda x, y: run.scorer.saliency(run.final, x, y)
+
+
+def _sensitivity(run: "SeedRun") -> ScoreFn:
+    weights = run.output_weights
+    return lambda x, y: run.scorer.sensitivity(run.final, x, weights)
+
+
+REGISTRY: dict[str, Method] = {
+    m.name: m
+    for m in (
+        Method("trajectory", True, ("objective",), "exact dE/d eps_i and dE/d x_i through the recorded training run"),
+        Method("lookahead", False, ("objective", "steps"), "K more optimizer steps on sample i alone, then E", _lookahead),
+        Method("tracin", False, ("objective",), "sum over checkpoints of -lr grad E . grad loss_i", _tracin),
+        Method("loss", False, (), "final training loss (ranking baseline)", _loss),
+        Method("saliency", False, (), "|d loss_i / d x_i| of the final model (ranking baseline)", _saliency),
+        Method("sensitivity", False, ("output_weights",), "d (w . output) / d x_i of the trained model", _sensitivity),
+    )
+}

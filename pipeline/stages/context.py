@@ -1,0 +1,21 @@
+"""What every stage receives: `run(context) -> details` (details go to the manifest)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from pipeline.config import Settings
+from pipeline.data import Dataset
+from pipeline.io.layout import RunLayout
+
+
+@dataclass
+class RunContext:
+    settings: Settings
+    dataset: Dataset
+    layout: RunLayout
+    trajectory_key: str  # io.arguments key of the recorded training runs
+    score_key: str  # io.arguments key of influence.method's scores
+    dataset_ref: Any = None  # Ray object reference of `dataset` (set once Ray is up)
+    task_options: dict[str, Any] = field(default_factory=dict)  # Ray options of one task (cluster.task_options)
