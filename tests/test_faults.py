@@ -43,8 +43,8 @@ def test_truncated_part_is_set_aside_and_recomputed(ray_session, tmp_path, capsy
     part = RunLayout(tmp_path).score_part("loss", 0, 1)
     part.write_bytes(part.read_bytes()[: part.stat().st_size // 2])
     execute(settings)
-    assert "moved to part-00001.parquet.corrupt, recomputing" in capsys.readouterr().out
-    assert (part.parent / "part-00001.parquet.corrupt").exists()
+    assert "moved to .part-00001.parquet.corrupt, recomputing" in capsys.readouterr().out
+    assert (part.parent / ".part-00001.parquet.corrupt").exists()
     np.testing.assert_array_equal(_every_sample_once(tmp_path, "loss"), before)
     assert (tmp_path / "_SUCCESS").exists()
 

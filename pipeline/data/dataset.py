@@ -1,6 +1,7 @@
 """The Dataset every stage reads, and the checks that turn bad arrays into one-line DataErrors.
 
-Inputs are a nest: an ordered mapping name -> array [n, *sample_shape] (float32), one entry per model
+Inputs are a nest: an ordered mapping name -> array [n, *sample_shape] (float32, or float64 when given as
+float64, so that float64 training sees the data exactly), one entry per model
 input, in the order the model receives them (one input is named "x"). Targets follow the task:
 class ids [n] int64 (classification) or floats [n] / [n, k] float64 (regression).
 `sample_id` of a training sample is its row in every x_train array.
@@ -25,9 +26,9 @@ SINGLE_INPUT = "x"  # the name of the input when a dataset has only one
 class Dataset:
     name: str
     task: str  # classification | regression
-    x_train: dict[str, np.ndarray]  # name -> [N, *shape] float32
+    x_train: dict[str, np.ndarray]  # name -> [N, *shape] float32 (float64 if given so)
     y_train: np.ndarray  # [N] int64 class ids, or [N] / [N, k] float64 targets
-    x_val: dict[str, np.ndarray]  # name -> [V, *shape] float32
+    x_val: dict[str, np.ndarray]  # name -> [V, *shape], as x_train
     y_val: np.ndarray
 
     @property
@@ -94,7 +95,8 @@ def make_dataset(
     inputs: dict[str, dict[str, np.ndarray]] = {"train": {}, "val": {}}
     for split, xs, y in (("train", x_train, y_train), ("val", x_val, y_val)):
         for key in x_train:  # validation inputs in the training order: the model takes them by position
-            inputs[split][key] = _features(_key(f"x_{split}", key, xs), xs[key], y.shape[0], where)
+            dtype = np.float64 if np.asarray(x_train[key]).dtype == np.float64 else np.float32  # float64 data stays exact
+            inputs[split][key] = _features(_key(f"x_{split}", key, xs), xs[key], y.shape[0], dtype, where)
     for key in x_train:
         train_shape, val_shape = inputs["train"][key].shape[1:], inputs["val"][key].shape[1:]
         if train_shape != val_shape:
@@ -113,7 +115,7 @@ def _key(prefix: str, name: str, nest: Mapping[str, np.ndarray]) -> str:
     return prefix if list(nest) == [SINGLE_INPUT] else f"{prefix}.{name}"
 
 
-def _features(key: str, x: np.ndarray, n_rows: int, where: str) -> np.ndarray:
+def _features(key: str, x: np.ndarray, n_rows: int, dtype: type, where: str) -> np.ndarray:
     x = np.asarray(x)
     if x.dtype == object or not (np.issubdtype(x.dtype, np.number) or x.dtype == bool):
         raise DataError(f"{key}: features must be numeric, got dtype {x.dtype}{where}")
@@ -123,7 +125,7 @@ def _features(key: str, x: np.ndarray, n_rows: int, where: str) -> np.ndarray:
         raise DataError(f"{key}: empty (shape {x.shape}){where}")
     if x.shape[0] != n_rows:
         raise DataError(f"{key} has {x.shape[0]} rows but its targets have {n_rows}{where}")
-    x = np.ascontiguousarray(x, dtype=np.float32)
+    x = np.ascontiguousarray(x, dtype=dtype)
     if not np.all(np.isfinite(x)):
         row = int(np.argwhere(~np.isfinite(x))[0, 0])
         raise DataError(f"{key}: NaN or inf in features (first at row {row}){where}")

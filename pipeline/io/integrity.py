@@ -66,12 +66,13 @@ def check_npz(path: Path) -> str | None:
 
 
 def quarantine(path: Path) -> Path:
-    """Rename `path` to <name>.corrupt in its folder (<name>.corrupt.1, .2, ... if taken) and return the new path.
+    """Rename `path` to .<name>.corrupt in its folder (.<name>.corrupt.1, .2, ... if taken) and return the new path.
 
-    Never overwrites: the new name is reserved with O_EXCL before the rename."""
+    The leading dot hides it from directory readers (pyarrow datasets, Spark) and the suffix from
+    `*.parquet` globs (DuckDB). Never overwrites: the new name is reserved with O_EXCL before the rename."""
     n = 0
     while True:
-        target = path.with_name(f"{path.name}.corrupt" + (f".{n}" if n else ""))
+        target = path.with_name(f".{path.name}.corrupt" + (f".{n}" if n else ""))
         try:
             os.close(os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644))
         except FileExistsError:

@@ -3,7 +3,7 @@ scores/method=<m>/seed=<s>/. Exact methods (trajectory) write one part per seed 
 sharded methods (stages.score_sharded) one part per training-set shard from a pool of actors.
 
 Resume checks what it skips: every expected part must read back with the current scores key and exactly
-its shard's sample_ids. A bad part is renamed aside (*.corrupt) and recomputed; parts that belong to no
+its shard's sample_ids. A bad part is renamed aside (.part-<n>.parquet.corrupt) and recomputed; parts that belong to no
 shard of the current layout are renamed aside too. _summary.json only records timings.
 """
 

@@ -42,7 +42,7 @@ def test_classification_dataset_properties():
     assert ds.input_names == ("x",) and ds.input_shapes == {"x": (2, 3)}
     assert ds.n_train == 5 and ds.n_val == 2
     assert ds.num_classes == 3 and ds.output_dim is None
-    assert ds.x_train["x"].dtype == np.float32 and ds.y_train.dtype == np.int64 and ds.y_val.dtype == np.int64
+    assert ds.x_train["x"].dtype == np.float64 and ds.y_train.dtype == np.int64 and ds.y_val.dtype == np.int64  # float64 kept
     assert ds.summary() == {"name": "toy", "task": "classification", "n_train": 5, "n_val": 2, "inputs": {"x": [2, 3]}, "num_classes": 3, "output_dim": None}
     assert not any(hasattr(ds, old) for old in ("n_features", "input_shape", "is_image"))
 
@@ -52,7 +52,10 @@ def test_regression_dataset_properties_with_several_inputs():
     x_val = {"a": np.ones((1, 2)), "b": np.ones((1, 3, 3))}
     ds = make_dataset("reg", "regression", x_train, np.ones((4, 2), np.float32), x_val, np.ones((1, 2)))
     assert ds.input_names == ("a", "b") and ds.input_shapes == {"a": (2,), "b": (3, 3)}
-    assert all(x.dtype == np.float32 for x in (*ds.x_train.values(), *ds.x_val.values()))
+    # Each input's precision follows its training array: float64 stays float64 (so float64 runs see the data
+    # exactly), anything else becomes float32; validation follows training.
+    assert ds.x_train["a"].dtype == ds.x_val["a"].dtype == np.float64
+    assert ds.x_train["b"].dtype == ds.x_val["b"].dtype == np.float32
     assert ds.y_train.dtype == np.float64 and ds.y_train.shape == (4, 2)
     assert ds.output_dim == 2 and ds.num_classes is None
     assert ds.summary() == {"name": "reg", "task": "regression", "n_train": 4, "n_val": 1, "inputs": {"a": [2], "b": [3, 3]}, "num_classes": None, "output_dim": 2}

@@ -24,7 +24,7 @@ def _assert_canonical(ds: Dataset) -> None:
     assert ds.input_names and list(ds.x_val) == list(ds.x_train) == list(ds.input_names)
     for split, xs, n in (("train", ds.x_train, ds.n_train), ("val", ds.x_val, ds.n_val)):
         for name, x in xs.items():
-            assert x.dtype == np.float32, (split, name)
+            assert x.dtype in (np.float32, np.float64), (split, name)  # float64 only when given as float64
             assert x.ndim >= 2 and x.shape[0] == n, (split, name, x.shape)
             assert x.flags.c_contiguous, (split, name)
             assert x.shape[1:] == ds.input_shapes[name], (split, name)
@@ -385,8 +385,8 @@ def test_npz_several_inputs_in_file_order(two_inputs):
     assert ds.input_names == ("prices", "image")
     assert ds.input_shapes == {"prices": (3,), "image": (5, 5, 1)}
     assert ds.summary()["inputs"] == {"prices": [3], "image": [5, 5, 1]}
-    assert np.array_equal(ds.x_train["prices"], a["x_train.prices"].astype(np.float32))
-    assert np.array_equal(ds.x_val["prices"], a["x_val.prices"].astype(np.float32))
+    assert np.array_equal(ds.x_train["prices"], a["x_train.prices"])
+    assert np.array_equal(ds.x_val["prices"], a["x_val.prices"])
     # each uint8 input is scaled on its own
     assert np.array_equal(ds.x_train["image"][..., 0], a["x_train.image"].astype(np.float32) / np.float32(255))
     assert np.array_equal(ds.x_val["image"][..., 0], a["x_val.image"].astype(np.float32) / np.float32(255))
@@ -398,7 +398,7 @@ def test_npz_data_inputs_sets_the_order(two_inputs):
     ds = _load(path, inputs=("image", "prices"))
     _assert_canonical(ds)
     assert ds.input_names == ("image", "prices") and list(ds.x_val) == ["image", "prices"]
-    assert np.array_equal(ds.x_train["prices"], a["x_train.prices"].astype(np.float32))
+    assert np.array_equal(ds.x_train["prices"], a["x_train.prices"])
 
 
 def test_npz_data_inputs_order_is_neither_file_nor_alphabetical(tmp_path):
@@ -420,7 +420,7 @@ def test_npz_several_inputs_max_train_cuts_every_input(two_inputs):
     ds = _load(path, max_train=5)
     assert ds.n_train == 5
     assert ds.x_train["prices"].shape == (5, 3) and ds.x_train["image"].shape == (5, 5, 5, 1)
-    assert np.array_equal(ds.x_train["prices"], a["x_train.prices"][:5].astype(np.float32))
+    assert np.array_equal(ds.x_train["prices"], a["x_train.prices"][:5])
     assert np.array_equal(ds.x_train["image"][..., 0], a["x_train.image"][:5] / np.float32(255))
 
 
@@ -443,7 +443,7 @@ def test_npz_several_inputs_validation_from_test(tmp_path, two_inputs):
     renamed = {k.replace("x_val", "x_test").replace("y_val", "y_test"): v for k, v in a.items()}
     ds = _load(_npz(tmp_path / "test.npz", **renamed))
     assert ds.input_names == ("prices", "image") and ds.n_val == 3
-    assert np.array_equal(ds.x_val["prices"], a["x_val.prices"].astype(np.float32))
+    assert np.array_equal(ds.x_val["prices"], a["x_val.prices"])
 
 
 def test_npz_input_in_train_but_not_in_val(tmp_path, two_inputs):

@@ -78,7 +78,7 @@ def test_quarantine_never_overwrites(tmp_path: Path) -> None:
     second = quarantine(part)
     part.write_bytes(b"third")
     third = quarantine(part)
-    assert (first.name, second.name, third.name) == ("part-00003.parquet.corrupt", "part-00003.parquet.corrupt.1", "part-00003.parquet.corrupt.2")
+    assert (first.name, second.name, third.name) == (".part-00003.parquet.corrupt", ".part-00003.parquet.corrupt.1", ".part-00003.parquet.corrupt.2")
     assert (first.read_bytes(), second.read_bytes(), third.read_bytes()) == (b"first", b"second", b"third")
     assert first.parent == second.parent == tmp_path
     assert not part.exists()

@@ -158,13 +158,13 @@ def test_bad_parts_are_recomputed_and_moved_aside(tmp_path, capsys):
     truncated = layout.score_part(METHOD, 0, 3).read_bytes()
     assert parts_to_compute(layout, METHOD, 0, shards, KEY) == [shards[1], shards[2], shards[3], shards[4]]
     assert _names(layout) == [
+        ".part-00002.parquet.corrupt",
+        ".part-00003.parquet.corrupt",
+        ".part-00004.parquet.corrupt",
         "part-00000.parquet",
-        "part-00002.parquet.corrupt",
-        "part-00003.parquet.corrupt",
-        "part-00004.parquet.corrupt",
     ]
     assert layout.score_part(METHOD, 0, 0).read_bytes() == good
-    assert (layout.scores_dir(METHOD, 0) / "part-00003.parquet.corrupt").read_bytes() == truncated
+    assert (layout.scores_dir(METHOD, 0) / ".part-00003.parquet.corrupt").read_bytes() == truncated
     lines = capsys.readouterr().out.splitlines()
     assert len(lines) == 3  # one per bad part, none for the missing one
     for line, number, reason in zip(
@@ -172,7 +172,7 @@ def test_bad_parts_are_recomputed_and_moved_aside(tmp_path, capsys):
     ):
         path = layout.score_part(METHOD, 0, number)
         assert line.startswith(f"[score] {path}: ") and reason in line
-        assert f"moved to {path.name}.corrupt" in line and "recomputing" in line
+        assert f"moved to .{path.name}.corrupt" in line and "recomputing" in line
     # the second look finds the same shards missing and has nothing left to move
     assert parts_to_compute(layout, METHOD, 0, shards, KEY) == shards[1:]
     assert capsys.readouterr().out == ""
@@ -195,11 +195,11 @@ def test_parts_of_an_earlier_shard_size_are_moved_aside(tmp_path, capsys):
     _write_all(layout, split(10, 4))  # parts 0..2
     shards = split(10, 5)  # parts 0..1
     assert parts_to_compute(layout, METHOD, 0, shards, KEY) == shards
-    assert _names(layout) == ["part-00000.parquet.corrupt", "part-00001.parquet.corrupt", "part-00002.parquet.corrupt"]
+    assert _names(layout) == [".part-00000.parquet.corrupt", ".part-00001.parquet.corrupt", ".part-00002.parquet.corrupt"]
     out = capsys.readouterr().out.splitlines()
     assert len(out) == 3
     stray = layout.score_part(METHOD, 0, 2)
-    assert f"[score] {stray}: belongs to no shard of this run; moved to part-00002.parquet.corrupt" in out
+    assert f"[score] {stray}: belongs to no shard of this run; moved to .part-00002.parquet.corrupt" in out
     assert sum("holds 4 rows, expected 5" in line for line in out) == 2
     # parts written for the new shards are then complete: every sample in exactly one part
     _write_all(layout, shards)
@@ -213,7 +213,7 @@ def test_stray_part_with_good_shards(tmp_path, capsys):
     _write_all(layout, shards)
     _write_part(layout.score_part(METHOD, 0, 2), np.arange(8, 12))  # e.g. from a run with more training samples
     assert parts_to_compute(layout, METHOD, 0, shards, KEY) == []
-    assert _names(layout) == ["part-00000.parquet", "part-00001.parquet", "part-00002.parquet.corrupt"]
+    assert _names(layout) == [".part-00002.parquet.corrupt", "part-00000.parquet", "part-00001.parquet"]
     assert capsys.readouterr().out.count("belongs to no shard") == 1
 
 
@@ -224,8 +224,8 @@ def test_quarantine_never_overwrites_an_earlier_corrupt_file(tmp_path, capsys):
     parts_to_compute(layout, METHOD, 0, shards, KEY)
     _write_part(layout.score_part(METHOD, 0, 0), np.arange(4), key=OTHER_KEY)
     parts_to_compute(layout, METHOD, 0, shards, KEY)
-    assert _names(layout) == ["part-00000.parquet.corrupt", "part-00000.parquet.corrupt.1"]
-    assert "moved to part-00000.parquet.corrupt.1" in capsys.readouterr().out
+    assert _names(layout) == [".part-00000.parquet.corrupt", ".part-00000.parquet.corrupt.1"]
+    assert "moved to .part-00000.parquet.corrupt.1" in capsys.readouterr().out
 
 
 def test_other_seeds_and_methods_are_left_alone(tmp_path, capsys):

@@ -77,7 +77,7 @@ def make_run(
     """A run with the files the report reads, as the pipeline writes them while its report stage runs.
 
     Scores of every (method, seed) come in two parts written by io.tables.scores_table, next to a quarantined
-    part-00002.parquet.corrupt that is not a Parquet file; the verify stage checks eps and every input.
+    .part-00002.parquet.corrupt that is not a Parquet file; the verify stage checks eps and every input.
     """
     rng = np.random.default_rng(0)
     layout = RunLayout(root)
@@ -93,7 +93,7 @@ def make_run(
                 table = scores_table(ids, targets[ids], task, scores[ids], {k: g[ids] for k, g in grads.items()},
                                      rng.uniform(0, 2, ids.size), {})
                 write_table(table, layout.score_part(method, seed, shard))
-            layout.score_part(method, seed, 2).with_suffix(".parquet.corrupt").write_bytes(b"not parquet")
+            layout.score_part(method, seed, 2).with_name(".part-00002.parquet.corrupt").write_bytes(b"not parquet")
         mean = np.mean(influence, axis=0)
         order = np.argsort(-mean)
         target_name = "label" if task == "classification" else "target"
