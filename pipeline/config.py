@@ -99,6 +99,7 @@ class InfluenceSettings:
     objective: str | None = None  # null: the task's default (cross_entropy | mse)
     steps: int = 1  # K, optimizer steps per sample for lookahead
     output_weights: tuple[float, ...] | None = None  # sensitivity: weights of the model outputs (null: ones)
+    horizon: int | None = None  # truncated: steps differentiated, counted back from the end (null: one epoch)
     shard_size: int = 1024  # training samples per Parquet part (sharded methods)
     batch_size: int = 128  # samples per kernel call (sharded methods)
 
@@ -283,6 +284,7 @@ def validate(s: Settings) -> None:
     _check(_is_int(i.shard_size) and i.shard_size > 0, f"influence.shard_size={i.shard_size}: must be a positive integer")
     _check(_is_int(i.batch_size) and i.batch_size > 0, f"influence.batch_size={i.batch_size}: must be a positive integer")
     _check_loss("influence.objective", i.objective, s.task.name)
+    _check(i.horizon is None or (_is_int(i.horizon) and i.horizon > 0), f"influence.horizon={i.horizon}: must be a positive integer or null")
     _check(
         i.output_weights is None or (isinstance(i.output_weights, tuple) and len(i.output_weights) > 0 and all(_is_number(w) for w in i.output_weights)),
         f"influence.output_weights={i.output_weights}: must be a non-empty list of numbers or null",

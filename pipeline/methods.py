@@ -1,7 +1,8 @@
 """The scoring-method registry: every `influence.method` declares its name, how it runs, which
 `influence.*` settings change its numbers, and its kernel.
 
-- exact (`trajectory`): one reverse sweep per seed over the recorded training run (stages.score).
+- sweeps (`trajectory`, `truncated`): one reverse sweep per seed over the recorded training run, or over
+  its last `influence.horizon` steps (stages.score).
 - sharded (all others): a pool of Ray actors scores shards of the training set; `kernel(seed_run)` is
   called once per (actor, seed) and returns score(x, y) -> (influence [b], input_grad per input).
 
@@ -22,7 +23,8 @@ ScoreFn = Callable[[Any, Any], tuple[Any, Any]]
 @dataclass(frozen=True)
 class Method:
     name: str
-    exact: bool  # True: differentiates the recorded run (one sweep per seed); False: sharded per sample
+    sweep: bool  # True: one reverse sweep per seed over the recorded run; False: sharded per sample
+    exact: bool  # True: the exact derivative of this retraining (what the verify gradcheck checks)
     settings: tuple[str, ...]  # influence.<setting> names that change the scores (part of the artifact key)
     description: str
     kernel: Callable[["SeedRun"], ScoreFn] | None = None  # sharded methods only
@@ -55,11 +57,12 @@ def _sensitivity(run: "SeedRun") -> ScoreFn:
 REGISTRY: dict[str, Method] = {
     m.name: m
     for m in (
-        Method("trajectory", True, ("objective",), "exact dE/d eps_i and dE/d x_i through the recorded training run"),
-        Method("lookahead", False, ("objective", "steps"), "K more optimizer steps on sample i alone, then E", _lookahead),
-        Method("tracin", False, ("objective",), "sum over checkpoints of -lr grad E . grad loss_i", _tracin),
-        Method("loss", False, (), "final training loss (ranking baseline)", _loss),
-        Method("saliency", False, (), "|d loss_i / d x_i| of the final model (ranking baseline)", _saliency),
-        Method("sensitivity", False, ("output_weights",), "d (w . output) / d x_i of the trained model", _sensitivity),
+        Method("trajectory", True, True, ("objective",), "exact dE/d eps_i and dE/d x_i through the recorded training run"),
+        Method("truncated", True, False, ("objective", "horizon"), "dE/d eps_i and dE/d x_i through the last influence.horizon steps only"),
+        Method("lookahead", False, False, ("objective", "steps"), "K more optimizer steps on sample i alone, then E", _lookahead),
+        Method("tracin", False, False, ("objective",), "sum over checkpoints of -lr grad E . grad loss_i", _tracin),
+        Method("loss", False, False, (), "final training loss (ranking baseline)", _loss),
+        Method("saliency", False, False, (), "|d loss_i / d x_i| of the final model (ranking baseline)", _saliency),
+        Method("sensitivity", False, False, ("output_weights",), "d (w . output) / d x_i of the trained model", _sensitivity),
     )
 }

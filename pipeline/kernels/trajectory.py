@@ -79,11 +79,13 @@ class ReverseSweep:
         batches: Batches,
         start: tf.Tensor,
         stop: tf.Tensor,
+        floor: tf.Tensor,
         influence: tf.Variable,
         input_grad: tuple[tf.Variable, ...],
     ) -> tuple[TrainState, TrainState]:
-        """Recompute states start..stop-1 from `state`, then carry the adjoint from stop back to start,
-        adding per-sample gradients into the accumulators. Returns (adjoint at start, recomputed state at stop)."""
+        """Recompute states start..stop-1 from `state`, then carry the adjoint from stop back to
+        max(start, floor), adding per-sample gradients into the accumulators. Returns (adjoint there,
+        recomputed state at stop)."""
         r = self.recipe
         n = stop - start
         flat = r.flatten(state)
@@ -93,7 +95,7 @@ class ReverseSweep:
             _, x, y, eps = batches.batch(start + i)
             state, _ = r.step(state, x, y, eps, batches.lr[start + i], start + i)
         end_state = state
-        for i in tf.range(n - 1, -1, -1):
+        for i in tf.range(n - 1, tf.maximum(floor - start, 0) - 1, -1):
             state_i = r.unflatten([ta.read(i) for ta in stored])
             adjoint, grad_eps, grad_x, ids = self._reverse_step(state_i, adjoint, batches, start + i)
             # Row-wise ResourceScatterAdd: several times faster here than scatter_nd_add.
@@ -110,19 +112,24 @@ class ReverseSweep:
         x_val: tuple[tf.Tensor, ...],
         y_val: tf.Tensor,
         progress: Callable[[int], None] | None = None,
+        horizon: int | None = None,
     ) -> Hypergradients:
-        """Sweep from the last stored step back to 0. `checkpoints[t]` is the state after t steps;
+        """Sweep from the last stored step back to 0, or only over the last `horizon` steps (truncated
+        unrolling: earlier steps contribute nothing). `checkpoints[t]` is the state after t steps;
         x_val, y_val: validation inputs (one tensor per model input) and targets, as tensors."""
         r = self.recipe
         steps = sorted(stored_steps)
+        floor = 0 if horizon is None else max(0, steps[-1] - horizon)
         value, adjoint = self._objective_grad(checkpoints[steps[-1]], x_val, y_val)
         raise_if_nonfinite(np.array([value.numpy()]), "validation objective", first_step=steps[-1])
         influence = tf.Variable(tf.zeros(batches.eps.shape, r.dtype))
         input_grad = tuple(tf.Variable(tf.zeros(x.shape, r.dtype)) for x in batches.x)
         replay_error = 0.0
         for start, stop in reversed(list(zip(steps[:-1], steps[1:]))):
+            if stop <= floor:
+                break
             adjoint, end_state = self._reverse_segment(
-                checkpoints[start], adjoint, batches, tf.constant(start), tf.constant(stop), influence, input_grad
+                checkpoints[start], adjoint, batches, tf.constant(start), tf.constant(stop), tf.constant(floor), influence, input_grad
             )
             replay_error = max(replay_error, _max_abs_diff(r.flatten(end_state), r.flatten(checkpoints[stop])))
             if not np.isfinite(float(tf.reduce_sum(influence))):

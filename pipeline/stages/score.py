@@ -1,6 +1,6 @@
 """Stage `score`: every seed's scores for influence.method, as Parquet parts under
-scores/method=<m>/seed=<s>/. Exact methods (trajectory) write one part per seed from one Ray task;
-sharded methods (stages.score_sharded) one part per training-set shard from a pool of actors.
+scores/method=<m>/seed=<s>/. Sweep methods (trajectory, truncated) write one part per seed from one Ray
+task; sharded methods (stages.score_sharded) one part per training-set shard from a pool of actors.
 
 Resume checks what it skips: every expected part must read back with the current scores key and exactly
 its shard's sample_ids. A bad part is renamed aside (.part-<n>.parquet.corrupt) and recomputed; parts that belong to no
@@ -33,9 +33,9 @@ def run(context: RunContext) -> dict[str, Any]:
     for seed in settings.train.seeds:
         if not layout.train_summary(seed).exists():
             raise ConfigError(f"stages: score needs the trained trajectory of seed {seed} in {layout.root}; add train to stages")
-    shards = whole(context.dataset.n_train) if method.exact else split(context.dataset.n_train, settings.influence.shard_size)
+    shards = whole(context.dataset.n_train) if method.sweep else split(context.dataset.n_train, settings.influence.shard_size)
     todo = [(seed, shard) for seed in settings.train.seeds for shard in parts_to_compute(layout, method.name, seed, shards, context.score_key)]
-    if method.exact:
+    if method.sweep:
         calls = [(settings, context.dataset_ref, seed, context.score_key) for seed, _ in todo]
         cluster.run_tasks(score_seed, calls, context.task_options, desc=f"score {method.name} (seeds)")
     elif todo:
@@ -53,8 +53,20 @@ def run(context: RunContext) -> dict[str, Any]:
     return {"method": method.name, "seeds": summaries}
 
 
+def steps_per_epoch(schedule: Any) -> int:
+    """Steps of one epoch of a schedule: those until a sample is used for the second time."""
+    seen = np.zeros(int(schedule.index.max()) + 1, dtype=bool)
+    for t in range(schedule.n_steps):
+        batch = schedule.batch(t)
+        if seen[batch].any():
+            return t
+        seen[batch] = True
+    return schedule.n_steps
+
+
 def score_seed(settings: Settings, dataset: Dataset, seed: int, key: str) -> dict[str, Any]:
-    """Ray task body: trajectory hypergradients of one seed, written as its single part."""
+    """Ray task body: exact hypergradients of one seed (trajectory, or truncated to the last
+    influence.horizon steps), written as its single part."""
     from ray.experimental.tqdm_ray import tqdm
 
     from pipeline.io.checkpoints import StoredStates
@@ -72,9 +84,11 @@ def score_seed(settings: Settings, dataset: Dataset, seed: int, key: str) -> dic
     batches = make_batches(x_train, dataset.y_train, schedule, settings.train.dtype, recipe.task)
     x_val, y_val = as_inputs(list(dataset.x_val.values()), recipe.dtype), as_targets(dataset.y_val, recipe.task, recipe.dtype)
 
-    bar = tqdm(total=schedule.n_steps, desc=f"reverse sweep seed={seed}", unit="step")
+    method = settings.influence.method
+    horizon = None if method == "trajectory" else settings.influence.horizon or steps_per_epoch(schedule)
+    bar = tqdm(total=min(schedule.n_steps, horizon or schedule.n_steps), desc=f"reverse sweep seed={seed}", unit="step")
     began = time.perf_counter()
-    result = ReverseSweep(recipe).run(states, states.steps, batches, x_val, y_val, progress=bar.update)
+    result = ReverseSweep(recipe).run(states, states.steps, batches, x_val, y_val, progress=bar.update, horizon=horizon)
     seconds = time.perf_counter() - began
     bar.close()
     train_loss = per_sample_losses(recipe, states[states.steps[-1]], x_train, dataset.y_train)
@@ -82,7 +96,7 @@ def score_seed(settings: Settings, dataset: Dataset, seed: int, key: str) -> dic
     table = scores_table(
         np.arange(dataset.n_train), dataset.y_train, dataset.task, result.influence, input_grad, train_loss, part_metadata(settings, seed, key)
     )
-    write_table(table, layout.score_part("trajectory", seed, 0))
+    write_table(table, layout.score_part(method, seed, 0))
     summary = {
         "seed": seed,
         "objective": settings.influence.objective,
@@ -90,6 +104,7 @@ def score_seed(settings: Settings, dataset: Dataset, seed: int, key: str) -> dic
         "seconds": round(seconds, 4),
         "seconds_over_training": round(seconds / max(trained["compute_seconds"], 1e-9), 3),
         "replay_max_abs_error": result.replay_error,
+        "horizon": horizon,
     }
-    write_json(layout.score_summary("trajectory", seed), summary)
+    write_json(layout.score_summary(method, seed), summary)
     return summary

@@ -145,3 +145,41 @@ def test_sample_never_used_in_training_gets_exactly_zero(digits):
     assert not np.any(result.input_grad[0][unused])
     assert np.count_nonzero(result.influence) == N_TRAIN - 1
 
+
+
+def test_truncated_sweep_differentiates_only_the_last_steps(digits):
+    problem = Problem(digits, optimizer=optimizers.momentum(0.9), lr=0.05)
+    stored, steps = {}, checkpoint_steps(problem.schedule.n_steps, 3)
+    batches = make_batches(problem.x_train, digits.y_train, problem.schedule, DTYPE, problem.recipe.task)
+    train(problem.recipe, problem.initial, batches, steps, stored.__setitem__)
+    sweep = ReverseSweep(problem.recipe)
+    validation = (as_inputs(problem.x_val, DTYPE), tf.constant(digits.y_val))
+    full = sweep.run(stored, steps, batches, *validation)
+    same = sweep.run(stored, steps, batches, *validation, horizon=problem.schedule.n_steps)
+    np.testing.assert_array_equal(same.influence, full.influence)
+
+    horizon = 4  # not a multiple of the checkpoint interval: the cut falls inside a segment
+    cut = sweep.run(stored, steps, batches, *validation, horizon=horizon)
+    last_steps = np.unique(np.concatenate([problem.schedule.batch(t) for t in range(problem.schedule.n_steps - horizon, problem.schedule.n_steps)]))
+    unused = np.setdiff1d(np.arange(N_TRAIN), last_steps)
+    assert np.all(cut.influence[unused] == 0) and np.all(cut.influence[last_steps] != 0)
+
+    # horizon 1 by hand: one tape over the last step from the stored state before it
+    t = problem.schedule.n_steps - 1
+    state = problem.recipe.unflatten(problem.recipe.flatten(full_state_before(problem, stored, steps, batches, t)))
+    ids = problem.schedule.batch(t)
+    eps = tf.ones(len(ids), tf.float64)
+    with tf.GradientTape() as tape:
+        tape.watch(eps)
+        after, _ = problem.recipe.step(state, (tf.constant(problem.x_train[ids]),), tf.constant(digits.y_train[ids]), eps, tf.constant(problem.schedule.lr[t]), tf.constant(t))
+        value = problem.recipe.objective(after, *validation)
+    by_hand = tape.gradient(value, eps).numpy()
+    one = sweep.run(stored, steps, batches, *validation, horizon=1)
+    np.testing.assert_allclose(one.influence[ids], by_hand, rtol=1e-10)
+
+
+def full_state_before(problem, stored, steps, batches, t):
+    """The state after t steps, replayed from the last stored state at or before t."""
+    start = max(s for s in steps if s <= t)
+    state, _ = problem.recipe.run_steps(stored[start], batches, tf.constant(start), tf.constant(t))
+    return state
