@@ -25,6 +25,7 @@ MODELS = ("logistic", "mlp", "cnn", "custom", "saved")
 OPTIMIZERS = ("sgd", "momentum", "adam")
 METHODS = tuple(REGISTRY)
 DTYPES = ("float32", "float64")
+QUERIES = ("mean", "per_sample", "per_class")  # influence.queries
 # Built-in per-sample losses of each task (kernels/task.py); any of them can train or be the objective E.
 TASK_LOSSES = {"classification": ("cross_entropy", "mse", "margin"), "regression": ("mse", "mae", "huber")}
 DEFAULT_LOSS = {"classification": "cross_entropy", "regression": "mse"}
@@ -102,6 +103,11 @@ class InfluenceSettings:
     horizon: int | None = None  # truncated: steps differentiated, counted back from the end (null: one epoch)
     shard_size: int = 1024  # training samples per Parquet part (sharded methods)
     batch_size: int = 128  # samples per kernel call (sharded methods)
+    queries: str = "mean"  # mean (one objective E) | per_sample (one per validation sample) | per_class (trajectory only)
+    query_ids: tuple[int, ...] | None = None  # validation sample ids (per_sample) or classes (per_class); null: all
+    query_batch: int = 64  # queries carried by one reverse sweep (memory: query_batch x model state) and one part
+    query_input_grad: bool = False  # also dE_q/d x_i per query (memory: query_batch x N x input size)
+    query_top_k: int = 10  # harmful and helpful training samples per query in query_top.parquet
 
 
 @dataclass(frozen=True)
@@ -110,6 +116,12 @@ class VerifySettings:
     n_loo: int = 20
     fd_step: float | None = None  # None: 1e-4 in float64, 1e-2 in float32
     seed: int = 0
+    smoothness: bool = True  # finite-step ladder, perturbation growth and the verdict (exact method only)
+    n_smooth: int = 4  # single samples on the ladder
+    ladder: tuple[float, ...] = (1e-4, 1e-3, 1e-2, 1e-1, 1.0)  # s: weights moved from 1 to 1 - s (1 = removal)
+    group_fractions: tuple[float, ...] = (0.01, 0.05)  # random groups of these fractions of the training set
+    n_groups: int = 2  # groups per fraction
+    perturbation: float | None = None  # relative initial-weight perturbation; None: 1e-6 (float64), 1e-3 (float32)
 
 
 @dataclass(frozen=True)
@@ -126,6 +138,29 @@ class ClusterSettings:
 class OutputSettings:
     dir: str = "outputs/default"
     overwrite: bool = False
+
+
+@dataclass(frozen=True)
+class EvaluationSettings:
+    """`python -m pipeline.evaluate`: sizes of one experiment's ground truth (conf/evaluate.yaml)."""
+
+    name: str = "experiment"
+    methods: tuple[str, ...] = ("trajectory", "truncated", "tracin", "loss")  # scored; `random` is always added
+    ensemble_sizes: tuple[int, ...] = (1, 2, 4, 8, 16)  # K: exact sweeps on seeds 0..K-1, scores averaged
+    truncated_epochs: int = 1  # influence.horizon of `truncated`, in epochs
+    n_loo: int = 20  # same-seed leave-one-out samples
+    same_seed_drops: tuple[float, ...] = (0.01, 0.05, 0.1, 0.5)  # LDS on seed 0's schedule: fractions removed
+    cross_seed_drops: tuple[float, ...] = (0.1, 0.5)  # LDS against targets averaged over R fresh seeds
+    n_subsets: int = 40  # random subsets per drop fraction
+    retrain_seeds: int = 16  # R: fresh seeds per cross-seed target and per removal
+    first_retrain_seed: int = 1000  # fresh seeds are first_retrain_seed + 0..R-1 (disjoint from the scored seeds)
+    removal_fractions: tuple[float, ...] = (0.01, 0.05, 0.1)  # k / N removed by each method
+    flip_fraction: float = 0.1
+    flip_seeds: int = 1  # scored seeds on the flipped data (scores averaged)
+    reliability_splits: int = 50  # random half splits of the R seeds averaged for the split-half reliability
+    seed: int = 0
+    scratch: str = "outputs/evaluation"  # run directories, one per experiment
+    results: str = "docs/results"  # <name>.parquet and <name>.md; docs/results.md gathers them
 
 
 @dataclass(frozen=True)
@@ -217,6 +252,27 @@ def settings_from_config(cfg: DictConfig) -> Settings:
     return with_task_defaults(settings)
 
 
+def evaluation_from_config(cfg: DictConfig) -> EvaluationSettings:
+    """The `evaluation:` section as validated `EvaluationSettings` (raises ConfigError)."""
+    e = _section(EvaluationSettings, cfg.get("evaluation"), "evaluation")
+    fractions = lambda values: isinstance(values, tuple) and len(values) > 0 and all(_is_number(f) and 0 < f < 1 for f in values)  # noqa: E731
+    _check(bool(e.name) and "/" not in e.name, f"evaluation.name={e.name!r}: must be a non-empty file name")
+    _check(isinstance(e.methods, tuple) and all(m in METHODS for m in e.methods), f"evaluation.methods={list(e.methods)}: unknown method (known: {', '.join(METHODS)})")
+    _check("trajectory" in e.methods, "evaluation.methods: must include trajectory (the ensembles and the removal test use it)")
+    sizes = e.ensemble_sizes
+    _check(isinstance(sizes, tuple) and len(sizes) > 0 and all(_is_int(k) and k > 0 for k in sizes) and list(sizes) == sorted(set(sizes)), f"evaluation.ensemble_sizes={list(sizes)}: must be increasing positive integers")
+    for name in ("truncated_epochs", "n_subsets", "flip_seeds", "reliability_splits"):
+        _check(_is_int(getattr(e, name)) and getattr(e, name) > 0, f"evaluation.{name}={getattr(e, name)}: must be a positive integer")
+    _check(_is_int(e.retrain_seeds) and e.retrain_seeds >= 2, f"evaluation.retrain_seeds={e.retrain_seeds}: must be an integer >= 2 (the reliability splits the seeds in halves)")
+    _check(_is_int(e.first_retrain_seed) and e.first_retrain_seed >= max(sizes[-1], e.flip_seeds), f"evaluation.first_retrain_seed={e.first_retrain_seed}: must be an integer >= the largest ensemble size (fresh seeds are never scored)")
+    _check(_is_int(e.n_loo) and e.n_loo >= 0, f"evaluation.n_loo={e.n_loo}: must be a non-negative integer")
+    for name in ("same_seed_drops", "cross_seed_drops", "removal_fractions"):
+        _check(fractions(getattr(e, name)), f"evaluation.{name}={list(getattr(e, name))}: must be a non-empty list of fractions in (0, 1)")
+    _check(_is_number(e.flip_fraction) and 0 < e.flip_fraction < 1, f"evaluation.flip_fraction={e.flip_fraction}: must be in (0, 1)")
+    _check(bool(e.scratch) and bool(e.results), "evaluation.scratch, evaluation.results: must not be empty")
+    return e
+
+
 def with_task_defaults(settings: Settings) -> Settings:
     """train.loss and influence.objective left null take the task's default loss."""
     default = DEFAULT_LOSS[settings.task.name]
@@ -285,6 +341,17 @@ def validate(s: Settings) -> None:
     _check(_is_int(i.batch_size) and i.batch_size > 0, f"influence.batch_size={i.batch_size}: must be a positive integer")
     _check_loss("influence.objective", i.objective, s.task.name)
     _check(i.horizon is None or (_is_int(i.horizon) and i.horizon > 0), f"influence.horizon={i.horizon}: must be a positive integer or null")
+    _check(i.queries in QUERIES, f"influence.queries={i.queries!r}: unknown (known: {', '.join(QUERIES)}; groups is not implemented yet)")
+    _check(i.queries == "mean" or i.method == "trajectory", f"influence.queries={i.queries}: needs influence.method=trajectory (got {i.method})")
+    _check(
+        i.query_ids is None or (isinstance(i.query_ids, tuple) and len(i.query_ids) > 0 and all(_is_int(q) and q >= 0 for q in i.query_ids)),
+        f"influence.query_ids={i.query_ids}: must be a non-empty list of non-negative integers or null",
+    )
+    _check(i.query_ids is None or len(set(i.query_ids)) == len(i.query_ids), f"influence.query_ids={list(i.query_ids or ())}: contains duplicates")
+    _check(i.query_ids is None or i.queries != "mean", "influence.query_ids: needs influence.queries=per_sample or per_class")
+    _check(_is_int(i.query_batch) and i.query_batch > 0, f"influence.query_batch={i.query_batch}: must be a positive integer")
+    _check(isinstance(i.query_input_grad, bool), f"influence.query_input_grad={i.query_input_grad!r}: must be true or false")
+    _check(_is_int(i.query_top_k) and i.query_top_k > 0, f"influence.query_top_k={i.query_top_k}: must be a positive integer")
     _check(
         i.output_weights is None or (isinstance(i.output_weights, tuple) and len(i.output_weights) > 0 and all(_is_number(w) for w in i.output_weights)),
         f"influence.output_weights={i.output_weights}: must be a non-empty list of numbers or null",
@@ -293,6 +360,15 @@ def validate(s: Settings) -> None:
     _check(_is_int(v.n_gradcheck) and v.n_gradcheck >= 0, f"verify.n_gradcheck={v.n_gradcheck}: must be a non-negative integer")
     _check(_is_int(v.n_loo) and v.n_loo >= 0, f"verify.n_loo={v.n_loo}: must be a non-negative integer")
     _check(v.fd_step is None or (_is_number(v.fd_step) and v.fd_step > 0), f"verify.fd_step={v.fd_step}: must be positive or null")
+    _check(isinstance(v.smoothness, bool), f"verify.smoothness={v.smoothness!r}: must be true or false")
+    _check(_is_int(v.n_smooth) and v.n_smooth >= 1, f"verify.n_smooth={v.n_smooth}: must be a positive integer")
+    _check(_is_int(v.n_groups) and v.n_groups >= 0, f"verify.n_groups={v.n_groups}: must be a non-negative integer")
+    _check(
+        isinstance(v.ladder, tuple) and len(v.ladder) > 0 and all(_is_number(x) and 0 < x <= 1 for x in v.ladder) and list(v.ladder) == sorted(v.ladder),
+        f"verify.ladder={v.ladder}: must be increasing numbers in (0, 1]",
+    )
+    _check(isinstance(v.group_fractions, tuple) and all(_is_number(f) and 0 < f < 1 for f in v.group_fractions), f"verify.group_fractions={v.group_fractions}: must be numbers in (0, 1)")
+    _check(v.perturbation is None or (_is_number(v.perturbation) and v.perturbation > 0), f"verify.perturbation={v.perturbation}: must be positive or null")
 
     _check(_is_number(c.cpus_per_task) and c.cpus_per_task > 0, f"cluster.cpus_per_task={c.cpus_per_task}: must be positive")
     _check(_is_number(c.gpus_per_task) and c.gpus_per_task >= 0, f"cluster.gpus_per_task={c.gpus_per_task}: must be >= 0")

@@ -27,6 +27,7 @@ from pipeline.io.fingerprint import fingerprint
 from pipeline.io.layout import RunLayout
 from pipeline.io.lock import RunLock
 from pipeline.io.manifest import Manifest
+from pipeline.stages import queries
 from pipeline.stages.context import RunContext
 
 RAY_STAGES = ("train", "score", "verify")
@@ -51,12 +52,14 @@ def execute(settings: Settings) -> dict[str, Any]:
     dataset = load_dataset(settings.data, settings.task.name)
     if settings.train.batch_size > dataset.n_train:
         raise ConfigError(f"train.batch_size={settings.train.batch_size}: larger than the {dataset.n_train} training samples")
+    if settings.influence.queries != "mean":
+        queries.query_ids(settings, dataset)  # refuses ids the validation set does not have
     print(f"[data] {describe(dataset)}")
     layout = RunLayout(settings.output_dir)
     data_key = data_fingerprint(dataset)
     with RunLock(layout.root):
         context = _claim_artifacts(settings, dataset, data_key, layout)
-        extra = {"data_fingerprint": data_key, "trajectory_key": context.trajectory_key, "score_key": context.score_key, "data": dataset.summary()}
+        extra = {"data_fingerprint": data_key, "trajectory_key": context.trajectory_key, "score_key": context.score_key, "queries_key": context.queries_key, "data": dataset.summary()}
         manifest = Manifest.open(layout, settings, extra)
         try:
             if set(settings.stages) & set(RAY_STAGES):
@@ -88,7 +91,7 @@ def _claim_artifacts(settings: Settings, dataset: Dataset, data_key: str, layout
     """
     overwrite = settings.output.overwrite
     trajectory = arguments.trajectory_arguments(settings, data_key)
-    derived = [layout.root / "scores", layout.verify_dir, layout.report_dir, layout.ranking, layout.success]
+    derived = [layout.root / "scores", layout.queries_root, layout.verify_dir, layout.report_dir, layout.ranking, layout.query_top, layout.success]
     reused = arguments.claim(layout.root, layout.trajectory_arguments, trajectory, "a trajectory", overwrite, [layout.trajectory_dir, *derived])
     if not reused:
         for path in derived:
@@ -98,7 +101,8 @@ def _claim_artifacts(settings: Settings, dataset: Dataset, data_key: str, layout
     scores = arguments.score_arguments(settings, trajectory_key)
     what = f"{method} scores"
     arguments.claim(layout.root, layout.score_arguments(method), scores, what, overwrite, [layout.method_dir(method)])
-    return RunContext(settings, dataset, layout, trajectory_key, arguments.key_of(scores))
+    queries_key = queries.claim(settings, layout, trajectory_key)
+    return RunContext(settings, dataset, layout, trajectory_key, arguments.key_of(scores), queries_key=queries_key)
 
 
 def _remove(path: Path) -> None:
@@ -122,9 +126,13 @@ def _print_stage(stage: str, details: dict[str, Any]) -> None:
         for seed, s in details["seeds"].items():
             timing = f" in {s['seconds']:.1f}s ({s['seconds_over_training']:.2f}x training), E={s['objective_value']:.5g}" if "seconds" in s else ""
             print(f"[score] seed={seed}: {details['method']} on {s['n_samples']} samples in {s['parts']} parts{timing}")
+        for seed, s in details.get("queries", {}).get("seeds", {}).items():
+            print(f"[queries] seed={seed}: {s['n_queries']} {s['queries']} queries in {s['parts']} parts ({s['parts_computed']} computed in {s['seconds']:.1f}s)")
     elif stage == "aggregate":
         agreement = ", ".join(f"{m}: {'one seed' if v is None else f'{v:.3f}'}" for m, v in details["seed_agreement"].items())
         print(f"[aggregate] {details['rows']} ranked rows; seed agreement (Spearman) {agreement}")
+        if "query_top" in details:
+            print(f"[aggregate] query_top.parquet: {details['query_top']['rows']} rows (top {details['query_top']['k']} harmful and helpful per query)")
     elif stage == "report":
         print(f"[report] {details['path']}")
     else:
@@ -132,6 +140,10 @@ def _print_stage(stage: str, details: dict[str, Any]) -> None:
             print(f"[verify] gradcheck {kind}: median relative error {g['median_relative_error']:.2e}, max {g['max_relative_error']:.2e} (n={g['n']}, h={details['fd_step']:g})")
         loo = details["loo"]
         print(f"[verify] leave-one-out (n={loo['n']}): pearson {loo['pearson']:.4f}, spearman {loo['spearman']:.4f}, kendall {loo['kendall']:.4f}")
+        if "smoothness" in details:
+            smooth = details["smoothness"]
+            ranges = ", ".join(f"{kind} up to s={ladder['linear_up_to']}" for kind, ladder in {"single": smooth["single"], **smooth["groups"]}.items())
+            print(f"[verify] smoothness: {smooth['verdict']} (linear {ranges}; initial perturbation grew {smooth['perturbation_growth']:.3g}x)")
 
 
 def one_line(exc: BaseException) -> str:

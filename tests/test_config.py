@@ -276,7 +276,7 @@ def test_checkpoint_every_moved_to_train():
 
 def test_methods_come_from_the_registry():
     assert METHODS == tuple(REGISTRY)
-    assert set(METHODS) == {"trajectory", "lookahead", "tracin", "loss", "saliency", "sensitivity"}
+    assert set(METHODS) == {"trajectory", "lookahead", "tracin", "loss", "saliency", "sensitivity", "truncated"}
 
 
 def test_every_method_has_a_config_group_and_composes():

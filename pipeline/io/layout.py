@@ -65,6 +65,36 @@ class RunLayout:
         return self.scores_dir(method, seed) / "_summary.json"
 
     @property
+    def queries_root(self) -> Path:
+        return self.root / "queries"
+
+    def queries_method_dir(self, method: str) -> Path:
+        return self.queries_root / f"method={method}"
+
+    def query_arguments(self, method: str) -> Path:
+        """What a method's per-query scores were computed from (io.arguments)."""
+        return self.queries_method_dir(method) / "_arguments.json"
+
+    def queries_dir(self, method: str, seed: int) -> Path:
+        return self.queries_method_dir(method) / f"seed={seed}"
+
+    def query_part(self, method: str, seed: int, batch: int) -> Path:
+        """The long-format part of one query batch (query_id, sample_id, influence[, input_grad])."""
+        return self.queries_dir(method, seed) / f"part-{batch:05d}.parquet"
+
+    def query_parts(self, method: str, seed: int) -> list[Path]:
+        """The query parts present for (method, seed) (quarantined *.corrupt files excluded)."""
+        return sorted(self.queries_dir(method, seed).glob("part-*.parquet"))
+
+    def query_summary(self, method: str, seed: int) -> Path:
+        return self.queries_dir(method, seed) / "_summary.json"
+
+    @property
+    def query_top(self) -> Path:
+        """Per query: its most harmful and most helpful training samples (stage aggregate)."""
+        return self.root / "query_top.parquet"
+
+    @property
     def ranking(self) -> Path:
         return self.root / "ranking.parquet"
 
@@ -79,8 +109,8 @@ class RunLayout:
     @property
     def result_dirs(self) -> tuple[Path, ...]:
         """Everything a run writes besides the manifest; removed when output.overwrite replaces a run."""
-        return (self.trajectory_dir, self.root / "scores", self.verify_dir, self.report_dir)
+        return (self.trajectory_dir, self.root / "scores", self.queries_root, self.verify_dir, self.report_dir)
 
     @property
     def result_files(self) -> tuple[Path, ...]:
-        return (self.ranking,)
+        return (self.ranking, self.query_top)

@@ -9,6 +9,12 @@ state_t inside a GradientTape and one vector-Jacobian product of state_{t+1} wit
 
 summed over all the steps that used sample i. States are read from checkpoints every k steps and the
 k states of a segment are recomputed, so memory holds the checkpoints plus k states.
+
+`run_queries` carries Q objectives at once, E_q = sum_v W[q, v] objective(x_v, y_v) for a weight matrix
+W [Q, V] (one-hot rows: one validation sample each; rows 1/|class| on a class: that class's mean). The
+replay, the recomputed step and its tape are shared; the Q vector-Jacobian products are one vectorized
+backward pass (tf.vectorized_map over the cotangents, measured faster than a loop over a persistent tape
+in docs/benchmarks/queries.md). The adjoint then has a leading [Q] axis: memory grows with Q x state.
 """
 
 from __future__ import annotations
@@ -29,6 +35,13 @@ class Hypergradients(NamedTuple):
     replay_error: float  # max |recomputed state - stored checkpoint| over segment ends (0 when bit-exact)
 
 
+class QueryHypergradients(NamedTuple):
+    objective: np.ndarray  # [Q] E_q at the final state
+    influence: np.ndarray  # [Q, N] dE_q/d eps_i (positive: more weight on sample i raises E_q)
+    input_grad: tuple[np.ndarray, ...]  # per model input [Q, N, *shape] dE_q/d x_i; empty unless asked for
+    replay_error: float  # as in Hypergradients
+
+
 class ReverseSweep:
     """Compiled pieces of the sweep for one recipe; `run` drives them over the checkpointed segments."""
 
@@ -40,6 +53,9 @@ class ReverseSweep:
         # rewrites the large AddN of the second-order gradient into temporary variables whose names
         # clash between iterations (AlreadyExistsError at N=50,000, d=784).
         self._reverse_step = tf.function(self._reverse_step_fn, experimental_attributes={"_noinline": True})
+        self._queries_objective_grad = tf.function(self._queries_objective_grad_fn, reduce_retracing=True)
+        self._queries_segment = tf.function(self._queries_segment_fn, reduce_retracing=True)
+        self._queries_step = tf.function(self._queries_step_fn, experimental_attributes={"_noinline": True})
 
     # E and dE/d(differentiable state) at the final state.
     def _objective_grad_fn(self, state: TrainState, x_val: tuple[tf.Tensor, ...], y_val: tf.Tensor) -> tuple[tf.Tensor, TrainState]:
@@ -72,6 +88,17 @@ class ReverseSweep:
         grad_state, grad_x, grad_eps = tf.nest.map_structure(tf.convert_to_tensor, grads)
         return grad_state, grad_eps, grad_x, ids
 
+    def _replay(self, state: TrainState, batches: Batches, start: tf.Tensor, stop: tf.Tensor) -> tuple[list[tf.TensorArray], TrainState]:
+        """States start..stop-1 (flattened, one TensorArray per state tensor) and the state at stop."""
+        r = self.recipe
+        n = stop - start
+        stored = [tf.TensorArray(s.dtype, size=n, element_shape=s.shape) for s in r.flatten(state)]
+        for i in tf.range(n):
+            stored = [ta.write(i, s) for ta, s in zip(stored, r.flatten(state))]
+            _, x, y, eps = batches.batch(start + i)
+            state, _ = r.step(state, x, y, eps, batches.lr[start + i], start + i)
+        return stored, state
+
     def _reverse_segment_fn(
         self,
         state: TrainState,
@@ -88,13 +115,7 @@ class ReverseSweep:
         recomputed state at stop)."""
         r = self.recipe
         n = stop - start
-        flat = r.flatten(state)
-        stored = [tf.TensorArray(s.dtype, size=n, element_shape=s.shape) for s in flat]
-        for i in tf.range(n):
-            stored = [ta.write(i, s) for ta, s in zip(stored, r.flatten(state))]
-            _, x, y, eps = batches.batch(start + i)
-            state, _ = r.step(state, x, y, eps, batches.lr[start + i], start + i)
-        end_state = state
+        stored, end_state = self._replay(state, batches, start, stop)
         for i in tf.range(n - 1, tf.maximum(floor - start, 0) - 1, -1):
             state_i = r.unflatten([ta.read(i) for ta in stored])
             adjoint, grad_eps, grad_x, ids = self._reverse_step(state_i, adjoint, batches, start + i)
@@ -140,6 +161,105 @@ class ReverseSweep:
             objective=float(value.numpy()),
             influence=influence.numpy().astype(np.float64),
             input_grad=tuple(g.numpy() for g in input_grad),
+            replay_error=replay_error,
+        )
+
+
+    # ----- several objectives at once -----------------------------------------------------------
+    def _vjps(self, tape: tf.GradientTape, target: object, sources: object, cotangents: object) -> object:
+        """J^T c for every cotangent c along the leading [Q] axis of `cotangents` (a nest shaped like
+        `target`, each leaf [Q, *leaf shape]): one vectorized backward pass through the (persistent) tape.
+        Returns a nest like `sources`, each leaf [Q, *source shape]."""
+
+        def one(cotangent: object) -> object:
+            grads = tape.gradient(target, sources, output_gradients=cotangent, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+            return tf.nest.map_structure(tf.convert_to_tensor, grads)
+
+        return tf.vectorized_map(one, cotangents)
+
+    def _queries_objective_grad_fn(
+        self, state: TrainState, x_val: tuple[tf.Tensor, ...], y_val: tf.Tensor, weights: tf.Tensor
+    ) -> tuple[tf.Tensor, TrainState]:
+        """E_q = sum_v weights[q, v] objective_v [Q] and dE_q/d(differentiable state) (leaves [Q, *shape])."""
+        r = self.recipe
+        diff = r.differentiable(state)
+        with tf.GradientTape(persistent=True) as tape:
+            tape.watch(diff)
+            merged = self._merge(state, diff)
+            outputs, _ = r.forward(merged.trainable, merged.non_trainable, x_val, training=False)
+            per_sample = r.task.objective(outputs, y_val)
+        return tf.linalg.matvec(weights, per_sample), self._vjps(tape, per_sample, diff, weights)
+
+    def _queries_step_fn(self, state: TrainState, adjoints: TrainState, batches: Batches, t: tf.Tensor, input_grad: bool):
+        """Q VJPs of one step sharing its tape: (a_t [Q, ...], dE_q/d eps_B [Q, b], dE_q/d x_B (per input
+        [Q, b, *shape], or () without input_grad), ids [b]) from a_{t+1} [Q, ...] and state_t."""
+        r = self.recipe
+        ids, x, y, eps = batches.batch(t)
+        diff = r.differentiable(state)
+        sources = (diff, eps, x) if input_grad else (diff, eps)
+        with tf.GradientTape(persistent=True) as tape:
+            tape.watch(sources)
+            new_state, _ = r.step(self._merge(state, diff), x, y, eps, batches.lr[t], t)
+            new_diff = r.differentiable(new_state)
+        grads = self._vjps(tape, new_diff, sources, adjoints)
+        return grads[0], grads[1], tuple(grads[2]) if input_grad else (), ids
+
+    def _queries_segment_fn(
+        self,
+        state: TrainState,
+        adjoints: TrainState,
+        batches: Batches,
+        start: tf.Tensor,
+        stop: tf.Tensor,
+        influence: tf.Variable,
+        input_grad: tuple[tf.Variable, ...],
+    ) -> tuple[TrainState, TrainState]:
+        """As _reverse_segment_fn with Q adjoints; accumulators are sample-major: influence [N, Q],
+        input_grad per input [N, Q, *shape] (row-wise scatter by sample id)."""
+        r = self.recipe
+        stored, end_state = self._replay(state, batches, start, stop)
+        for i in tf.range(stop - start - 1, -1, -1):
+            state_i = r.unflatten([ta.read(i) for ta in stored])
+            adjoints, grad_eps, grad_x, ids = self._queries_step(state_i, adjoints, batches, start + i, bool(input_grad))
+            influence.scatter_add(tf.IndexedSlices(tf.transpose(grad_eps), ids))
+            for accumulator, grad in zip(input_grad, grad_x):
+                perm = [1, 0, *range(2, len(grad.shape))]
+                accumulator.scatter_add(tf.IndexedSlices(tf.transpose(grad, perm), ids))
+        return adjoints, end_state
+
+    def run_queries(
+        self,
+        checkpoints: Mapping[int, TrainState],
+        stored_steps: Sequence[int],
+        batches: Batches,
+        x_val: tuple[tf.Tensor, ...],
+        y_val: tf.Tensor,
+        weights: tf.Tensor,
+        input_grad: bool = False,
+        progress: Callable[[int], None] | None = None,
+    ) -> QueryHypergradients:
+        """Hypergradients of Q objectives E_q = sum_v weights[q, v] objective(x_val[v], y_val[v]) in one
+        sweep over the whole run. weights: [Q, V] in the training dtype (V = rows of x_val, y_val);
+        input_grad: also dE_q/d x_i (memory Q x N x input size)."""
+        r = self.recipe
+        steps = sorted(stored_steps)
+        values, adjoints = self._queries_objective_grad(checkpoints[steps[-1]], x_val, y_val, weights)
+        raise_if_nonfinite(values.numpy(), "validation objective", first_step=steps[-1])
+        q, n = int(weights.shape[0]), int(batches.eps.shape[0])
+        influence = tf.Variable(tf.zeros((n, q), r.dtype))
+        grads = tuple(tf.Variable(tf.zeros((n, q, *x.shape[1:]), r.dtype)) for x in batches.x) if input_grad else ()
+        replay_error = 0.0
+        for start, stop in reversed(list(zip(steps[:-1], steps[1:]))):
+            adjoints, end_state = self._queries_segment(checkpoints[start], adjoints, batches, tf.constant(start), tf.constant(stop), influence, grads)
+            replay_error = max(replay_error, _max_abs_diff(r.flatten(end_state), r.flatten(checkpoints[stop])))
+            if not np.isfinite(float(tf.reduce_sum(influence))):
+                raise DivergenceError(f"reverse sweep diverged: NaN/inf in steps {start}..{stop - 1}; try a smaller optimizer.lr")
+            if progress is not None:
+                progress(stop - start)
+        return QueryHypergradients(
+            objective=values.numpy().astype(np.float64),
+            influence=influence.numpy().T.astype(np.float64),
+            input_grad=tuple(np.moveaxis(g.numpy(), 1, 0) for g in grads),
             replay_error=replay_error,
         )
 

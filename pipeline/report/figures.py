@@ -153,3 +153,22 @@ def relative_errors(kinds: np.ndarray, errors: np.ndarray) -> bytes:
     ax.spines[["top", "right"]].set_visible(False)
     fig.tight_layout()
     return _png(fig)
+
+
+def smoothness_ladder(steps: Sequence[float], medians: dict[str, Sequence[float | None]]) -> bytes:
+    """Median relative deviation of the linear prediction vs the step s (log-log), one line per unit kind."""
+    fig = Figure(figsize=(5.6, 3.4), dpi=DPI)
+    ax = fig.add_subplot()
+    for kind, values in medians.items():
+        points = [(s, max(v, 1e-6)) for s, v in zip(steps, values) if v is not None]
+        if points:
+            ax.plot(*zip(*points), marker="o", label=kind)
+    ax.axhline(0.5, color="gray", linestyle="--", linewidth=1)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("s: weight moved from 1 to 1 - s (1 = removal)")
+    ax.set_ylabel("median relative deviation")
+    ax.legend(fontsize=8, frameon=False)
+    ax.spines[["top", "right"]].set_visible(False)
+    fig.tight_layout()
+    return _png(fig)

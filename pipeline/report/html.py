@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
 
 import numpy as np
 
+from pipeline import smoothness
 from pipeline.io.files import atomic_path
 from pipeline.report import figures
 from pipeline.report.inputs import Ranking, Verify, mean_input_grads, read_manifest, read_rankings, read_verify
@@ -100,6 +101,10 @@ h2 { font-size: 21px; border-bottom: 2px solid #ddd; padding-bottom: 4px; margin
 h3 { font-size: 17px; margin: 22px 0 6px; }
 .sub { color: #666; margin-top: 0; }
 .sign { background: #fff7e6; border-left: 5px solid #e67e22; padding: 10px 14px; font-size: 16px; margin: 16px 0; }
+.verdict { padding: 10px 14px; font-size: 16px; margin: 16px 0; border-left: 5px solid #888; background: #f4f4f4; }
+.verdict-smooth { border-color: #1e8449; background: #eafaf1; }
+.verdict-groups-only { border-color: #d68910; background: #fef5e7; }
+.verdict-non-smooth { border-color: #c0392b; background: #fdedec; }
 .cards { display: flex; flex-wrap: wrap; gap: 18px; align-items: flex-start; }
 .cards > div { flex: 1 1 330px; }
 table { border-collapse: collapse; font-size: 14px; margin: 6px 0 10px; }
@@ -338,6 +343,7 @@ def _header(
     parts = [
         "<h1>Influence report</h1>",
         f'<p class="sub">Run directory: <code>{_e(run_dir.resolve())}</code></p>',
+        _verdict_box(stages),
     ]
     if any(_wording(m) is ERROR for m in methods):
         parts.append(f'<p class="sign"><strong>{_e(SIGN_CONVENTION)}</strong></p>')
@@ -565,6 +571,42 @@ def _seed_agreement(manifest: dict[str, Any], rankings: list[Ranking]) -> str:
 # ---------------------------------------------------------------------------------------------- verify
 
 
+def _verdict_box(stages: dict[str, Any]) -> str:
+    """At the top of the page: do these scores predict removing samples from this run (verify smoothness)?"""
+    smooth = (stages.get("verify") or {}).get("smoothness")
+    if not smooth:
+        return (
+            '<p class="verdict verdict-unknown"><strong>Predictive power not checked.</strong> The scores are exact '
+            "derivatives of this training run; whether they predict what removing samples does depends on how smooth "
+            "training is. Add <code>verify</code> to <code>stages</code> to find out.</p>"
+        )
+    kind = str(smooth.get("verdict"))
+    title = {"smooth": "Scores predict removals (smooth run).", "groups-only": "Scores predict group removals only.", "non-smooth": "Scores do not predict removals (non-smooth run)."}
+    return f'<p class="verdict verdict-{_e(kind)}"><strong>{_e(title.get(kind, kind))}</strong> {_e(smooth.get("explanation", ""))}</p>'
+
+
+def _smoothness_section(smooth: dict[str, Any]) -> str:
+    """The ladder: median relative deviation of the linear prediction from retraining, per unit and step."""
+    ladders = {"single samples": smooth["single"], **{f"random {kind.split()[-1]} of the data" if kind.startswith("group") else kind: v for kind, v in smooth["groups"].items()}}
+    steps = smooth["single"]["steps"]
+    rows = [[_e(kind), *(_e(_fmt(m)) for m in ladder["median_deviation"]), _e(_fmt(ladder["linear_up_to"]))] for kind, ladder in ladders.items()]
+    png = figures.smoothness_ladder(steps, {kind: ladder["median_deviation"] for kind, ladder in ladders.items()})
+    caption = (
+        "Weights of a sample (or a random group) moved from 1 to 1 - s and the model retrained on the same schedule: "
+        "median of |actual - predicted| / max(|actual|, |predicted|) over the units, where predicted = -s &times; influence. "
+        f"Below the dashed line ({smoothness.MAX_DEVIATION:g}) the derivative predicts the change; s = 1 is removal. "
+        f"A relative perturbation of {_e(_fmt(smooth.get('initial_perturbation')))} of the initial weights grew "
+        f"{_e(_fmt(smooth.get('perturbation_growth')))}x over training."
+    )
+    header = ("unit", *(f"s={_fmt(s)}" for s in steps), "linear up to s")
+    return (
+        "<h3>Smoothness: does the derivative predict finite changes?</h3>"
+        + _table(header, rows, numeric=range(1, len(header)))
+        + _figure(png, "smoothness ladder", caption)
+    )
+
+
+
 def _gradcheck_text(kind: str) -> str:
     """What a gradcheck kind checks: eps, x (a single input) or x.<name> (one of several inputs)."""
     if kind == "eps":
@@ -595,6 +637,8 @@ def _verify_section(verify: Verify, method: str | None) -> str:
             "are predicted exactly; above 0 means removing the sample made validation error worse."
         )
         out += ["<h3>Leave-one-out</h3>", _figure(png, "leave-one-out predicted vs actual change", caption)]
+    if verify.summary.get("smoothness"):
+        out.append(_smoothness_section(verify.summary["smoothness"]))
     if verify.gradcheck is not None and len(verify.gradcheck["sample_id"]):
         step = verify.summary.get("fd_step")
         rows = [

@@ -20,6 +20,7 @@ from pipeline.errors import ConfigError, DataError
 from pipeline.io.files import read_json
 from pipeline.io.layout import RunLayout
 from pipeline.io.tables import SIGN_CONVENTION, read_parts, target_array, target_field, write_table
+from pipeline.stages import queries
 from pipeline.stages.context import RunContext
 
 COLUMNS = ["sample_id", "influence", "input_grad_norm", "train_loss"]
@@ -73,7 +74,10 @@ def run(context: RunContext) -> dict[str, Any]:
     ranking = with_targets(pa.concat_tables(rankings), dataset)
     metadata = {"sign_convention": SIGN_CONVENTION, "package_version": __version__, "trajectory_key": context.trajectory_key}
     write_table(ranking.replace_schema_metadata(metadata), layout.ranking)
-    return {"rows": ranking.num_rows, "methods": list(methods), "seed_agreement": agreement}
+    details = {"rows": ranking.num_rows, "methods": list(methods), "seed_agreement": agreement}
+    if settings.influence.queries != "mean":
+        details["query_top"] = queries.write_query_top(context)
+    return details
 
 
 def rank(scores: pa.Table, method: str) -> pa.Table:

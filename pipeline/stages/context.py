@@ -17,5 +17,6 @@ class RunContext:
     layout: RunLayout
     trajectory_key: str  # io.arguments key of the recorded training runs
     score_key: str  # io.arguments key of influence.method's scores
+    queries_key: str | None = None  # io.queries key of the per-query scores; None with influence.queries=mean
     dataset_ref: Any = None  # Ray object reference of `dataset` (set once Ray is up)
     task_options: dict[str, Any] = field(default_factory=dict)  # Ray options of one task (cluster.task_options)

@@ -23,7 +23,7 @@ from pipeline.io.files import read_json, write_json
 from pipeline.io.layout import RunLayout
 from pipeline.io.parts import part_metadata, parts_to_compute, split, whole
 from pipeline.methods import REGISTRY
-from pipeline.stages import score_sharded
+from pipeline.stages import queries, score_sharded
 from pipeline.stages.context import RunContext
 
 def run(context: RunContext) -> dict[str, Any]:
@@ -50,7 +50,10 @@ def run(context: RunContext) -> dict[str, Any]:
         summary.update({"seed": seed, "n_samples": context.dataset.n_train, "parts": len(shards)})
         write_json(summary_path, summary)
         summaries[str(seed)] = summary
-    return {"method": method.name, "seeds": summaries}
+    details: dict[str, Any] = {"method": method.name, "seeds": summaries}
+    if settings.influence.queries != "mean":
+        details["queries"] = queries.run(context)
+    return details
 
 
 def steps_per_epoch(schedule: Any) -> int:

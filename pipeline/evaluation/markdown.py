@@ -1,0 +1,260 @@
+"""docs/results/<name>.md from an experiment's rows, and docs/results.md gathering every experiment."""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from pipeline.config import Settings
+
+SCHEMA = pa.schema(
+    [
+        ("experiment", pa.string()),
+        ("part", pa.string()),  # context | same_seed | cross_seed | ensemble | removal | flips
+        ("method", pa.string()),  # "-" for figures of the ground truth itself
+        ("ensemble", pa.int64()),  # K for part=ensemble, else 0
+        ("fraction", pa.float64()),  # drop fraction, removed fraction k, or share inspected; NaN if none
+        ("metric", pa.string()),
+        ("value", pa.float64()),
+    ]
+)
+# TRAK (dattri, 512-dim projection) on the seed 000 model, LDS at 50% kept against 25-seed targets
+# (/work/shared/NOTES.md): K final models -> LDS.
+TRAK = {"mnist_seed000": {1: 0.41, 5: 0.54, 10: 0.60, 20: 0.67}}
+OBJECTIVES = {"cross_entropy": "cross-entropy", "mse": "mean squared error", "margin": "margin loss", "mae": "mean absolute error", "huber": "Huber loss"}
+VALIDATION_BASED = ("trajectory", "truncated", "tracin", "lookahead")
+
+
+class Figures:
+    """Lookup of one experiment's rows."""
+
+    def __init__(self, table: pa.Table):
+        self.rows = table.to_pylist()
+
+    def get(self, part: str, method: str, metric: str, fraction: float | None = None, ensemble: int = 0) -> float:
+        for r in self.rows:
+            if (r["part"], r["method"], r["metric"], r["ensemble"]) == (part, method, metric, ensemble) and (
+                fraction is None or (not math.isnan(r["fraction"]) and math.isclose(r["fraction"], fraction))
+            ):
+                return r["value"]
+        return math.nan
+
+    def values(self, key: str, **where: Any) -> list[Any]:
+        """Distinct values of column `key` among the rows matching `where`, in order of appearance."""
+        return list(dict.fromkeys(r[key] for r in self.rows if all(r[k] == v for k, v in where.items())))
+
+    @property
+    def experiment(self) -> str:
+        return self.rows[0]["experiment"]
+
+
+def fmt(value: float, digits: int = 3) -> str:
+    return "" if value is None or math.isnan(value) else ("inf" if math.isinf(value) else f"{value:.{digits}f}")
+
+
+def pct(fraction: float) -> str:
+    return f"{fraction * 100:g}%"
+
+
+def table(header: list[str], lines: list[list[str]]) -> list[str]:
+    return ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header), *("| " + " | ".join(line) + " |" for line in lines), ""]
+
+
+def describe(settings: Settings) -> str:
+    m, o, t = settings.model, settings.optimizer, settings.train
+    model = m.builder if m.name == "custom" else f"{m.name} {list(m.hidden) if m.name == 'mlp' else list(m.filters) if m.name == 'cnn' else ''} {m.activation if m.name != 'logistic' else ''}".strip()
+    return f"data={settings.data.source}, model={model}, {o.name} lr={o.lr:g}, {t.epochs} epochs of batch {t.batch_size}, {t.dtype}"
+
+
+def experiment_section(rows: pa.Table, settings: Settings, command: str) -> str:
+    """The markdown section of one experiment."""
+    f = Figures(rows)
+    c = lambda metric: f.get("context", "-", metric)  # noqa: E731
+    objective = OBJECTIVES.get(str(settings.influence.objective), str(settings.influence.objective))
+    r = int(c("R"))
+    lines = [
+        f"## {f.experiment}",
+        "",
+        f"{describe(settings)}; N = {int(c('N'))} training samples. Reproduce: `{command}` ({time.strftime('%Y-%m-%d')}; "
+        f"{int(c('retrainings'))} retrainings in {c('retrain_seconds'):.0f} s, {c('wall_seconds') / 60:.1f} min in all).",
+        "",
+        f"E = validation {objective}. E of seed 0 = {c('E_seed0'):.4g}; over the R = {r} fresh seeds on all the data "
+        f"E = {c('E_fresh_mean'):.4g} with sd {c('E_fresh_sd'):.2g} (the seed-to-seed noise floor of E); median |change of E| "
+        f"when one sample is removed on seed 0's schedule: {c('median_abs_loo_change'):.2g}.",
+        "",
+    ]
+    lines += same_seed_lines(f) + cross_seed_lines(f, r) + ensemble_lines(f) + removal_lines(f, r) + flip_lines(f) + goal_lines(f)
+    return "\n".join(lines) + "\n"
+
+
+def same_seed_lines(f: Figures) -> list[str]:
+    drops = [x for x in f.values("fraction", part="same_seed", metric="lds")]
+    methods = f.values("method", part="same_seed", metric="lds")
+    body = [[m, fmt(f.get("same_seed", m, "loo_pearson")), fmt(f.get("same_seed", m, "loo_spearman"))] + [fmt(f.get("same_seed", m, "lds", d)) for d in drops] for m in methods]
+    body.append(["sd of E across subsets", "", ""] + [f"{f.get('same_seed', '-', 'subset_sd_E', d):.2g}" for d in drops])
+    return [
+        "### Same seed: seed 0's initial state and schedule, eps = 0/1",
+        "",
+        "Scores of seed 0 alone. LOO: correlation of -influence with the change of E when one sample is removed; "
+        "LDS: Spearman correlation across random subsets between the summed scores of the kept samples and E.",
+        "",
+        *table(["method", "LOO Pearson", "LOO Spearman", *(f"LDS {pct(d)} removed" for d in drops)], body),
+    ]
+
+
+def cross_seed_lines(f: Figures, r: int) -> list[str]:
+    drops = f.values("fraction", part="cross_seed", metric="reliability")
+    methods = f.values("method", part="cross_seed", metric="lds")
+    rel = {d: f.get("cross_seed", "-", "reliability", d) for d in drops}
+    body = [
+        [f"target reliability (split-half, Spearman-Brown to R = {r})"] + [fmt(rel[d]) for d in drops],
+        ["R for reliability 0.8 (Spearman-Brown prophecy)"] + [fmt(f.get("cross_seed", "-", "seeds_for_0.8", d), 0) for d in drops],
+        ["ceiling: sqrt(reliability)"] + [fmt(math.sqrt(rel[d]) if rel[d] > 0 else math.nan) for d in drops],
+        ["sd of E across seeds within a subset / of the R-seed means across subsets"]
+        + [f"{f.get('cross_seed', '-', 'E_sd_across_seeds', d):.2g} / {f.get('cross_seed', '-', 'target_sd_across_subsets', d):.2g}" for d in drops],
+    ]
+    body += [[m] + [f"{fmt(f.get('cross_seed', m, 'lds', d))} (rel. {fmt(rel[d], 2)})" for d in drops] for m in methods]
+    return [
+        f"### Cross seed: targets = mean E over R = {r} fresh seeds per subset",
+        "",
+        "Fresh seeds (new initialisation and data order, never scored) are the same R for every subset (common random "
+        "numbers: the seed's own effect on E cancels between subsets). Reliability: Pearson correlation across subsets "
+        "between the means of two random halves of the seeds, averaged over random splits and Spearman-Brown corrected "
+        "from R/2 to R. A method's LDS cannot exceed about sqrt(reliability). Ensembles use the largest K.",
+        "",
+        *table(["", *(f"LDS {pct(d)} removed" for d in drops)], body),
+    ]
+
+
+def ensemble_lines(f: Figures) -> list[str]:
+    drops = f.values("fraction", part="ensemble", metric="lds")
+    methods = f.values("method", part="ensemble", metric="lds")
+    sizes = f.values("ensemble", part="ensemble", metric="lds")
+    trak = TRAK.get(f.experiment, {})
+    header = ["K = trainings", *(f"{m} {pct(d)} removed" for m in methods for d in drops), *(f"{m} seconds" for m in methods)]
+    header += ["TRAK, 50% kept (NOTES.md)"] if trak else []
+    body = [
+        [str(k), *(fmt(f.get("ensemble", m, "lds", d, k)) for m in methods for d in drops), *(f"{f.get('ensemble', m, 'seconds', None, k):.0f}" for m in methods)]
+        + ([fmt(trak.get(k, math.nan), 2)] if trak else [])
+        for k in sizes
+    ]
+    return [
+        "### Ensembles: cross-seed LDS of scores averaged over seeds 0..K-1",
+        "",
+        "Each method uses K trainings; seconds = training plus its sweeps, summed over the K seeds (compute at equal K).",
+        "",
+        *table(header, body),
+    ]
+
+
+def removal_lines(f: Figures, r: int) -> list[str]:
+    ks = f.values("fraction", part="removal", metric="delta_E_harmful")
+    methods = f.values("method", part="removal", metric="delta_E_harmful")
+
+    def cell(m: str, direction: str, k: float) -> str:
+        mean, se = f.get("removal", m, f"delta_E_{direction}", k), f.get("removal", m, f"delta_E_{direction}_se", k)
+        return "" if math.isnan(mean) else f"{mean:+.2e} ± {se:.1e}"
+
+    body = [[m, *(cell(m, "harmful", k) for k in ks), *(cell(m, "helpful", k) for k in ks)] for m in methods]
+    return [
+        f"### Removal: change of E after removing k samples, mean ± se over R = {r} fresh seeds",
+        "",
+        "Paired with the same seeds on all the data. Harmful: the k highest scores (loss: highest training loss; random: "
+        "k random samples); helpful: the k lowest scores (E should rise).",
+        "",
+        *table(["method", *(f"harmful {pct(k)}" for k in ks), *(f"helpful {pct(k)}" for k in ks)], body),
+    ]
+
+
+def flip_lines(f: Figures) -> list[str]:
+    methods = f.values("method", part="flips", metric="auc")
+    if not methods:
+        return []
+    shares = f.values("fraction", part="flips", metric="found")
+    body = [[m, fmt(f.get("flips", m, "auc")), *(fmt(f.get("flips", m, "found", s)) for s in shares)] for m in methods]
+    return ["### Flipped labels: scores on data with flipped labels", "", *table(["method", "AUC", *(f"found @{pct(s)}" for s in shares)], body)]
+
+
+def verdict(met: bool | None) -> str:
+    return "n/a" if met is None else ("met" if met else "**missed**")
+
+
+def goals(f: Figures) -> list[tuple[str, bool | None, str]]:
+    """(goal, met, figures with margin) of the issue's goals for one experiment."""
+    out = []
+    smooth = f.get("same_seed", "trajectory", "loo_pearson")
+    small = [d for d in (0.01, 0.05) if not math.isnan(f.get("same_seed", "trajectory", "lds", d))]
+    worst = min((f.get("same_seed", "trajectory", "lds", d) for d in small), default=math.nan)
+    detail = ", ".join(f"{pct(d)}: {fmt(f.get('same_seed', 'trajectory', 'lds', d))}" for d in small)
+    out.append(("same-seed LDS at 1-5% drops >= 0.9 (trajectory)", None if math.isnan(worst) else worst >= 0.9, f"{detail}; margin {worst - 0.9:+.3f}; run {'smooth' if smooth >= 0.9 else 'not smooth'} (LOO Pearson {fmt(smooth)})"))
+
+    trak = TRAK.get(f.experiment, {})
+    sizes = f.values("ensemble", part="ensemble", metric="lds")
+    best = {k: max((f.get("ensemble", m, "lds", 0.5, k), m) for m in f.values("method", part="ensemble", metric="lds")) for k in sizes}
+    rel = f.get("cross_seed", "-", "reliability", 0.5)
+    if best:
+        common = [k for k in sizes if k in trak]
+        if common:
+            k = common[-1]
+            text = "; ".join(f"K={c}: {fmt(best[c][0])} ({best[c][1]}) vs {trak[c]:.2f}" for c in common)
+            out.append((f"best ensemble's cross-seed LDS (50% removed) >= TRAK at equal K", best[k][0] >= trak[k], f"{text}; margin at K={k} {best[k][0] - trak[k]:+.3f}; target reliability {fmt(rel)}"))
+        else:
+            k = sizes[-1]
+            out.append(("best ensemble's cross-seed LDS (50% removed) vs TRAK", None, f"K={k}: {fmt(best[k][0])} ({best[k][1]}), target reliability {fmt(rel)}; no TRAK figure measured on this model"))
+
+    flip = {m: f.get("flips", m, "auc") for m in f.values("method", part="flips", metric="auc")}
+    validation = {m: v for m, v in flip.items() if m.split()[0] in VALIDATION_BASED}
+    if validation and "loss" in flip:
+        m = max(validation, key=validation.get)
+        out.append(("best validation-based score finds flips at least as well as training loss (AUC)", validation[m] >= flip["loss"], f"{m} {fmt(validation[m])} vs loss {fmt(flip['loss'])}; margin {validation[m] - flip['loss']:+.3f}"))
+
+    removal = {m: f.get("removal", m, "delta_E_harmful", 0.05) for m in f.values("method", part="removal", metric="delta_E_harmful")}
+    candidates = {m: v for m, v in removal.items() if m.split()[0] in VALIDATION_BASED and not math.isnan(v)}
+    if candidates and "loss" in removal and "random" in removal:
+        m = min(candidates, key=candidates.get)
+        se = f.get("removal", m, "delta_E_harmful_se", 0.05)
+        met = candidates[m] < removal["loss"] and candidates[m] < removal["random"]
+        out.append(("removing the top 5% harmful lowers E more than 5% by loss or at random", met, f"{m} {candidates[m]:+.2e} (se {se:.1e}) vs loss {removal['loss']:+.2e}, random {removal['random']:+.2e}"))
+    return out
+
+
+def goal_lines(f: Figures) -> list[str]:
+    body = [[goal, verdict(met), text] for goal, met, text in goals(f)]
+    return ["### Goals", "", *table(["goal", "", "figures"], body)]
+
+
+def gather(results: Path, experiments: Path) -> Path:
+    """Write <results>.md: the summary, every experiment's section found in `results` (in the order of the
+    experiment configs), the command of every experiment not run yet, and <results>/discussion.md."""
+    names = sorted(p.stem for p in experiments.glob("*.yaml"))
+    done = [n for n in names if (results / f"{n}.parquet").exists() and (results / f"{n}.md").exists()]
+    lines = [
+        "# Evaluation: how well the scores predict real retraining",
+        "",
+        "Written by `python -m pipeline.evaluate experiment=<name>` (conf/evaluate.yaml, conf/experiment/<name>.yaml); "
+        f"rows in `{results}/<name>.parquet`. Each section gives the command that reproduces it.",
+        "",
+        "## Goals, per experiment",
+        "",
+    ]
+    body = []
+    for name in done:
+        for goal, met, text in goals(Figures(pq.read_table(results / f"{name}.parquet"))):
+            body.append([name, goal, verdict(met), text])
+    lines += table(["experiment", "goal", "", "figures"], body)
+    missing = [n for n in names if n not in done]
+    if missing:
+        lines += ["Not run yet (commands):", "", *(f"- `python -m pipeline.evaluate experiment={n}`" for n in missing), ""]
+    for name in done:
+        lines += [(results / f"{name}.md").read_text()]
+    notes = results / "discussion.md"
+    if notes.exists():
+        lines += [notes.read_text()]
+    path = results.parent / f"{results.name}.md"
+    path.write_text("\n".join(lines).rstrip() + "\n")
+    return path

@@ -1,0 +1,23 @@
+"""Ray task bodies of the evaluation: one retraining each, returning the validation objective E."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from pipeline.config import Settings
+from pipeline.data import Dataset
+
+
+def fresh_objective(settings: Settings, dataset: Dataset, seed: int, eps: np.ndarray) -> float:
+    """Train from seed `seed`'s own initialisation on its own schedule (data order) with sample weights
+    eps [N] (0 removes a sample); returns E. Nothing is read from or written to a run directory."""
+    from pipeline.kernels.training import as_inputs, as_targets, make_batches, train
+    from pipeline.stages.recipes import recipe_for, schedule_for
+
+    recipe = recipe_for(settings, dataset, seed)
+    schedule = schedule_for(settings, dataset, seed)
+    batches = make_batches(list(dataset.x_train.values()), dataset.y_train, schedule, settings.train.dtype, recipe.task, eps)
+    final = {}
+    train(recipe, recipe.initial_state(), batches, [0, schedule.n_steps], final.__setitem__)
+    x_val, y_val = as_inputs(list(dataset.x_val.values()), recipe.dtype), as_targets(dataset.y_val, recipe.task, recipe.dtype)
+    return float(recipe.evaluate(final[schedule.n_steps], x_val, y_val)["objective"])

@@ -1,0 +1,156 @@
+"""Per-query attribution, run by stage `score` when influence.queries is per_sample or per_class: for
+every query q (one validation sample, or the mean over one class) and training sample i, dE_q/d eps_i.
+
+The queries are cut into batches of influence.query_batch; one Ray task per (seed, query batch) runs one
+reverse sweep carrying the batch's queries (kernels.trajectory.ReverseSweep.run_queries) and writes the
+batch's part atomically under queries/method=trajectory/seed=<s>/ (io.queries). A rerun recomputes only
+the batches whose part is missing or bad (bad ones are quarantined). Stage aggregate then streams the
+parts into query_top.parquet (`write_query_top`).
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+from typing import Any
+
+import numpy as np
+
+from pipeline import __version__, cluster
+from pipeline.config import Settings
+from pipeline.data import Dataset
+from pipeline.errors import ConfigError, DataError
+from pipeline.io import arguments
+from pipeline.io.files import write_json
+from pipeline.io.layout import RunLayout
+from pipeline.io.queries import QUERY_SIGN_CONVENTION, batches, parts_to_compute, part_metadata, query_arguments, query_table, top_k, write_query_part, write_top
+from pipeline.stages.context import RunContext
+
+
+def query_ids(settings: Settings, dataset: Dataset) -> np.ndarray:
+    """[Q] int64: validation sample ids (per_sample) or classes with a validation sample (per_class),
+    influence.query_ids or all of them. ConfigError for an id the validation set does not have."""
+    i = settings.influence
+    if i.queries == "per_class":
+        if dataset.task != "classification":
+            raise ConfigError(f"influence.queries=per_class: needs task=classification (got {dataset.task})")
+        present = np.unique(dataset.y_val)
+        ids = present if i.query_ids is None else np.asarray(i.query_ids)
+        absent = np.setdiff1d(ids, present)
+        if absent.size:
+            raise ConfigError(f"influence.query_ids: class {absent[0]} has no validation sample (classes present: {present.tolist()})")
+    else:
+        ids = np.arange(dataset.n_val) if i.query_ids is None else np.asarray(i.query_ids)
+        if ids.max() >= dataset.n_val:
+            raise ConfigError(f"influence.query_ids: {int(ids.max())} is not a validation sample id (0..{dataset.n_val - 1})")
+    return ids.astype(np.int64)
+
+
+def query_weights(queries: str, dataset: Dataset, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(validation rows [V'], weights [Q, V']) with E_q = sum_v weights[q, v] objective(row v): one-hot
+    (per_sample) or 1/|class| on the class's rows (per_class). Only the rows a query uses are kept."""
+    if queries == "per_sample":
+        return ids, np.eye(ids.size)
+    rows = np.flatnonzero(np.isin(dataset.y_val, ids))
+    member = dataset.y_val[rows][None, :] == ids[:, None]
+    return rows, member / member.sum(axis=1, keepdims=True)
+
+
+def claim(settings: Settings, layout: RunLayout, trajectory_key: str) -> str | None:
+    """Record (or check) the queries' arguments; returns their key, None with influence.queries=mean.
+    A conflict is refused as for scores; output.overwrite replaces the method's query parts and
+    query_top.parquet."""
+    if settings.influence.queries == "mean":
+        return None
+    method = settings.influence.method
+    recorded = query_arguments(settings, trajectory_key)
+    what = f"{method} {settings.influence.queries} queries"
+    arguments.claim(layout.root, layout.query_arguments(method), recorded, what, settings.output.overwrite, [layout.queries_method_dir(method), layout.query_top])
+    return arguments.key_of(recorded)
+
+
+def run(context: RunContext) -> dict[str, Any]:
+    """Compute every seed's missing or bad query batches; returns {"queries", "n_queries", "parts", "seeds"}."""
+    settings, layout, dataset = context.settings, context.layout, context.dataset
+    method, n_train = settings.influence.method, dataset.n_train
+    plan = batches(query_ids(settings, dataset), settings.influence.query_batch)
+    todo = [(seed, batch) for seed in settings.train.seeds for batch in parts_to_compute(layout, method, seed, plan, n_train, context.queries_key)]
+    calls = [(settings, context.dataset_ref, seed, number, ids, context.queries_key) for seed, (number, ids) in todo]
+    done = cluster.run_tasks(score_query_batch, calls, context.task_options, desc="queries (seed, batch)")
+    summaries = {}
+    for seed in settings.train.seeds:
+        missing = parts_to_compute(layout, method, seed, plan, n_train, context.queries_key, repair=False)
+        if missing:
+            raise DataError(f"{layout.queries_dir(method, seed)}: query parts {[b[0] for b in missing]} still missing after scoring")
+        computed = [d for d in done if d["seed"] == seed]
+        summary = {
+            "seed": seed,
+            "queries": settings.influence.queries,
+            "n_queries": int(sum(ids.size for _, ids in plan)),
+            "parts": len(plan),
+            "parts_computed": len(computed),
+            "seconds": round(sum(d["seconds"] for d in computed), 4),
+        }
+        write_json(layout.query_summary(method, seed), summary)
+        summaries[str(seed)] = summary
+    return {"queries": settings.influence.queries, "n_queries": int(sum(ids.size for _, ids in plan)), "parts": len(plan), "seeds": summaries}
+
+
+@functools.lru_cache(maxsize=8)
+def _sweep(recipe: Any) -> Any:
+    """One ReverseSweep per (cached) recipe in a worker, so its compiled functions are traced once."""
+    from pipeline.kernels.trajectory import ReverseSweep
+
+    return ReverseSweep(recipe)
+
+
+def score_query_batch(settings: Settings, dataset: Dataset, seed: int, number: int, ids: np.ndarray, key: str) -> dict[str, Any]:
+    """Ray task body: one reverse sweep carrying the queries `ids` of batch `number`, written as its part."""
+    import tensorflow as tf
+
+    from pipeline.io.checkpoints import StoredStates, retrain_hint
+    from pipeline.io.files import read_json
+    from pipeline.io.tables import read_schedule
+    from pipeline.kernels.training import as_inputs, as_targets, make_batches
+    from pipeline.stages.recipes import recipe_for
+
+    layout, influence = RunLayout(settings.output_dir), settings.influence
+    trained = read_json(layout.train_summary(seed))
+    schedule = read_schedule(layout.schedule(seed))
+    recipe = recipe_for(settings, dataset, seed)
+    states = StoredStates(lambda step: layout.checkpoint(seed, step), trained["checkpoint_steps"], recipe, retrain_hint(seed))
+    train_batches = make_batches(list(dataset.x_train.values()), dataset.y_train, schedule, settings.train.dtype, recipe.task)
+    rows, weights = query_weights(influence.queries, dataset, ids)
+    x_val = as_inputs([a[rows] for a in dataset.x_val.values()], recipe.dtype)
+    y_val = as_targets(dataset.y_val[rows], recipe.task, recipe.dtype)
+    began = time.perf_counter()
+    result = _sweep(recipe).run_queries(
+        states, states.steps, train_batches, x_val, y_val, tf.constant(weights, recipe.dtype), input_grad=influence.query_input_grad
+    )
+    seconds = time.perf_counter() - began
+    input_grad = dict(zip(dataset.input_names, result.input_grad))
+    table = query_table(ids, result.influence, input_grad, part_metadata(settings, seed, key))
+    write_query_part(table, layout.query_part(influence.method, seed, number), dataset.n_train)
+    return {"seed": seed, "batch": number, "seconds": seconds, "objective": result.objective.tolist()}
+
+
+def write_query_top(context: RunContext) -> dict[str, Any]:
+    """query_top.parquet from the query parts of every seed of this run, one query batch at a time
+    (io.queries.top_k); influence is the mean over seeds. Returns {"rows", "k"}."""
+    settings, layout, dataset = context.settings, context.layout, context.dataset
+    method, n_train, k = settings.influence.method, dataset.n_train, settings.influence.query_top_k
+    plan = batches(query_ids(settings, dataset), settings.influence.query_batch)
+    for seed in settings.train.seeds:
+        if parts_to_compute(layout, method, seed, plan, n_train, context.queries_key, repair=False):
+            raise ConfigError(f"stages: aggregate needs the {settings.influence.queries} query parts of seed {seed}; add score to stages")
+    parts_by_seed = [[layout.query_part(method, seed, number) for number, _ in plan] for seed in settings.train.seeds]
+    metadata = {
+        "sign_convention": QUERY_SIGN_CONVENTION,
+        "package_version": __version__,
+        "queries": settings.influence.queries,
+        "method": method,
+        "seeds": ",".join(map(str, settings.train.seeds)),
+        "artifact_key": context.queries_key,
+    }
+    rows = write_top(top_k(parts_by_seed, n_train, k), layout.query_top, metadata)
+    return {"rows": rows, "k": min(k, n_train)}
