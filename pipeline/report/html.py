@@ -343,8 +343,9 @@ def _header(
     parts = [
         "<h1>Influence report</h1>",
         f'<p class="sub">Run directory: <code>{_e(run_dir.resolve())}</code></p>',
-        _verdict_box(stages),
     ]
+    if any(_wording(m) is ERROR for m in methods):  # the verdict is about validation-error derivatives
+        parts.append(_verdict_box(stages))
     if any(_wording(m) is ERROR for m in methods):
         parts.append(f'<p class="sign"><strong>{_e(SIGN_CONVENTION)}</strong></p>')
     if any(_wording(m) is SENSITIVE for m in methods):
