@@ -67,6 +67,11 @@ def test_train_score_verify_writes_the_contract(ray_session, tmp_path):
     assert verify["loo"]["n"] == 6 and verify["loo"]["pearson"] > 0.9
     loo = pq.read_table(tmp_path / "verify" / "loo.parquet")
     assert loo.num_rows == 6 and set(loo.column_names) == {"seed", "sample_id", "predicted_change", "actual_change"}
+    smooth = verify["smoothness"]  # a short tanh run in float64: the derivative predicts removals
+    assert smooth["verdict"] == "smooth" and smooth["single"]["linear_up_to"] == 1.0
+    assert 0.1 < smooth["perturbation_growth"] < 10
+    ladder = pq.read_table(tmp_path / "verify" / "smoothness.parquet")
+    assert ladder.num_rows == (4 + 2 * 2) * 5  # 4 samples and 2 groups of each of 2 sizes, 5 steps each
 
     ranking = pq.read_table(tmp_path / "ranking.parquet").sort_by("rank")
     assert ranking["rank"].to_pylist() == list(range(1, N + 1))
