@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Any, Callable, Iterable, TypeVar
+import signal
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator, TypeVar
 
 import ray
 from tqdm import tqdm
@@ -44,7 +46,51 @@ def connect(settings: ClusterSettings) -> None:
     }
     if settings.address is None:  # "local": always a new instance, never a cluster found in /tmp/ray
         options["num_cpus"] = settings.num_cpus
+        removed = reap_orphaned_agents()
+        if removed:
+            print(f"[cluster] stopped {len(removed)} Ray agent process(es) left behind by a killed run (pids {', '.join(map(str, removed))})")
     ray.init(address=settings.address or "local", **options)
+
+
+# Per-node helpers a raylet starts. When a driver that started its own Ray is killed with SIGKILL, its raylet
+# dies but these survive (reparented to init) and ignore SIGTERM; an agent of a live raylet is its child.
+AGENT_TITLES = ("ray::DashboardAgent", "ray::RuntimeEnvAgent")
+
+
+def orphaned_agents(processes: Iterable[tuple[int, int, int, str]], uid: int) -> list[int]:
+    """pids among (pid, ppid, uid, command line) that are Ray agents of this user whose parent is not a
+    raylet any more (reparented to init or a subreaper)."""
+    table = list(processes)
+    commands = {pid: command for pid, _, _, command in table}
+    return [
+        pid
+        for pid, ppid, owner, command in table
+        if owner == uid and command.startswith(AGENT_TITLES) and "raylet" not in commands.get(ppid, "").split(" ", 1)[0]
+    ]
+
+
+def _processes() -> Iterator[tuple[int, int, int, str]]:
+    """(pid, ppid, uid, command line) of every process /proc lets us read (Linux; nothing elsewhere)."""
+    for entry in Path("/proc").glob("[0-9]*"):
+        try:
+            command = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
+            stat = (entry / "stat").read_text()
+            ppid = int(stat.rsplit(")", 1)[1].split()[1])
+            yield int(entry.name), ppid, entry.stat().st_uid, command
+        except (OSError, ValueError, IndexError):
+            continue
+
+
+def reap_orphaned_agents() -> list[int]:
+    """SIGKILL the Ray agents a killed driver left behind (see AGENT_TITLES); returns their pids."""
+    removed = []
+    for pid in orphaned_agents(_processes(), os.getuid()):
+        try:
+            os.kill(pid, signal.SIGKILL)
+            removed.append(pid)
+        except OSError:
+            continue
+    return removed
 
 
 def gpus_in_cluster() -> float:

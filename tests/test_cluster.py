@@ -31,3 +31,17 @@ def test_configure_tensorflow_is_safe_without_gpus_and_repeatable():
     configure_tensorflow()
     configure_tensorflow()
     assert tf.config.list_physical_devices("GPU") == []
+
+
+def test_orphaned_agents_are_those_whose_raylet_is_gone():
+    from pipeline.cluster import orphaned_agents
+
+    processes = [
+        (10, 1, 0, "/venv/lib/ray/core/src/ray/raylet/raylet --raylet_socket_name=/tmp/ray/s1"),
+        (11, 10, 0, "ray::DashboardAgent"),  # its raylet is alive
+        (12, 1, 0, "ray::DashboardAgent"),  # reparented to init: its raylet died with a killed driver
+        (13, 7, 0, "ray::RuntimeEnvAgent"),  # reparented to a subreaper
+        (14, 1, 1000, "ray::RuntimeEnvAgent"),  # another user's: never touched
+        (15, 1, 0, "ray::IDLE"),  # not an agent
+    ]
+    assert orphaned_agents(processes, uid=0) == [12, 13]

@@ -4,6 +4,7 @@ key, or a clean one-line refusal. (A worker killed mid-shard: tests/test_sharded
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -219,3 +220,22 @@ def test_refused_run_leaves_an_existing_run_untouched(ray_session, tmp_path):
     )
     assert result.returncode == 2 and "holds a trajectory computed with other settings" in result.stderr
     assert {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*")} == snapshot  # no hydra/, no new manifest
+
+
+def test_driver_killed_with_sigkill_leaves_no_agents_after_the_rerun(tmp_path):
+    """kill -9 of the driver mid-score: its raylet dies, Ray's agents survive (they ignore SIGTERM); the
+    rerun stops them, resumes, and ends with every sample exactly once."""
+    out = tmp_path / "run"
+    driver = subprocess.Popen(_command(out), cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    parts = out / "scores" / "method=lookahead" / "seed=0"
+    assert _wait_for(lambda: len(list(parts.glob("part-*.parquet"))) >= 2, 240)
+    driver.kill()
+    driver.wait()
+    rerun = subprocess.run(_command(out), cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert "[cluster] stopped" in rerun.stdout and "Ray agent process(es) left behind by a killed run" in rerun.stdout
+    from pipeline.cluster import _processes, orphaned_agents
+
+    assert orphaned_agents(_processes(), os.getuid()) == []
+    _every_sample_once(out, "lookahead", n=1437)
+    assert (out / "_SUCCESS").exists()
