@@ -91,7 +91,7 @@ def _claim_artifacts(settings: Settings, dataset: Dataset, data_key: str, layout
     """
     overwrite = settings.output.overwrite
     trajectory = arguments.trajectory_arguments(settings, data_key)
-    derived = [layout.root / "scores", layout.queries_root, layout.verify_dir, layout.report_dir, layout.ranking, layout.query_top, layout.success]
+    derived = [*layout.derived_dirs, *layout.result_files, layout.success]
     reused = arguments.claim(layout.root, layout.trajectory_arguments, trajectory, "a trajectory", overwrite, [layout.trajectory_dir, *derived])
     if not reused:
         for path in derived:

@@ -143,9 +143,25 @@ def _command(out: Path, *overrides: str) -> list[str]:
     ]
 
 
-def _ray_processes() -> set[int]:
-    listing = subprocess.run(["ps", "-eo", "pid=,args="], capture_output=True, text=True).stdout
-    return {int(line.split()[0]) for line in listing.splitlines() if "ray" in line.split(None, 1)[1] and "pytest" not in line}
+def _descendants(root: int) -> set[int]:
+    """Every live process below `root` in the process tree."""
+    from pipeline.cluster import _processes
+
+    children: dict[int, list[int]] = {}
+    for pid, ppid, _, _ in _processes():
+        children.setdefault(ppid, []).append(pid)
+    found, stack = set(), [root]
+    while stack:
+        for child in children.get(stack.pop(), []):
+            found.add(child)
+            stack.append(child)
+    return found
+
+
+def _alive(pids: set[int]) -> set[int]:
+    from pipeline.cluster import _processes
+
+    return pids & {pid for pid, _, _, _ in _processes()}
 
 
 def _wait_for(predicate, timeout: float) -> bool:
@@ -159,10 +175,11 @@ def _wait_for(predicate, timeout: float) -> bool:
 
 def test_ctrl_c_interrupts_cleanly_and_the_rerun_resumes(tmp_path):
     out = tmp_path / "run"
-    before = _ray_processes()
     driver = subprocess.Popen(_command(out), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     parts = out / "scores" / "method=lookahead" / "seed=0"
     assert _wait_for(lambda: len(list(parts.glob("part-*.parquet"))) >= 2, 240), driver.communicate()[1][-3000:]
+    started = _descendants(driver.pid)  # its Ray: gcs, raylet, agents, workers
+    assert started
     driver.send_signal(signal.SIGINT)
     stdout, stderr = driver.communicate(timeout=120)
     assert driver.returncode == 130, stderr[-3000:]
@@ -170,7 +187,7 @@ def test_ctrl_c_interrupts_cleanly_and_the_rerun_resumes(tmp_path):
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["status"] == "interrupted" and not (out / "_SUCCESS").exists()
     assert not (out / ".lock").exists()
-    assert _wait_for(lambda: not (_ray_processes() - before), 30), "Ray processes of the interrupted driver are still running"
+    assert _wait_for(lambda: not _alive(started), 30), f"processes of the interrupted driver still running: {_alive(started)}"
 
     done_before = {p.name: p.stat().st_mtime_ns for p in parts.glob("part-*.parquet")}
     rerun = subprocess.run(_command(out), cwd=REPO, capture_output=True, text=True, timeout=600)

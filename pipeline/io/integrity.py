@@ -9,11 +9,13 @@ import os
 import zipfile
 import zlib
 from pathlib import Path
+from typing import Callable, Mapping, TypeVar
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+T = TypeVar("T")
 ARTIFACT_KEY = b"artifact_key"  # schema metadata key of a part: the key it was written under
 _UNREADABLE = (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error, pa.ArrowException)
 
@@ -90,3 +92,22 @@ def _short(error: BaseException) -> str:
     """The first sentence of an error message, on one line."""
     text = " ".join(str(error).split()) or type(error).__name__
     return text.split(". ")[0].rstrip(".")
+
+
+def reconcile(present: list[Path], expected: Mapping[Path, T], check: Callable[[Path, T], str | None], tag: str, unit: str, repair: bool) -> list[T]:
+    """The expected parts (path -> what it should hold) that are missing or fail `check`. With `repair`,
+    failing parts and present parts that are not expected (e.g. from another shard size) are quarantined,
+    one line printed for each, so that every row ends up in exactly one part."""
+    if repair:
+        for path in present:
+            if path not in expected:
+                print(f"[{tag}] {path}: belongs to no {unit} of this run; moved to {quarantine(path).name}")
+    todo = []
+    for path, item in expected.items():
+        problem = check(path, item)
+        if problem is None:
+            continue
+        if repair and problem != "missing":
+            print(f"[{tag}] {path}: {problem}; moved to {quarantine(path).name}, recomputing")
+        todo.append(item)
+    return todo

@@ -107,10 +107,11 @@ class RunLayout:
         return self.root / "verify"
 
     @property
-    def result_dirs(self) -> tuple[Path, ...]:
-        """Everything a run writes besides the manifest; removed when output.overwrite replaces a run."""
-        return (self.trajectory_dir, self.root / "scores", self.queries_root, self.verify_dir, self.report_dir)
+    def derived_dirs(self) -> tuple[Path, ...]:
+        """Folders computed from the trajectory; removed when a new trajectory replaces it."""
+        return (self.root / "scores", self.queries_root, self.verify_dir, self.report_dir)
 
     @property
     def result_files(self) -> tuple[Path, ...]:
+        """Files computed from the trajectory (besides _SUCCESS); removed with derived_dirs."""
         return (self.ranking, self.query_top)

@@ -7,7 +7,7 @@ import numpy as np
 
 from pipeline import __version__
 from pipeline.config import Settings
-from pipeline.io.integrity import check_part, quarantine
+from pipeline.io.integrity import check_part, reconcile
 from pipeline.io.layout import RunLayout
 from pipeline.methods import REGISTRY
 
@@ -27,19 +27,8 @@ def parts_to_compute(layout: RunLayout, method: str, seed: int, shards: list[Sha
     """The shards whose part is missing or bad. With `repair`, bad parts and parts of no current shard are
     renamed aside (one line printed for each), so that every sample ends up in exactly one part."""
     expected = {layout.score_part(method, seed, number): (number, start, stop) for number, start, stop in shards}
-    if repair:
-        for path in layout.score_parts(method, seed):
-            if path not in expected:
-                print(f"[score] {path}: belongs to no shard of this run; moved to {quarantine(path).name}")
-    todo = []
-    for path, shard in expected.items():
-        problem = check_part(path, np.arange(shard[1], shard[2]), key)
-        if problem is None:
-            continue
-        if repair and problem != "missing":
-            print(f"[score] {path}: {problem}; moved to {quarantine(path).name}, recomputing")
-        todo.append(shard)
-    return todo
+    check = lambda path, shard: check_part(path, np.arange(shard[1], shard[2]), key)  # noqa: E731
+    return reconcile(layout.score_parts(method, seed), expected, check, "score", "shard", repair)
 
 
 def part_metadata(settings: Settings, seed: int, key: str) -> dict[str, str]:

@@ -22,7 +22,7 @@ import pyarrow.parquet as pq
 from pipeline import __version__
 from pipeline.config import Settings
 from pipeline.io.files import atomic_path
-from pipeline.io.integrity import _UNREADABLE, check_part, quarantine
+from pipeline.io.integrity import _UNREADABLE, check_part, reconcile
 from pipeline.io.layout import RunLayout
 from pipeline.io.tables import input_grad_column
 
@@ -78,19 +78,8 @@ def parts_to_compute(layout: RunLayout, method: str, seed: int, plan: list[Batch
     """The query batches whose part is missing or bad. With `repair`, bad parts and parts of no current
     batch are quarantined (renamed .part-<n>.parquet.corrupt; one line printed for each)."""
     expected = {layout.query_part(method, seed, number): (number, ids) for number, ids in plan}
-    if repair:
-        for path in layout.query_parts(method, seed):
-            if path not in expected:
-                print(f"[queries] {path}: belongs to no query batch of this run; moved to {quarantine(path).name}")
-    todo = []
-    for path, batch in expected.items():
-        problem = check_query_part(path, batch[1], n_train, key)
-        if problem is None:
-            continue
-        if repair and problem != "missing":
-            print(f"[queries] {path}: {problem}; moved to {quarantine(path).name}, recomputing")
-        todo.append(batch)
-    return todo
+    check = lambda path, batch: check_query_part(path, batch[1], n_train, key)  # noqa: E731
+    return reconcile(layout.query_parts(method, seed), expected, check, "queries", "query batch", repair)
 
 
 def part_metadata(settings: Settings, seed: int, key: str) -> dict[str, str]:

@@ -217,6 +217,7 @@ def _model_text(model: dict[str, Any]) -> str:
         "mlp": ("hidden", "activation", "dropout", "batch_norm"),
         "cnn": ("filters", "kernel_size", "dropout", "batch_norm"),
         "custom": ("builder", "from_logits"),
+        "saved": ("path", "from_logits"),
     }.get(name, ())
     parts = [f"{key}={model[key]}" for key in details if key in model and model[key] not in (None, False, 0, 0.0)]
     return f"{name} ({', '.join(parts)})" if parts else str(name)
@@ -257,30 +258,6 @@ def _values_text(values: np.ndarray, fmt: Callable[[Any], str]) -> str:
 def _grad_name(wording: Wording, name: str) -> str:
     """The input gradient of one input: dE/dx for a one-letter name, dE/d(name) otherwise."""
     return f"{wording.grad}{name}" if len(name) == 1 else f"{wording.grad}({name})"
-
-
-# ---------------------------------------------------------------------------------------------- header
-
-
-def _model_text(model: dict[str, Any]) -> str:
-    name = model.get("name", "?")
-    details = {
-        "mlp": ("hidden", "activation", "dropout", "batch_norm"),
-        "cnn": ("filters", "kernel_size", "dropout", "batch_norm"),
-        "custom": ("builder", "from_logits"),
-    }.get(name, ())
-    parts = [f"{key}={model[key]}" for key in details if key in model and model[key] not in (None, False, 0, 0.0)]
-    return f"{name} ({', '.join(parts)})" if parts else str(name)
-
-
-def _optimizer_text(opt: dict[str, Any]) -> str:
-    name = opt.get("name", "?")
-    parts = [f"lr={_fmt(opt.get('lr'))}"]
-    if name == "momentum":
-        parts.append(f"momentum={_fmt(opt.get('momentum'))}" + (", nesterov" if opt.get("nesterov") else ""))
-    elif name == "adam":
-        parts += [f"beta_1={_fmt(opt.get('beta_1'))}", f"beta_2={_fmt(opt.get('beta_2'))}", f"epsilon={_fmt(opt.get('epsilon'))}"]
-    return f"{name} ({', '.join(parts)})"
 
 
 def _header(

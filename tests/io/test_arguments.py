@@ -142,7 +142,8 @@ def _score_key(method: str, trajectory_key: str = "traj0000traj0000", **influenc
     "changes,changed_methods",
     [
         ({"steps": 3}, {"lookahead"}),
-        ({"objective": "mse"}, {"trajectory", "lookahead", "tracin"}),
+        ({"objective": "mse"}, {"trajectory", "truncated", "lookahead", "tracin"}),
+        ({"horizon": 5}, {"truncated"}),
         ({"output_weights": (0.5, 1.0)}, {"sensitivity"}),
         ({"batch_size": 7}, set()),
         ({"shard_size": 5}, set()),
