@@ -173,6 +173,7 @@ def _wait_for(predicate, timeout: float) -> bool:
     return False
 
 
+@pytest.mark.slow  # real drivers in subprocesses, about a minute each
 def test_ctrl_c_interrupts_cleanly_and_the_rerun_resumes(tmp_path):
     out = tmp_path / "run"
     driver = subprocess.Popen(_command(out), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -197,6 +198,7 @@ def test_ctrl_c_interrupts_cleanly_and_the_rerun_resumes(tmp_path):
     assert (out / "_SUCCESS").exists()
 
 
+@pytest.mark.slow  # real drivers in subprocesses, about a minute each
 def test_second_driver_on_one_directory_is_refused(tmp_path):
     out = tmp_path / "run"
     first = subprocess.Popen(_command(out), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -239,6 +241,7 @@ def test_refused_run_leaves_an_existing_run_untouched(ray_session, tmp_path):
     assert {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*")} == snapshot  # no hydra/, no new manifest
 
 
+@pytest.mark.slow  # real drivers in subprocesses, about a minute each
 def test_driver_killed_with_sigkill_leaves_no_agents_after_the_rerun(tmp_path):
     """kill -9 of the driver mid-score: its raylet dies, Ray's agents survive (they ignore SIGTERM); the
     rerun stops them, resumes, and ends with every sample exactly once."""
