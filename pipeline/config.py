@@ -122,6 +122,7 @@ class VerifySettings:
     group_fractions: tuple[float, ...] = (0.01, 0.05)  # random groups of these fractions of the training set
     n_groups: int = 2  # groups per fraction
     perturbation: float | None = None  # relative initial-weight perturbation; None: 1e-6 (float64), 1e-3 (float32)
+    n_float64: int = 200  # float32 runs: samples whose influence is compared with a float64 replay
 
 
 @dataclass(frozen=True)
@@ -369,6 +370,7 @@ def validate(s: Settings) -> None:
     )
     _check(isinstance(v.group_fractions, tuple) and all(_is_number(f) and 0 < f < 1 for f in v.group_fractions), f"verify.group_fractions={v.group_fractions}: must be numbers in (0, 1)")
     _check(v.perturbation is None or (_is_number(v.perturbation) and v.perturbation > 0), f"verify.perturbation={v.perturbation}: must be positive or null")
+    _check(_is_int(v.n_float64) and v.n_float64 >= 1, f"verify.n_float64={v.n_float64}: must be a positive integer")
 
     _check(_is_number(c.cpus_per_task) and c.cpus_per_task > 0, f"cluster.cpus_per_task={c.cpus_per_task}: must be positive")
     _check(_is_number(c.gpus_per_task) and c.gpus_per_task >= 0, f"cluster.gpus_per_task={c.gpus_per_task}: must be >= 0")

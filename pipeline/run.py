@@ -144,6 +144,9 @@ def _print_stage(stage: str, details: dict[str, Any]) -> None:
             smooth = details["smoothness"]
             ranges = ", ".join(f"{kind} up to s={ladder['linear_up_to']}" for kind, ladder in {"single": smooth["single"], **smooth["groups"]}.items())
             print(f"[verify] smoothness: {smooth['verdict']} (linear {ranges}; initial perturbation grew {smooth['perturbation_growth']:.3g}x)")
+            if smooth.get("float64_replay"):
+                r = smooth["float64_replay"]
+                print(f"[verify] float32 vs a float64 replay (n={r['n']}): median relative error {r['median_relative_error']:.2e}, spearman {r['spearman']:.4f}")
 
 
 def one_line(exc: BaseException) -> str:

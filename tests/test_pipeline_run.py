@@ -161,3 +161,17 @@ def test_cli_bad_input_is_one_line_nonzero_and_not_successful(tmp_path, override
     assert not (tmp_path / "_SUCCESS").exists()
     manifest = tmp_path / "manifest.json"
     assert not manifest.exists() or json.loads(manifest.read_text())["status"] == "failed"
+
+
+def test_float32_run_is_compared_with_a_float64_replay(ray_session, tmp_path):
+    settings = small_settings(
+        tmp_path,
+        train=TrainSettings(epochs=2, batch_size=25, dtype="float32", checkpoint_every=4),
+        verify=VerifySettings(n_gradcheck=0, n_loo=0, n_smooth=2, n_groups=1),
+        stages=("train", "score", "verify"),
+    )
+    payload = execute(settings)
+    replay = payload["stages"]["verify"]["smoothness"]["float64_replay"]
+    assert replay["n"] == 150
+    # float32 rounding of a short smooth run: the scores are the float64 ones to about 1e-6
+    assert replay["median_relative_error"] < 1e-4 and replay["spearman"] > 0.999

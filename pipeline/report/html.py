@@ -576,6 +576,12 @@ def _smoothness_section(smooth: dict[str, Any]) -> str:
         f"A relative perturbation of {_e(_fmt(smooth.get('initial_perturbation')))} of the initial weights grew "
         f"{_e(_fmt(smooth.get('perturbation_growth')))}x over training."
     )
+    replay = smooth.get("float64_replay")
+    if replay:
+        caption += (
+            f" This float32 run's influence against a float64 replay of the same run (n={_e(replay['n'])}): median relative "
+            f"error {_e(_fmt(replay['median_relative_error']))}, Spearman {_e(_fmt(replay['spearman']))}."
+        )
     header = ("unit", *(f"s={_fmt(s)}" for s in steps), "linear up to s")
     return (
         "<h3>Smoothness: does the derivative predict finite changes?</h3>"

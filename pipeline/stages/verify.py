@@ -6,8 +6,9 @@
   (trajectory only: the other methods approximate a different quantity).
 - leave-one-out: retrain with eps_i = 0 on the same schedule; compare -influence_i with the change in E.
 - smoothness (exact method, first seed): E(eps_G = 1 - s) for s on verify.ladder, for single samples and
-  random groups, against the linear prediction; the growth of a tiny initial-weight perturbation; the
-  verdict smooth | groups-only | non-smooth (pipeline.smoothness).
+  random groups, against the linear prediction; the growth of a tiny initial-weight perturbation; for a
+  float32 run, its influence against a float64 replay of the same run; the verdict smooth | groups-only |
+  non-smooth (pipeline.smoothness).
 Writes verify/gradcheck.parquet, verify/loo.parquet and verify/smoothness.parquet; returns the summary
 figures for the manifest.
 """
@@ -117,6 +118,10 @@ def _smoothness(context: RunContext, seed: int, influence: np.ndarray, base: flo
     scale = v.perturbation if v.perturbation is not None else (1e-6 if settings.train.dtype == "float64" else 1e-3)
     responses = iter(cluster.run_tasks(retrained_objective, calls, context.task_options, desc="verify (smoothness ladder)"))
     growth = cluster.run_tasks(perturbation_growth, [(settings, context.dataset_ref, seed, scale)], context.task_options, desc="verify (perturbation growth)")[0]
+    replay = None
+    if settings.train.dtype == "float32":
+        replay64 = cluster.run_tasks(float64_influence, [(settings, context.dataset_ref, seed)], context.task_options, desc="verify (float64 replay)")[0]
+        replay = _agreement(influence, replay64, rng.choice(dataset.n_train, min(v.n_float64, dataset.n_train), replace=False))
 
     floor = 100 * float(np.finfo(settings.train.dtype).eps) * max(abs(base), 1.0)
     rows, deviations = [], {}
@@ -135,12 +140,54 @@ def _smoothness(context: RunContext, seed: int, influence: np.ndarray, base: flo
         "initial_perturbation": scale,
         "perturbation_growth": growth,
         "rounding_floor": floor,
+        "float64_replay": replay,
     }
     result["verdict"] = smoothness.verdict(result["single"], result["groups"])
     result["explanation"] = smoothness.explanation(result, settings.to_dict())
     table = pa.table(dict(zip(("seed", "unit", "size", "step", "predicted_change", "actual_change", "relative_deviation"), (list(c) for c in zip(*rows)))))
     write_table(table, context.layout.verify_dir / "smoothness.parquet")
     return result
+
+
+def _agreement(float32: np.ndarray, float64: np.ndarray, ids: np.ndarray) -> dict[str, Any]:
+    """How far the float32 run's influence is from a float64 replay of it, on the samples `ids`."""
+    errors = metrics.relative_errors(float32[ids], float64[ids])
+    return {
+        "n": int(ids.size),
+        "median_relative_error": float(np.median(errors)),
+        "max_relative_error": float(np.max(errors)),
+        "spearman": metrics.correlations(float32[ids], float64[ids])["spearman"],
+    }
+
+
+def float64_influence(settings: Settings, dataset: Dataset, seed: int) -> np.ndarray:
+    """Ray task body: the trajectory influence [N] of a float64 replay of a float32 run: its stored initial state
+    cast to float64, trained on its stored schedule, swept in float64."""
+    from dataclasses import replace
+
+    import tensorflow as tf
+
+    from pipeline.io.checkpoints import StoredStates, retrain_hint
+    from pipeline.io.files import read_json
+    from pipeline.io.tables import read_schedule
+    from pipeline.kernels.training import as_inputs, as_targets, make_batches, train
+    from pipeline.kernels.trajectory import ReverseSweep
+    from pipeline.stages.recipes import recipe_for
+
+    layout = RunLayout(settings.output_dir)
+    schedule = read_schedule(layout.schedule(seed))
+    recipe32 = recipe_for(settings, dataset, seed)
+    initial32 = StoredStates(lambda step: layout.checkpoint(seed, step), [0], recipe32, retrain_hint(seed))[0]
+    settings64 = replace(settings, train=replace(settings.train, dtype="float64"))
+    recipe = recipe_for(settings64, dataset, seed)
+    cast = lambda t: tf.cast(t, tf.float64) if t.dtype.is_floating else t  # noqa: E731  (seed state stays integer)
+    initial = recipe.unflatten([cast(t) for t in recipe32.flatten(initial32)])
+    steps = read_json(layout.train_summary(seed))["checkpoint_steps"]
+    batches = make_batches(list(dataset.x_train.values()), dataset.y_train, schedule, "float64", recipe.task)
+    states: dict[int, Any] = {}
+    train(recipe, initial, batches, steps, states.__setitem__)
+    x_val, y_val = as_inputs(list(dataset.x_val.values()), "float64"), as_targets(dataset.y_val, recipe.task, "float64")
+    return ReverseSweep(recipe).run(states, steps, batches, x_val, y_val).influence
 
 
 def perturbation_growth(settings: Settings, dataset: Dataset, seed: int, scale: float) -> float:
