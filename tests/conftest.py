@@ -41,3 +41,17 @@ def digits_subset():
         return cache[n_train]
 
     return load
+
+
+@pytest.fixture
+def float64_keras():
+    """Keras floatx and dtype policy float64 for one test, restored afterwards (the policy too: once set,
+    layers follow it rather than floatx)."""
+    import keras
+
+    floatx, policy = keras.config.floatx(), keras.config.dtype_policy()
+    keras.config.set_floatx("float64")
+    keras.config.set_dtype_policy("float64")
+    yield
+    keras.config.set_floatx(floatx)
+    keras.config.set_dtype_policy(policy)

@@ -17,17 +17,6 @@ REPO = Path(__file__).resolve().parents[2]
 PRICE_SHAPES = {"reference_prices": (1,), "hidden_inputs": (2,)}
 
 
-@pytest.fixture
-def float64():
-    """Keras floatx and dtype policy float64 for one test (the policy too: once set, it no longer follows floatx)."""
-    previous_floatx, previous_policy = keras.config.floatx(), keras.config.dtype_policy()
-    keras.config.set_floatx("float64")
-    keras.config.set_dtype_policy("float64")
-    yield
-    keras.config.set_floatx(previous_floatx)
-    keras.config.set_dtype_policy(previous_policy)
-
-
 def _make_data(*args: str) -> subprocess.CompletedProcess:
     command = [sys.executable, "-m", "pipeline.examples.make_data", *args]
     return subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=60)
@@ -46,7 +35,7 @@ def test_mnist_mlp_builds_twice_alike_with_softmax_rows(input_shape):
         np.testing.assert_allclose(out.sum(axis=1), 1.0, rtol=1e-5)
 
 
-def test_price_model_input_gradients_are_analytic(float64):
+def test_price_model_input_gradients_are_analytic(float64_keras):
     model = seed_models.price_model(input_shapes=PRICE_SHAPES, output_dim=1)
     assert not model.built
     model([np.zeros((2, 1)), np.zeros((2, 2))])  # as the pipeline does: one call on a zero batch

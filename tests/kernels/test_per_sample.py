@@ -117,19 +117,6 @@ def test_lookahead_matches_finite_differences(trained, steps):
         assert relative_errors(np.sum(input_grad.numpy()[row] * u), (f(dx=h * u) - f(dx=-h * u)) / (2 * h)) < 1e-6
 
 
-@pytest.fixture
-def float64_keras():
-    """Keras' global float type and dtype policy set to float64 for the test, restored afterwards."""
-    import keras
-
-    floatx, policy = keras.config.floatx(), keras.config.dtype_policy()
-    keras.config.set_floatx("float64")
-    keras.config.set_dtype_policy("float64")
-    yield
-    keras.config.set_floatx(floatx)
-    keras.config.set_dtype_policy(policy)
-
-
 def test_sensitivity_of_a_two_input_model_is_analytic(float64_keras):
     """Seed 004's subclassed model out = (hidden(h) + 1) * p on inputs [p, h]: the sensitivity kernel gives
     d out / d p = hidden(h) + 1 and d out / d h = p * kernel exactly, and influence = the output."""
