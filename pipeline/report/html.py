@@ -565,7 +565,8 @@ def _verdict_box(stages: dict[str, Any]) -> str:
 
 def _smoothness_section(smooth: dict[str, Any]) -> str:
     """The ladder: median relative deviation of the linear prediction from retraining, per unit and step."""
-    ladders = {"single samples": smooth["single"], **{f"random {kind.split()[-1]} of the data" if kind.startswith("group") else kind: v for kind, v in smooth["groups"].items()}}
+    groups = {f"random groups of {float(kind.split()[-1]):.0%}" if kind.startswith("group ") else kind: v for kind, v in smooth["groups"].items()}
+    ladders = {"single samples": smooth["single"], **groups}
     steps = smooth["single"]["steps"]
     rows = [[_e(kind), *(_e(_fmt(m)) for m in ladder["median_deviation"]), _e(_fmt(ladder["linear_up_to"]))] for kind, ladder in ladders.items()]
     png = figures.smoothness_ladder(steps, {kind: ladder["median_deviation"] for kind, ladder in ladders.items()})
