@@ -41,8 +41,9 @@ def query_ids(settings: Settings, dataset: Dataset) -> np.ndarray:
             raise ConfigError(f"influence.query_ids: class {absent[0]} has no validation sample (classes present: {present.tolist()})")
     else:
         ids = np.arange(dataset.n_val) if i.query_ids is None else np.asarray(i.query_ids)
-        if ids.max() >= dataset.n_val:
-            raise ConfigError(f"influence.query_ids: {int(ids.max())} is not a validation sample id (0..{dataset.n_val - 1})")
+        bad = ids[(ids < 0) | (ids >= dataset.n_val)]
+        if bad.size:
+            raise ConfigError(f"influence.query_ids: {int(bad[0])} is not a validation sample id (0..{dataset.n_val - 1})")
     return ids.astype(np.int64)
 
 
