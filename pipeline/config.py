@@ -319,7 +319,7 @@ def validate(s: Settings) -> None:
     if m.name == "custom":
         _check(bool(m.builder) and ":" in str(m.builder), f"model.builder={m.builder!r}: model=custom needs 'package.module:function'")
     if m.name == "saved":
-        _check(bool(m.path), f"model.path: required for model=saved (a .keras file)")
+        _check(bool(m.path), "model.path: required for model=saved (a .keras file)")
 
     _check(o.name in OPTIMIZERS, f"optimizer.name={o.name!r}: unknown (known: {', '.join(OPTIMIZERS)})")
     _check(_is_number(o.lr) and o.lr > 0, f"optimizer.lr={o.lr}: must be a positive number")

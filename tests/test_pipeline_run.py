@@ -12,7 +12,7 @@ import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.config import DataSettings, InfluenceSettings, ModelSettings, OptimizerSettings, OutputSettings, Settings, TrainSettings, VerifySettings
+from pipeline.config import DataSettings, ModelSettings, OptimizerSettings, OutputSettings, Settings, TrainSettings, VerifySettings
 from pipeline.errors import ConfigError, DivergenceError
 from pipeline.io.tables import SIGN_CONVENTION, read_schedule
 from pipeline.run import execute

@@ -202,7 +202,7 @@ def goals(f: Figures) -> list[tuple[str, bool | None, str]]:
         if common:
             k = common[-1]
             text = "; ".join(f"K={c}: {fmt(best[c][0])} ({best[c][1]}) vs {trak[c]:.2f}" for c in common)
-            out.append((f"best ensemble's cross-seed LDS (50% removed) >= TRAK at equal K", best[k][0] >= trak[k], f"{text}; margin at K={k} {best[k][0] - trak[k]:+.3f}; target reliability {fmt(rel)}"))
+            out.append(("best ensemble's cross-seed LDS (50% removed) >= TRAK at equal K", best[k][0] >= trak[k], f"{text}; margin at K={k} {best[k][0] - trak[k]:+.3f}; target reliability {fmt(rel)}"))
         else:
             k = sizes[-1]
             out.append(("best ensemble's cross-seed LDS (50% removed) vs TRAK", None, f"K={k}: {fmt(best[k][0])} ({best[k][1]}), target reliability {fmt(rel)}; no TRAK figure measured on this model"))

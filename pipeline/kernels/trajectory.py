@@ -145,18 +145,10 @@ class ReverseSweep:
         raise_if_nonfinite(np.array([value.numpy()]), "validation objective", first_step=steps[-1])
         influence = tf.Variable(tf.zeros(batches.eps.shape, r.dtype))
         input_grad = tuple(tf.Variable(tf.zeros(x.shape, r.dtype)) for x in batches.x)
-        replay_error = 0.0
-        for start, stop in reversed(list(zip(steps[:-1], steps[1:]))):
-            if stop <= floor:
-                break
-            adjoint, end_state = self._reverse_segment(
-                checkpoints[start], adjoint, batches, tf.constant(start), tf.constant(stop), tf.constant(floor), influence, input_grad
-            )
-            replay_error = max(replay_error, _max_abs_diff(r.flatten(end_state), r.flatten(checkpoints[stop])))
-            if not np.isfinite(float(tf.reduce_sum(influence))):
-                raise DivergenceError(f"reverse sweep diverged: NaN/inf in steps {start}..{stop - 1}; try a smaller optimizer.lr")
-            if progress is not None:
-                progress(stop - start)
+        segment = lambda state, adj, start, stop: self._reverse_segment(  # noqa: E731
+            state, adj, batches, tf.constant(start), tf.constant(stop), tf.constant(floor), influence, input_grad
+        )
+        replay_error = self._over_segments(checkpoints, steps, floor, adjoint, segment, influence, progress)
         return Hypergradients(
             objective=float(value.numpy()),
             influence=influence.numpy().astype(np.float64),
@@ -248,20 +240,41 @@ class ReverseSweep:
         q, n = int(weights.shape[0]), int(batches.eps.shape[0])
         influence = tf.Variable(tf.zeros((n, q), r.dtype))
         grads = tuple(tf.Variable(tf.zeros((n, q, *x.shape[1:]), r.dtype)) for x in batches.x) if input_grad else ()
-        replay_error = 0.0
-        for start, stop in reversed(list(zip(steps[:-1], steps[1:]))):
-            adjoints, end_state = self._queries_segment(checkpoints[start], adjoints, batches, tf.constant(start), tf.constant(stop), influence, grads)
-            replay_error = max(replay_error, _max_abs_diff(r.flatten(end_state), r.flatten(checkpoints[stop])))
-            if not np.isfinite(float(tf.reduce_sum(influence))):
-                raise DivergenceError(f"reverse sweep diverged: NaN/inf in steps {start}..{stop - 1}; try a smaller optimizer.lr")
-            if progress is not None:
-                progress(stop - start)
+        segment = lambda state, adj, start, stop: self._queries_segment(  # noqa: E731
+            state, adj, batches, tf.constant(start), tf.constant(stop), influence, grads
+        )
+        replay_error = self._over_segments(checkpoints, steps, 0, adjoints, segment, influence, progress)
         return QueryHypergradients(
             objective=values.numpy().astype(np.float64),
             influence=influence.numpy().T.astype(np.float64),
             input_grad=tuple(np.moveaxis(g.numpy(), 1, 0) for g in grads),
             replay_error=replay_error,
         )
+
+    def _over_segments(
+        self,
+        checkpoints: Mapping[int, TrainState],
+        steps: Sequence[int],
+        floor: int,
+        adjoint: object,
+        segment: Callable[[TrainState, object, int, int], tuple[object, TrainState]],
+        influence: tf.Variable,
+        progress: Callable[[int], None] | None,
+    ) -> float:
+        """Drive `segment(state, adjoint, start, stop) -> (adjoint, recomputed state at stop)` from the last
+        segment back to the one holding step `floor`; raise DivergenceError at the first NaN/inf in the
+        accumulated influence. Returns the replay error: max |recomputed - stored| at segment ends."""
+        replay_error = 0.0
+        for start, stop in reversed(list(zip(steps[:-1], steps[1:]))):
+            if stop <= floor:
+                break
+            adjoint, end_state = segment(checkpoints[start], adjoint, start, stop)
+            replay_error = max(replay_error, _max_abs_diff(self.recipe.flatten(end_state), self.recipe.flatten(checkpoints[stop])))
+            if not np.isfinite(float(tf.reduce_sum(influence))):
+                raise DivergenceError(f"reverse sweep diverged: NaN/inf in steps {start}..{stop - 1}; try a smaller optimizer.lr")
+            if progress is not None:
+                progress(stop - start)
+        return replay_error
 
 
 def _max_abs_diff(a: list[tf.Tensor], b: list[tf.Tensor]) -> float:
