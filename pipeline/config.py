@@ -17,6 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue
 
 from pipeline.errors import ConfigError
+from pipeline.io.states import parse_size
 from pipeline.methods import REGISTRY
 
 STAGES = ("train", "score", "verify", "aggregate", "report")  # always run in this order
@@ -108,6 +109,9 @@ class InfluenceSettings:
     query_batch: int = 64  # queries carried by one reverse sweep (memory: query_batch x model state) and one part
     query_input_grad: bool = False  # also dE_q/d x_i per query (memory: query_batch x N x input size)
     query_top_k: int = 10  # harmful and helpful training samples per query in query_top.parquet
+    # exact sweeps: keep every training state when they fit this many bytes ("2GB", "512MiB"), so the
+    # reverse sweep reads them instead of replaying each segment (trajectory/seed=<s>/states.npy); null: replay
+    state_memory: str | None = None
 
 
 @dataclass(frozen=True)
@@ -187,6 +191,7 @@ class Settings:
     def result_hash(self) -> str:
         """Hash of everything that changes the numbers (not cluster, output or stage choices)."""
         relevant = {k: v for k, v in self.to_dict().items() if k in ("task", "data", "model", "optimizer", "train", "influence")}
+        del relevant["influence"]["state_memory"]  # where the sweep reads its states from, not what it computes
         if isinstance(self.data.inputs, dict):  # its order is the model's input order: keep it out of sort_keys
             relevant["data"] = {**relevant["data"], "inputs": [[k, v] for k, v in self.data.inputs.items()]}
         return hashlib.sha256(json.dumps(relevant, sort_keys=True, default=str).encode()).hexdigest()[:16]
@@ -353,6 +358,10 @@ def validate(s: Settings) -> None:
     _check(_is_int(i.query_batch) and i.query_batch > 0, f"influence.query_batch={i.query_batch}: must be a positive integer")
     _check(isinstance(i.query_input_grad, bool), f"influence.query_input_grad={i.query_input_grad!r}: must be true or false")
     _check(_is_int(i.query_top_k) and i.query_top_k > 0, f"influence.query_top_k={i.query_top_k}: must be a positive integer")
+    _check(
+        i.state_memory is None or parse_size(i.state_memory) is not None,
+        f"influence.state_memory={i.state_memory!r}: must be a size such as 2GB, 512MiB or a number of bytes, or null",
+    )
     _check(
         i.output_weights is None or (isinstance(i.output_weights, tuple) and len(i.output_weights) > 0 and all(_is_number(w) for w in i.output_weights)),
         f"influence.output_weights={i.output_weights}: must be a non-empty list of numbers or null",

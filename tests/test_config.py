@@ -470,3 +470,11 @@ def test_cli_cfg_job_prints_composed_yaml_without_running():
     assert imported, "no -X importtime output"
     assert not any(m == "tensorflow" or m.startswith("tensorflow.") for m in imported)
     assert "Started a local Ray instance" not in proc.stdout + proc.stderr
+
+
+def test_state_memory_takes_a_size():
+    assert make_settings("influence.state_memory=2GB").influence.state_memory == "2GB"
+    assert make_settings("influence=truncated", "influence.state_memory=512MiB").influence.state_memory == "512MiB"
+    assert make_settings("influence.state_memory=2GB").result_hash() == make_settings().result_hash()  # numbers unchanged
+    with pytest.raises(ConfigError, match=r"^influence\.state_memory='lots': must be a size such as 2GB"):
+        make_settings("influence.state_memory=lots")

@@ -46,6 +46,10 @@ class RunLayout:
     def checkpoint(self, seed: int, step: int) -> Path:
         return self.seed_dir(seed) / "checkpoints" / f"step={step}.npz"
 
+    def states(self, seed: int) -> Path:
+        """Every state of the seed's run, kept from training with influence.state_memory (io.states)."""
+        return self.seed_dir(seed) / "states.npy"
+
     def train_summary(self, seed: int) -> Path:
         """Written last by a seed's training task: its presence marks the seed as trained."""
         return self.seed_dir(seed) / "_summary.json"

@@ -91,6 +91,7 @@ class Recipe:
         use_twice_differentiable_batch_norm()
         # Compiled per instance (a class-level tf.function would share traces across models).
         self.run_steps = tf.function(self._run_steps, reduce_retracing=True)
+        self.record_steps = tf.function(self._record_steps, reduce_retracing=True)
         self.per_sample_loss = tf.function(self._per_sample_loss, reduce_retracing=True)
         self.evaluate = tf.function(self._evaluate, reduce_retracing=True)
 
@@ -163,6 +164,21 @@ class Recipe:
             losses = losses.write(t - start, loss)
         return state, losses.stack()
 
+    def _record_steps(
+        self, state: TrainState, batches: Batches, start: tf.Tensor, stop: tf.Tensor
+    ) -> tuple[list[tf.Tensor], TrainState, tf.Tensor]:
+        """As run_steps, also returning the states before each step: the flattened states start..stop-1,
+        one tensor [stop - start, *shape] per state tensor (the reverse sweep reads them backwards)."""
+        n = stop - start
+        states = [tf.TensorArray(s.dtype, size=n, element_shape=s.shape) for s in self.flatten(state)]
+        losses = tf.TensorArray(self.dtype, size=n)
+        for i in tf.range(n):
+            states = [ta.write(i, s) for ta, s in zip(states, self.flatten(state))]
+            _, x, y, eps = batches.batch(start + i)
+            state, loss = self.step(state, x, y, eps, batches.lr[start + i], start + i)
+            losses = losses.write(i, loss)
+        return [ta.stack() for ta in states], state, losses.stack()
+
     def _per_sample_loss(self, state: TrainState, x: Sequence[tf.Tensor], y: tf.Tensor) -> tf.Tensor:
         """[n] training loss of each sample under `state`, inference mode."""
         outputs, _ = self.forward(state.trainable, state.non_trainable, x, training=False)
@@ -188,8 +204,11 @@ def train(
     stored_steps: Sequence[int],
     on_state: Callable[[int, TrainState], None],
     progress: Callable[[int], None] | None = None,
+    on_segment: Callable[[int, list[np.ndarray]], None] | None = None,
 ) -> TrainState:
-    """Run steps 0..stored_steps[-1]; call on_state(t, state) for every t in stored_steps (0 included).
+    """Run steps 0..stored_steps[-1]; call on_state(t, state) for every t in stored_steps (0 included),
+    and, if given, on_segment(start, states) for every segment: its flattened states start..stop-1, one
+    array [stop - start, *shape] per state tensor (every state the reverse sweep reads, kept from training).
 
     Raises DivergenceError naming the first step whose batch loss is NaN/inf or more than
     DIVERGENCE_FACTOR times the largest batch loss of the first segment.
@@ -197,7 +216,11 @@ def train(
     on_state(stored_steps[0], state)
     reference = None  # the largest batch loss of the first segment
     for start, stop in zip(stored_steps[:-1], stored_steps[1:]):
-        state, losses = recipe.run_steps(state, batches, tf.constant(start), tf.constant(stop))
+        if on_segment is None:
+            state, losses = recipe.run_steps(state, batches, tf.constant(start), tf.constant(stop))
+        else:
+            states, state, losses = recipe.record_steps(state, batches, tf.constant(start), tf.constant(stop))
+            on_segment(start, [s.numpy() for s in states])
         losses = losses.numpy()
         raise_if_nonfinite(losses, "training", first_step=start)
         reference = float(np.max(losses)) if reference is None else reference

@@ -8,7 +8,9 @@ state_t inside a GradientTape and one vector-Jacobian product of state_{t+1} wit
     input_grad_i = dE/d x_i     one array per model input, each of that input's sample shape
 
 summed over all the steps that used sample i. States are read from checkpoints every k steps and the
-k states of a segment are recomputed, so memory holds the checkpoints plus k states.
+k states of a segment are recomputed (replayed), so memory holds the checkpoints plus k states. When
+every state was kept from training (`every_state`, Recipe.record_steps), the replay is skipped: the
+segment's states are read instead, and the recorded checkpoints only check them.
 
 `run_queries` carries Q objectives at once, E_q = sum_v W[q, v] objective(x_v, y_v) for a weight matrix
 W [Q, V] (one-hot rows: one validation sample each; rows 1/|class| on a class: that class's mean). The
@@ -32,7 +34,7 @@ class Hypergradients(NamedTuple):
     objective: float  # E at the final state
     influence: np.ndarray  # [N] dE/d eps_i
     input_grad: tuple[np.ndarray, ...]  # per model input [N, *shape]: dE/d x_i, in the training dtype
-    replay_error: float  # max |recomputed state - stored checkpoint| over segment ends (0 when bit-exact)
+    replay_error: float  # max |state swept - stored checkpoint| at segment boundaries (0 when bit-exact)
 
 
 class QueryHypergradients(NamedTuple):
@@ -40,6 +42,11 @@ class QueryHypergradients(NamedTuple):
     influence: np.ndarray  # [Q, N] dE_q/d eps_i (positive: more weight on sample i raises E_q)
     input_grad: tuple[np.ndarray, ...]  # per model input [Q, N, *shape] dE_q/d x_i; empty unless asked for
     replay_error: float  # as in Hypergradients
+
+
+# Every state of a run, kept from training: (start, stop) -> the flattened states start..stop-1, one
+# array [stop - start, *shape] per state tensor (Recipe.flatten order).
+EveryState = Callable[[int, int], Sequence[np.ndarray]]
 
 
 class ReverseSweep:
@@ -88,42 +95,29 @@ class ReverseSweep:
         grad_state, grad_x, grad_eps = tf.nest.map_structure(tf.convert_to_tensor, grads)
         return grad_state, grad_eps, grad_x, ids
 
-    def _replay(self, state: TrainState, batches: Batches, start: tf.Tensor, stop: tf.Tensor) -> tuple[list[tf.TensorArray], TrainState]:
-        """States start..stop-1 (flattened, one TensorArray per state tensor) and the state at stop."""
-        r = self.recipe
-        n = stop - start
-        stored = [tf.TensorArray(s.dtype, size=n, element_shape=s.shape) for s in r.flatten(state)]
-        for i in tf.range(n):
-            stored = [ta.write(i, s) for ta, s in zip(stored, r.flatten(state))]
-            _, x, y, eps = batches.batch(start + i)
-            state, _ = r.step(state, x, y, eps, batches.lr[start + i], start + i)
-        return stored, state
-
     def _reverse_segment_fn(
         self,
-        state: TrainState,
+        states: list[tf.Tensor],
         adjoint: TrainState,
         batches: Batches,
         start: tf.Tensor,
-        stop: tf.Tensor,
         floor: tf.Tensor,
         influence: tf.Variable,
         input_grad: tuple[tf.Variable, ...],
-    ) -> tuple[TrainState, TrainState]:
-        """Recompute states start..stop-1 from `state`, then carry the adjoint from stop back to
-        max(start, floor), adding per-sample gradients into the accumulators. Returns (adjoint there,
-        recomputed state at stop)."""
+    ) -> TrainState:
+        """Carry the adjoint from the end of a segment back to max(start, floor), adding per-sample
+        gradients into the accumulators. states: the flattened states start..stop-1, one tensor
+        [stop - start, *shape] per state tensor. Returns the adjoint there."""
         r = self.recipe
-        n = stop - start
-        stored, end_state = self._replay(state, batches, start, stop)
+        n = tf.shape(states[0])[0]
         for i in tf.range(n - 1, tf.maximum(floor - start, 0) - 1, -1):
-            state_i = r.unflatten([ta.read(i) for ta in stored])
+            state_i = r.unflatten([s[i] for s in states])
             adjoint, grad_eps, grad_x, ids = self._reverse_step(state_i, adjoint, batches, start + i)
             # Row-wise ResourceScatterAdd: several times faster here than scatter_nd_add.
             influence.scatter_add(tf.IndexedSlices(grad_eps, ids))
             for accumulator, grad in zip(input_grad, grad_x):
                 accumulator.scatter_add(tf.IndexedSlices(grad, ids))
-        return adjoint, end_state
+        return adjoint
 
     def run(
         self,
@@ -134,10 +128,12 @@ class ReverseSweep:
         y_val: tf.Tensor,
         progress: Callable[[int], None] | None = None,
         horizon: int | None = None,
+        every_state: EveryState | None = None,
     ) -> Hypergradients:
         """Sweep from the last stored step back to 0, or only over the last `horizon` steps (truncated
         unrolling: earlier steps contribute nothing). `checkpoints[t]` is the state after t steps;
-        x_val, y_val: validation inputs (one tensor per model input) and targets, as tensors."""
+        x_val, y_val: validation inputs (one tensor per model input) and targets, as tensors;
+        every_state: the run's states kept from training (no replay), or None (replay each segment)."""
         r = self.recipe
         steps = sorted(stored_steps)
         floor = 0 if horizon is None else max(0, steps[-1] - horizon)
@@ -145,10 +141,10 @@ class ReverseSweep:
         raise_if_nonfinite(np.array([value.numpy()]), "validation objective", first_step=steps[-1])
         influence = tf.Variable(tf.zeros(batches.eps.shape, r.dtype))
         input_grad = tuple(tf.Variable(tf.zeros(x.shape, r.dtype)) for x in batches.x)
-        segment = lambda state, adj, start, stop: self._reverse_segment(  # noqa: E731
-            state, adj, batches, tf.constant(start), tf.constant(stop), tf.constant(floor), influence, input_grad
+        segment = lambda states, adj, start: self._reverse_segment(  # noqa: E731
+            states, adj, batches, tf.constant(start), tf.constant(floor), influence, input_grad
         )
-        replay_error = self._over_segments(checkpoints, steps, floor, adjoint, segment, influence, progress)
+        replay_error = self._over_segments(checkpoints, steps, floor, batches, every_state, adjoint, segment, influence, progress)
         return Hypergradients(
             objective=float(value.numpy()),
             influence=influence.numpy().astype(np.float64),
@@ -198,26 +194,24 @@ class ReverseSweep:
 
     def _queries_segment_fn(
         self,
-        state: TrainState,
+        states: list[tf.Tensor],
         adjoints: TrainState,
         batches: Batches,
         start: tf.Tensor,
-        stop: tf.Tensor,
         influence: tf.Variable,
         input_grad: tuple[tf.Variable, ...],
-    ) -> tuple[TrainState, TrainState]:
+    ) -> TrainState:
         """As _reverse_segment_fn with Q adjoints; accumulators are sample-major: influence [N, Q],
         input_grad per input [N, Q, *shape] (row-wise scatter by sample id)."""
         r = self.recipe
-        stored, end_state = self._replay(state, batches, start, stop)
-        for i in tf.range(stop - start - 1, -1, -1):
-            state_i = r.unflatten([ta.read(i) for ta in stored])
+        for i in tf.range(tf.shape(states[0])[0] - 1, -1, -1):
+            state_i = r.unflatten([s[i] for s in states])
             adjoints, grad_eps, grad_x, ids = self._queries_step(state_i, adjoints, batches, start + i, bool(input_grad))
             influence.scatter_add(tf.IndexedSlices(tf.transpose(grad_eps), ids))
             for accumulator, grad in zip(input_grad, grad_x):
                 perm = [1, 0, *range(2, len(grad.shape))]
                 accumulator.scatter_add(tf.IndexedSlices(tf.transpose(grad, perm), ids))
-        return adjoints, end_state
+        return adjoints
 
     def run_queries(
         self,
@@ -229,10 +223,11 @@ class ReverseSweep:
         weights: tf.Tensor,
         input_grad: bool = False,
         progress: Callable[[int], None] | None = None,
+        every_state: EveryState | None = None,
     ) -> QueryHypergradients:
         """Hypergradients of Q objectives E_q = sum_v weights[q, v] objective(x_val[v], y_val[v]) in one
         sweep over the whole run. weights: [Q, V] in the training dtype (V = rows of x_val, y_val);
-        input_grad: also dE_q/d x_i (memory Q x N x input size)."""
+        input_grad: also dE_q/d x_i (memory Q x N x input size); every_state: as in `run`."""
         r = self.recipe
         steps = sorted(stored_steps)
         values, adjoints = self._queries_objective_grad(checkpoints[steps[-1]], x_val, y_val, weights)
@@ -240,10 +235,8 @@ class ReverseSweep:
         q, n = int(weights.shape[0]), int(batches.eps.shape[0])
         influence = tf.Variable(tf.zeros((n, q), r.dtype))
         grads = tuple(tf.Variable(tf.zeros((n, q, *x.shape[1:]), r.dtype)) for x in batches.x) if input_grad else ()
-        segment = lambda state, adj, start, stop: self._queries_segment(  # noqa: E731
-            state, adj, batches, tf.constant(start), tf.constant(stop), influence, grads
-        )
-        replay_error = self._over_segments(checkpoints, steps, 0, adjoints, segment, influence, progress)
+        segment = lambda states, adj, start: self._queries_segment(states, adj, batches, tf.constant(start), influence, grads)  # noqa: E731
+        replay_error = self._over_segments(checkpoints, steps, 0, batches, every_state, adjoints, segment, influence, progress)
         return QueryHypergradients(
             objective=values.numpy().astype(np.float64),
             influence=influence.numpy().T.astype(np.float64),
@@ -256,20 +249,29 @@ class ReverseSweep:
         checkpoints: Mapping[int, TrainState],
         steps: Sequence[int],
         floor: int,
+        batches: Batches,
+        every_state: EveryState | None,
         adjoint: object,
-        segment: Callable[[TrainState, object, int, int], tuple[object, TrainState]],
+        segment: Callable[[list[tf.Tensor], object, int], object],
         influence: tf.Variable,
         progress: Callable[[int], None] | None,
     ) -> float:
-        """Drive `segment(state, adjoint, start, stop) -> (adjoint, recomputed state at stop)` from the last
-        segment back to the one holding step `floor`; raise DivergenceError at the first NaN/inf in the
-        accumulated influence. Returns the replay error: max |recomputed - stored| at segment ends."""
-        replay_error = 0.0
+        """Drive `segment(states start..stop-1, adjoint, start) -> adjoint` from the last segment back to
+        the one holding step `floor`, the states replayed from checkpoints[start] or read from
+        every_state; raise DivergenceError at the first NaN/inf in the accumulated influence. Returns the
+        replay error: max |state swept - stored checkpoint|, at stop for a replay, at start for states read."""
+        r, replay_error = self.recipe, 0.0
         for start, stop in reversed(list(zip(steps[:-1], steps[1:]))):
             if stop <= floor:
                 break
-            adjoint, end_state = segment(checkpoints[start], adjoint, start, stop)
-            replay_error = max(replay_error, _max_abs_diff(self.recipe.flatten(end_state), self.recipe.flatten(checkpoints[stop])))
+            if every_state is None:
+                states, end_state, _ = r.record_steps(checkpoints[start], batches, tf.constant(start), tf.constant(stop))
+                error = _max_abs_diff(r.flatten(end_state), r.flatten(checkpoints[stop]))
+            else:
+                states = [tf.convert_to_tensor(a) for a in every_state(start, stop)]
+                error = _max_abs_diff([s[0] for s in states], r.flatten(checkpoints[start]))
+            adjoint = segment(states, adjoint, start)
+            replay_error = max(replay_error, error)
             if not np.isfinite(float(tf.reduce_sum(influence))):
                 raise DivergenceError(f"reverse sweep diverged: NaN/inf in steps {start}..{stop - 1}; try a smaller optimizer.lr")
             if progress is not None:

@@ -91,6 +91,9 @@ def run(context: RunContext) -> dict[str, Any]:
             "parts": len(plan),
             "parts_computed": len(computed),
             "seconds": round(sum(d["seconds"] for d in computed), 4),
+            # per worker: the queries of this run's batches over the summed seconds of their sweeps
+            "queries_per_second": round(sum(d["n_queries"] for d in computed) / sum(d["seconds"] for d in computed), 4) if computed else None,
+            "replayed": any(d["replayed"] for d in computed) if computed else None,
         }
         write_json(layout.query_summary(method, seed), summary)
         summaries[str(seed)] = summary
@@ -111,6 +114,7 @@ def score_query_batch(settings: Settings, dataset: Dataset, seed: int, number: i
 
     from pipeline.io.checkpoints import StoredStates, retrain_hint
     from pipeline.io.files import read_json
+    from pipeline.io.states import kept_states
     from pipeline.io.tables import read_schedule
     from pipeline.kernels.training import as_inputs, as_targets, make_batches
     from pipeline.stages.recipes import recipe_for
@@ -124,15 +128,16 @@ def score_query_batch(settings: Settings, dataset: Dataset, seed: int, number: i
     rows, weights = query_weights(influence.queries, dataset, ids)
     x_val = as_inputs([a[rows] for a in dataset.x_val.values()], recipe.dtype)
     y_val = as_targets(dataset.y_val[rows], recipe.task, recipe.dtype)
+    every_state = None if influence.state_memory is None else kept_states(layout.states(seed), recipe, schedule.n_steps, seed)
     began = time.perf_counter()
     result = _sweep(recipe).run_queries(
-        states, states.steps, train_batches, x_val, y_val, tf.constant(weights, recipe.dtype), input_grad=influence.query_input_grad
+        states, states.steps, train_batches, x_val, y_val, tf.constant(weights, recipe.dtype), input_grad=influence.query_input_grad, every_state=every_state
     )
     seconds = time.perf_counter() - began
     input_grad = dict(zip(dataset.input_names, result.input_grad))
     table = query_table(ids, result.influence, input_grad, part_metadata(settings, seed, key))
     write_query_part(table, layout.query_part(influence.method, seed, number), dataset.n_train)
-    return {"seed": seed, "batch": number, "seconds": seconds, "objective": result.objective.tolist()}
+    return {"seed": seed, "batch": number, "n_queries": int(ids.size), "seconds": seconds, "replayed": every_state is None, "objective": result.objective.tolist()}
 
 
 def write_query_top(context: RunContext) -> dict[str, Any]:

@@ -73,6 +73,7 @@ def score_seed(settings: Settings, dataset: Dataset, seed: int, key: str) -> dic
     from ray.experimental.tqdm_ray import tqdm
 
     from pipeline.io.checkpoints import StoredStates
+    from pipeline.io.states import kept_states
     from pipeline.io.tables import read_schedule, scores_table, write_table
     from pipeline.kernels.training import as_inputs, as_targets, make_batches, per_sample_losses
     from pipeline.kernels.trajectory import ReverseSweep
@@ -89,9 +90,10 @@ def score_seed(settings: Settings, dataset: Dataset, seed: int, key: str) -> dic
 
     method = settings.influence.method
     horizon = None if method == "trajectory" else settings.influence.horizon or steps_per_epoch(schedule)
+    every_state = None if settings.influence.state_memory is None else kept_states(layout.states(seed), recipe, schedule.n_steps, seed)
     bar = tqdm(total=min(schedule.n_steps, horizon or schedule.n_steps), desc=f"reverse sweep seed={seed}", unit="step")
     began = time.perf_counter()
-    result = ReverseSweep(recipe).run(states, states.steps, batches, x_val, y_val, progress=bar.update, horizon=horizon)
+    result = ReverseSweep(recipe).run(states, states.steps, batches, x_val, y_val, progress=bar.update, horizon=horizon, every_state=every_state)
     seconds = time.perf_counter() - began
     bar.close()
     train_loss = per_sample_losses(recipe, states[states.steps[-1]], x_train, dataset.y_train)
@@ -106,6 +108,7 @@ def score_seed(settings: Settings, dataset: Dataset, seed: int, key: str) -> dic
         "objective_value": result.objective,
         "seconds": round(seconds, 4),
         "seconds_over_training": round(seconds / max(trained["compute_seconds"], 1e-9), 3),
+        "replayed": every_state is None,
         "replay_max_abs_error": result.replay_error,
         "horizon": horizon,
     }

@@ -1,7 +1,10 @@
 """Stage `train`: one Ray task per seed trains the model functionally and records its trajectory:
 schedule.parquet, checkpoints/step=<t>.npz (t = 0, every train.checkpoint_every steps, and the last
 step), then _summary.json, which carries the trajectory key. A rerun skips a seed only when its summary
-has the current key and its schedule and every checkpoint read back; otherwise the seed is retrained."""
+has the current key and its schedule and every checkpoint read back; otherwise the seed is retrained.
+
+With influence.state_memory, an exact sweep's seed also keeps every state (io.states, states.npy) when
+they fit the budget, so the sweep skips its replay; over budget it says so and the sweep replays."""
 
 from __future__ import annotations
 
@@ -16,6 +19,7 @@ from pipeline.data import Dataset
 from pipeline.io.files import read_json, write_json
 from pipeline.io.integrity import check_npz
 from pipeline.io.layout import RunLayout
+from pipeline.methods import REGISTRY
 from pipeline.stages.context import RunContext
 
 
@@ -87,9 +91,23 @@ def train_seed(settings: Settings, dataset: Dataset, seed: int, key: str) -> dic
 
     initial = recipe.initial_state()
     before = {k: float(v) for k, v in recipe.evaluate(initial, x_val, y_val).items()}
+    writer, states = state_writer(settings, layout, seed, state_layout, [np.asarray(t).dtype for t in recipe.flatten(initial)], schedule.n_steps)
+
+    def keep(start: int, segment: list[np.ndarray]) -> None:
+        nonlocal io_seconds
+        began = time.perf_counter()
+        writer.write(start, segment)
+        io_seconds += time.perf_counter() - began
+
     bar = tqdm(total=schedule.n_steps, desc=f"train seed={seed}", unit="step")
     began = time.perf_counter()
-    final = train(recipe, initial, batches, stored, save, progress=bar.update)
+    try:
+        final = train(recipe, initial, batches, stored, save, progress=bar.update, on_segment=keep if writer else None)
+        if writer is not None:
+            writer.commit()
+    finally:
+        if writer is not None and not layout.states(seed).exists():
+            writer.discard()
     seconds = time.perf_counter() - began
     bar.close()
     after = {k: float(v) for k, v in recipe.evaluate(final, x_val, y_val).items()}
@@ -105,6 +123,23 @@ def train_seed(settings: Settings, dataset: Dataset, seed: int, key: str) -> dic
         "val_objective": after["objective"],
         "val_loss": after["loss"],
         "val_accuracy": after["accuracy"],
+        "states": states,
     }
     write_json(layout.train_summary(seed), summary)
     return summary
+
+
+def state_writer(settings: Settings, layout: RunLayout, seed: int, state_layout: Any, dtypes: list[Any], n_steps: int) -> tuple[Any, dict[str, Any] | None]:
+    """(io.states.StateWriter or None, what the summary records about kept states). States are kept only
+    for an exact sweep (trajectory, truncated, per-query) with influence.state_memory, within its budget."""
+    from pipeline.io.states import StateWriter, parse_size, state_bytes
+
+    influence = settings.influence
+    layout.states(seed).unlink(missing_ok=True)  # the states of an earlier training must never be read
+    if influence.state_memory is None or not (REGISTRY[influence.method].sweep or influence.queries != "mean"):
+        return None, None
+    need, budget = n_steps * state_bytes(state_layout, dtypes), parse_size(influence.state_memory)
+    if need > budget:
+        print(f"[train] seed={seed}: every state needs {need / 2**20:.0f} MiB, over influence.state_memory={influence.state_memory}; the sweep will replay from checkpoints")
+        return None, {"kept": False, "bytes": need, "budget": budget}
+    return StateWriter(layout.states(seed), state_layout, dtypes, n_steps), {"kept": True, "bytes": need, "budget": budget}
