@@ -9,26 +9,34 @@
   random groups, against the linear prediction; the growth of a tiny initial-weight perturbation; for a
   float32 run, its influence against a float64 replay of the same run; the verdict smooth | groups-only |
   non-smooth (pipeline.smoothness).
-Writes verify/gradcheck.parquet, verify/loo.parquet and verify/smoothness.parquet; returns the summary
-figures for the manifest.
+- per query (influence.queries != mean): for a few queries q (QUERIES_CHECKED, chosen at random) and training
+  samples i (the random samples above plus, per query, those with the largest |influence_q,i|), the same
+  gradcheck in eps_i and leave-one-out on E_q = sum_v W[q, v] objective_v (stages.queries.query_weights).
+  A retraining returns the objective of every validation sample, so one retraining serves the mean checks
+  and every chosen query: the queries add only the retrainings of their largest-|influence| samples.
+Writes verify/gradcheck.parquet, verify/loo.parquet, verify/smoothness.parquet and, per query,
+verify/query_gradcheck.parquet and verify/query_loo.parquet; returns the summary figures for the manifest.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from pipeline import cluster, metrics, smoothness
 from pipeline.config import Settings
 from pipeline.data import Dataset
-from pipeline.errors import ConfigError
+from pipeline.errors import ConfigError, DataError
 from pipeline.io.layout import RunLayout
+from pipeline.io.queries import batches, parts_to_compute
 from pipeline.io.tables import input_grads, read_parts, write_table
 from pipeline.methods import REGISTRY
 from pipeline.stages.context import RunContext
+from pipeline.stages.queries import query_ids, query_weights
 
 @dataclass(frozen=True)
 class Perturbation:
@@ -52,56 +60,153 @@ def x_kind(name: str, dataset: Dataset) -> str:
     return "x" if len(dataset.input_names) == 1 else f"x.{name}"
 
 
+@dataclass
+class _SeedPlan:
+    """The retrainings of one seed: gradcheck samples (with their input directions) and leave-one-out
+    samples of the mean checks; with queries, the chosen queries' influence [Q', N] and the extra samples
+    (largest |influence_q,i|) retrained for them only in eps."""
+
+    seed: int
+    scores: pa.Table
+    grad_ids: list[int]
+    directions: list[dict[str, np.ndarray]]
+    loo_ids: list[int]
+    query_influence: np.ndarray | None = None
+    query_grad_ids: list[int] = field(default_factory=list)
+    query_loo_ids: list[int] = field(default_factory=list)
+
+    def perturbations(self, h: float) -> list[tuple[Any, Perturbation]]:
+        """(key, perturbation) of every retraining: "base", ("eps", i, +-1), ("x", i, name, +-1), ("loo", i)."""
+        out: list[tuple[Any, Perturbation]] = [("base", Perturbation())]
+        for i, u in zip(self.grad_ids, self.directions):
+            out += [(("eps", i, 1), Perturbation((i,), 1 + h)), (("eps", i, -1), Perturbation((i,), 1 - h))]
+            for name, direction in u.items():
+                out += [(("x", i, name, 1), Perturbation((i,), dx={name: h * direction})), (("x", i, name, -1), Perturbation((i,), dx={name: -h * direction}))]
+        for i in self.query_grad_ids:
+            out += [(("eps", i, 1), Perturbation((i,), 1 + h)), (("eps", i, -1), Perturbation((i,), 1 - h))]
+        out += [(("loo", i), Perturbation((i,), 0.0)) for i in (*self.loo_ids, *self.query_loo_ids)]
+        return out
+
+
 def run(context: RunContext) -> dict[str, Any]:
     settings, dataset, layout = context.settings, context.dataset, context.layout
     method = settings.influence.method
     h = fd_step(settings)
-    plans, gradcheck_rows, loo_rows, summary = [], [], [], {}
+    chosen = _choose_queries(settings, dataset) if settings.influence.queries != "mean" else None
+    plans = []
     for seed in settings.train.seeds:
         parts = layout.score_parts(method, seed)
         if not parts:
             raise ConfigError(f"stages: verify needs the {method} scores of seed {seed} in {layout.root}; add score to stages")
-        scores = read_parts(parts).sort_by("sample_id")
         grad_ids, directions, loo_ids = _choose(settings, dataset, seed)
         if not REGISTRY[method].exact:  # only the exact method is a derivative of this retraining
             grad_ids, directions = [], []
-        plans.append((seed, scores, grad_ids, directions, loo_ids))
+        plan = _SeedPlan(seed, read_parts(parts).sort_by("sample_id"), grad_ids, directions, loo_ids)
+        if chosen is not None:
+            plan.query_influence = _query_influence(context, seed, chosen)
+            plan.query_grad_ids = _largest(plan.query_influence, _per_query(settings.verify.n_gradcheck, chosen.size), exclude=grad_ids)
+            plan.query_loo_ids = _largest(plan.query_influence, _per_query(settings.verify.n_loo, chosen.size), exclude=loo_ids)
+        plans.append(plan)
 
-    calls = []
-    for seed, _, grad_ids, directions, loo_ids in plans:
-        perturbations = [Perturbation()]
-        for i, u in zip(grad_ids, directions):
-            perturbations += [Perturbation((i,), 1 + h), Perturbation((i,), 1 - h)]
-            for name, direction in u.items():
-                perturbations += [Perturbation((i,), dx={name: h * direction}), Perturbation((i,), dx={name: -h * direction})]
-        perturbations += [Perturbation((i,), 0.0) for i in loo_ids]
-        calls += [(settings, context.dataset_ref, seed, p) for p in perturbations]
-    objectives = iter(cluster.run_tasks(retrained_objective, calls, context.task_options, desc="verify (retrainings)"))
+    keyed = [(plan.seed, key, p) for plan in plans for key, p in plan.perturbations(h)]
+    calls = [(settings, context.dataset_ref, seed, p) for seed, _, p in keyed]
+    results = cluster.run_tasks(retrained_objectives, calls, context.task_options, desc="verify (retrainings)")
+    retrained = {(seed, key): result for (seed, key, _), result in zip(keyed, results)}
 
-    for seed, scores, grad_ids, directions, loo_ids in plans:
-        influence = scores["influence"].to_numpy()
-        input_grad = input_grads(scores)
-        base = next(objectives)
-        for i, u in zip(grad_ids, directions):
-            e_plus, e_minus = next(objectives), next(objectives)
-            gradcheck_rows.append((seed, i, "eps", influence[i], metrics.central_difference(e_plus, e_minus, h)))
+    gradcheck_rows, loo_rows, summary = [], [], {}
+    for plan in plans:
+        seed = plan.seed
+        mean = {key: result[0] for (s, key), result in retrained.items() if s == seed}  # E of each retraining
+        influence = plan.scores["influence"].to_numpy()
+        input_grad = input_grads(plan.scores)
+        for i, u in zip(plan.grad_ids, plan.directions):
+            gradcheck_rows.append((seed, i, "eps", influence[i], metrics.central_difference(mean[("eps", i, 1)], mean[("eps", i, -1)], h)))
             for name, direction in u.items():
-                x_plus, x_minus = next(objectives), next(objectives)
                 predicted = float(np.sum(input_grad[name][i].astype(np.float64) * direction))
-                gradcheck_rows.append((seed, i, x_kind(name, dataset), predicted, metrics.central_difference(x_plus, x_minus, h)))
-        for i in loo_ids:
-            loo_rows.append((seed, i, -influence[i], next(objectives) - base))
-        summary[str(seed)] = {"objective": base}
+                gradcheck_rows.append((seed, i, x_kind(name, dataset), predicted, metrics.central_difference(mean[("x", i, name, 1)], mean[("x", i, name, -1)], h)))
+        for i in plan.loo_ids:
+            loo_rows.append((seed, i, -influence[i], mean[("loo", i)] - mean["base"]))
+        summary[str(seed)] = {"objective": mean["base"]}
 
     gradcheck = _gradcheck_table(gradcheck_rows)
     loo = _loo_table(loo_rows)
     write_table(gradcheck, layout.verify_dir / "gradcheck.parquet")
     write_table(loo, layout.verify_dir / "loo.parquet")
     details = {"fd_step": h, "gradcheck": _gradcheck_summary(gradcheck), "loo": _loo_summary(loo), "seeds": summary}
+    if chosen is not None:
+        details["queries"] = _query_checks(context, chosen, plans, retrained, h)
     if settings.verify.smoothness and REGISTRY[method].exact:
-        seed, scores = plans[0][0], plans[0][1]
+        seed, scores = plans[0].seed, plans[0].scores
         details["smoothness"] = _smoothness(context, seed, scores["influence"].to_numpy(), summary[str(seed)]["objective"])
     return details
+
+
+QUERIES_CHECKED = 3  # queries verified per run (chosen at random among influence.query_ids)
+
+
+def _choose_queries(settings: Settings, dataset: Dataset) -> np.ndarray:
+    """[Q'] sorted query ids to verify: QUERIES_CHECKED of the run's queries (all if fewer), the same for every seed."""
+    ids = query_ids(settings, dataset)
+    rng = np.random.default_rng([settings.verify.seed, 2])
+    return np.sort(rng.choice(ids, min(QUERIES_CHECKED, ids.size), replace=False))
+
+
+def _per_query(budget: int, n_queries: int) -> int:
+    """Largest-|influence| samples per query: about half of a verify budget (n_gradcheck, n_loo) over the
+    queries, at least one unless the budget is 0 (the random half is the mean checks' samples)."""
+    return 0 if budget == 0 else max(1, budget // (2 * n_queries))
+
+
+def _largest(influence: np.ndarray, k: int, exclude: list[int]) -> list[int]:
+    """Sorted union over queries (rows of influence [Q', N]) of the k samples with the largest |influence_q,i|,
+    without those in `exclude` (already retrained for the mean checks)."""
+    top = np.argsort(-np.abs(influence), axis=1, kind="stable")[:, :k]
+    return sorted(set(top.ravel().tolist()) - set(exclude))
+
+
+def _query_influence(context: RunContext, seed: int, chosen: np.ndarray) -> np.ndarray:
+    """[Q', N] influence of the chosen queries (rows in the order of `chosen`), read from the parts holding
+    them only (filter on query_id, pushed down to the parts' row groups of whole queries)."""
+    settings, layout, dataset = context.settings, context.layout, context.dataset
+    method, n_train = settings.influence.method, dataset.n_train
+    needed = [(number, ids) for number, ids in batches(query_ids(settings, dataset), settings.influence.query_batch) if np.isin(ids, chosen).any()]
+    if parts_to_compute(layout, method, seed, needed, n_train, context.queries_key, repair=False):
+        raise ConfigError(f"stages: verify needs the {settings.influence.queries} query parts of seed {seed} in {layout.root}; add score to stages")
+    filters = [("query_id", "in", chosen.tolist())]
+    table = pa.concat_tables([pq.read_table(layout.query_part(method, seed, n), columns=["query_id", "sample_id", "influence"], filters=filters) for n, _ in needed])
+    table = table.sort_by([("query_id", "ascending"), ("sample_id", "ascending")])
+    if table.num_rows != chosen.size * n_train or not np.array_equal(table["sample_id"].to_numpy(), np.tile(np.arange(n_train), chosen.size)):
+        raise DataError(f"{layout.queries_dir(method, seed)}: the parts do not hold every sample once for queries {chosen.tolist()}")
+    return table["influence"].to_numpy().reshape(chosen.size, n_train)
+
+
+def _query_checks(context: RunContext, chosen: np.ndarray, plans: list[_SeedPlan], retrained: dict[tuple[int, Any], tuple[float, np.ndarray]], h: float) -> dict[str, Any]:
+    """Per-query gradcheck and leave-one-out from the retrainings' per-validation-sample objectives: every
+    chosen query at every sample retrained in eps. Writes verify/query_gradcheck.parquet and query_loo.parquet."""
+    settings, dataset = context.settings, context.dataset
+    rows, weights = query_weights(settings.influence.queries, dataset, chosen)
+    gradcheck_rows, loo_rows = [], []
+    for plan in plans:
+        objectives = {key: weights @ result[1][rows] for (s, key), result in retrained.items() if s == plan.seed}  # E_q [Q'] of each retraining
+        influence = plan.query_influence
+        for i in sorted({*plan.grad_ids, *plan.query_grad_ids}):
+            measured = metrics.central_difference(objectives[("eps", i, 1)], objectives[("eps", i, -1)], h)
+            gradcheck_rows += [(plan.seed, int(q), i, "eps", influence[k, i], measured[k]) for k, q in enumerate(chosen)]
+        base = objectives["base"]
+        for i in sorted({*plan.loo_ids, *plan.query_loo_ids}):
+            change = objectives[("loo", i)] - base
+            loo_rows += [(plan.seed, int(q), i, -influence[k, i], change[k]) for k, q in enumerate(chosen)]
+    gradcheck = _gradcheck_table(gradcheck_rows, per_query=True)
+    loo = _loo_table(loo_rows, per_query=True)
+    write_table(gradcheck, context.layout.verify_dir / "query_gradcheck.parquet")
+    write_table(loo, context.layout.verify_dir / "query_loo.parquet")
+    predicted, actual = loo["predicted_change"].to_numpy(), loo["actual_change"].to_numpy()
+    return {
+        "queries": settings.influence.queries,
+        "query_ids": chosen.tolist(),
+        "gradcheck": _gradcheck_summary(gradcheck),
+        "loo": {**_loo_summary(loo), "sign_agreement": float(np.mean(np.sign(predicted) == np.sign(actual))) if predicted.size else float("nan")},
+    }
 
 
 def _smoothness(context: RunContext, seed: int, influence: np.ndarray, base: float) -> dict[str, Any]:
@@ -239,6 +344,23 @@ def _choose(settings: Settings, dataset: Dataset, seed: int) -> tuple[list[int],
 
 def retrained_objective(settings: Settings, dataset: Dataset, seed: int, perturbation: Perturbation) -> float:
     """Ray task body: retrain with one perturbation (see Perturbation); returns the validation objective."""
+    return objective_after_training(settings, dataset, seed, *_perturbed(settings, dataset, perturbation))
+
+
+def retrained_objectives(settings: Settings, dataset: Dataset, seed: int, perturbation: Perturbation) -> tuple[float, np.ndarray]:
+    """Ray task body: retrain with one perturbation; returns (E exactly as retrained_objective computes it,
+    the objective of every validation sample [V] float64), so one retraining serves every query."""
+    from pipeline.kernels.training import as_inputs, as_targets
+
+    recipe, final = _retrained(settings, dataset, seed, *_perturbed(settings, dataset, perturbation))
+    x_val, y_val = as_inputs(list(dataset.x_val.values()), recipe.dtype), as_targets(dataset.y_val, recipe.task, recipe.dtype)
+    outputs, _ = recipe.forward(final.trainable, final.non_trainable, x_val, training=False)
+    per_sample = recipe.task.objective(outputs, y_val).numpy().astype(np.float64)
+    return float(recipe.evaluate(final, x_val, y_val)["objective"]), per_sample
+
+
+def _perturbed(settings: Settings, dataset: Dataset, perturbation: Perturbation) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """(sample weights eps [N], training inputs name -> [N, *shape]) of one perturbation."""
     eps = np.ones(dataset.n_train)
     x = dict(dataset.x_train)
     if perturbation.weight is not None:
@@ -246,15 +368,25 @@ def retrained_objective(settings: Settings, dataset: Dataset, seed: int, perturb
     for name, dx in (perturbation.dx or {}).items():
         x[name] = x[name].astype(settings.train.dtype)  # a copy, in the training precision
         x[name][perturbation.ids[0]] += dx
-    return objective_after_training(settings, dataset, seed, eps, x)
+    return eps, x
 
 
 def objective_after_training(settings: Settings, dataset: Dataset, seed: int, eps: np.ndarray, x: dict[str, np.ndarray] | None = None) -> float:
     """Retrain seed `seed` from its stored initial state on its stored schedule with sample weights
     eps [N] (0 removes a sample) and inputs x (name -> [N, *shape]; default: the dataset's); returns E."""
+    from pipeline.kernels.training import as_inputs, as_targets
+
+    recipe, final = _retrained(settings, dataset, seed, eps, x)
+    x_val, y_val = as_inputs(list(dataset.x_val.values()), recipe.dtype), as_targets(dataset.y_val, recipe.task, recipe.dtype)
+    return float(recipe.evaluate(final, x_val, y_val)["objective"])
+
+
+def _retrained(settings: Settings, dataset: Dataset, seed: int, eps: np.ndarray, x: dict[str, np.ndarray] | None = None) -> tuple[Any, Any]:
+    """(recipe, final state) of seed `seed` retrained from its stored initial state on its stored schedule
+    with sample weights eps [N] and inputs x (default: the dataset's)."""
     from pipeline.io.checkpoints import StoredStates, retrain_hint
     from pipeline.io.tables import read_schedule
-    from pipeline.kernels.training import as_inputs, as_targets, make_batches, train
+    from pipeline.kernels.training import make_batches, train
     from pipeline.stages.recipes import recipe_for
 
     layout = RunLayout(settings.output_dir)
@@ -262,19 +394,20 @@ def objective_after_training(settings: Settings, dataset: Dataset, seed: int, ep
     recipe = recipe_for(settings, dataset, seed)
     initial = StoredStates(lambda step: layout.checkpoint(seed, step), [0], recipe, retrain_hint(seed))[0]
     x = dataset.x_train if x is None else x
-    batches = make_batches(list(x.values()), dataset.y_train, schedule, settings.train.dtype, recipe.task, eps)
+    train_batches = make_batches(list(x.values()), dataset.y_train, schedule, settings.train.dtype, recipe.task, eps)
     final = {}
-    train(recipe, initial, batches, [0, schedule.n_steps], final.__setitem__)
-    x_val, y_val = as_inputs(list(dataset.x_val.values()), recipe.dtype), as_targets(dataset.y_val, recipe.task, recipe.dtype)
-    return float(recipe.evaluate(final[schedule.n_steps], x_val, y_val)["objective"])
+    train(recipe, initial, train_batches, [0, schedule.n_steps], final.__setitem__)
+    return recipe, final[schedule.n_steps]
 
 
-def _gradcheck_table(rows: list[tuple]) -> pa.Table:
-    seed, sample_id, kind, predicted, measured = (list(c) for c in zip(*rows)) if rows else ([], [], [], [], [])
+def _gradcheck_table(rows: list[tuple], per_query: bool = False) -> pa.Table:
+    """rows: (seed, [query_id,] sample_id, kind, predicted, finite_difference); adds relative_error."""
+    keys = ("seed", "query_id", "sample_id") if per_query else ("seed", "sample_id")
+    columns = [list(c) for c in zip(*rows)] if rows else [[] for _ in range(len(keys) + 3)]
+    kind, predicted, measured = columns[len(keys) :]
     return pa.table(
         {
-            "seed": pa.array(seed, pa.int64()),
-            "sample_id": pa.array(sample_id, pa.int64()),
+            **{key: pa.array(c, pa.int64()) for key, c in zip(keys, columns)},
             "kind": pa.array(kind, pa.string()),
             "predicted": pa.array(predicted, pa.float64()),
             "finite_difference": pa.array(measured, pa.float64()),
@@ -283,12 +416,14 @@ def _gradcheck_table(rows: list[tuple]) -> pa.Table:
     )
 
 
-def _loo_table(rows: list[tuple]) -> pa.Table:
-    seed, sample_id, predicted, actual = (list(c) for c in zip(*rows)) if rows else ([], [], [], [])
+def _loo_table(rows: list[tuple], per_query: bool = False) -> pa.Table:
+    """rows: (seed, [query_id,] sample_id, predicted_change = -influence, actual_change = E(eps_i = 0) - E)."""
+    keys = ("seed", "query_id", "sample_id") if per_query else ("seed", "sample_id")
+    columns = [list(c) for c in zip(*rows)] if rows else [[] for _ in range(len(keys) + 2)]
+    predicted, actual = columns[len(keys) :]
     return pa.table(
         {
-            "seed": pa.array(seed, pa.int64()),
-            "sample_id": pa.array(sample_id, pa.int64()),
+            **{key: pa.array(c, pa.int64()) for key, c in zip(keys, columns)},
             "predicted_change": pa.array(predicted, pa.float64()),
             "actual_change": pa.array(actual, pa.float64()),
         }
