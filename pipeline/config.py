@@ -26,7 +26,7 @@ MODELS = ("logistic", "mlp", "cnn", "custom", "saved")
 OPTIMIZERS = ("sgd", "momentum", "adam")
 METHODS = tuple(REGISTRY)
 DTYPES = ("float32", "float64")
-QUERIES = ("mean", "per_sample", "per_class")  # influence.queries
+QUERIES = ("mean", "per_sample", "per_class", "groups")  # influence.queries
 # Built-in per-sample losses of each task (kernels/task.py); any of them can train or be the objective E.
 TASK_LOSSES = {"classification": ("cross_entropy", "mse", "margin"), "regression": ("mse", "mae", "huber")}
 DEFAULT_LOSS = {"classification": "cross_entropy", "regression": "mse"}
@@ -57,6 +57,7 @@ class DataSettings:
     label_column: str = "label"
     feature_columns: tuple[str, ...] | None = None
     split_column: str | None = None
+    group_column: str | None = None  # integer group ids of the validation rows (influence.queries=groups)
 
 
 @dataclass(frozen=True)
@@ -104,8 +105,8 @@ class InfluenceSettings:
     horizon: int | None = None  # truncated: steps differentiated, counted back from the end (null: one epoch)
     shard_size: int = 1024  # training samples per Parquet part (sharded methods)
     batch_size: int = 128  # samples per kernel call (sharded methods)
-    queries: str = "mean"  # mean (one objective E) | per_sample (one per validation sample) | per_class (trajectory only)
-    query_ids: tuple[int, ...] | None = None  # validation sample ids (per_sample) or classes (per_class); null: all
+    queries: str = "mean"  # mean (one objective E) | per_sample (one per validation sample) | per_class | groups (trajectory only)
+    query_ids: tuple[int, ...] | None = None  # validation sample ids (per_sample), classes (per_class) or group ids (groups); null: all
     query_batch: int = 64  # queries carried by one reverse sweep (memory: query_batch x model state) and one part
     query_input_grad: bool = False  # also dE_q/d x_i per query (memory: query_batch x N x input size)
     query_top_k: int = 10  # harmful and helpful training samples per query in query_top.parquet
@@ -347,14 +348,14 @@ def validate(s: Settings) -> None:
     _check(_is_int(i.batch_size) and i.batch_size > 0, f"influence.batch_size={i.batch_size}: must be a positive integer")
     _check_loss("influence.objective", i.objective, s.task.name)
     _check(i.horizon is None or (_is_int(i.horizon) and i.horizon > 0), f"influence.horizon={i.horizon}: must be a positive integer or null")
-    _check(i.queries in QUERIES, f"influence.queries={i.queries!r}: unknown (known: {', '.join(QUERIES)}; groups is not implemented yet)")
+    _check(i.queries in QUERIES, f"influence.queries={i.queries!r}: unknown (known: {', '.join(QUERIES)})")
     _check(i.queries == "mean" or i.method == "trajectory", f"influence.queries={i.queries}: needs influence.method=trajectory (got {i.method})")
     _check(
         i.query_ids is None or (isinstance(i.query_ids, tuple) and len(i.query_ids) > 0 and all(_is_int(q) and q >= 0 for q in i.query_ids)),
         f"influence.query_ids={i.query_ids}: must be a non-empty list of non-negative integers or null",
     )
     _check(i.query_ids is None or len(set(i.query_ids)) == len(i.query_ids), f"influence.query_ids={list(i.query_ids or ())}: contains duplicates")
-    _check(i.query_ids is None or i.queries != "mean", "influence.query_ids: needs influence.queries=per_sample or per_class")
+    _check(i.query_ids is None or i.queries != "mean", "influence.query_ids: needs influence.queries=per_sample, per_class or groups")
     _check(_is_int(i.query_batch) and i.query_batch > 0, f"influence.query_batch={i.query_batch}: must be a positive integer")
     _check(isinstance(i.query_input_grad, bool), f"influence.query_input_grad={i.query_input_grad!r}: must be true or false")
     _check(_is_int(i.query_top_k) and i.query_top_k > 0, f"influence.query_top_k={i.query_top_k}: must be a positive integer")

@@ -101,7 +101,7 @@ def _claim_artifacts(settings: Settings, dataset: Dataset, data_key: str, layout
     scores = arguments.score_arguments(settings, trajectory_key)
     what = f"{method} scores"
     arguments.claim(layout.root, layout.score_arguments(method), scores, what, overwrite, [layout.method_dir(method)])
-    queries_key = queries.claim(settings, layout, trajectory_key)
+    queries_key = queries.claim(settings, dataset, layout, trajectory_key)
     return RunContext(settings, dataset, layout, trajectory_key, arguments.key_of(scores), queries_key=queries_key)
 
 

@@ -3,8 +3,8 @@
     python -m pipeline.top --run outputs/default --k 20 --by harmful
     python -m pipeline.top --run outputs/default --query 17      # one query: harmful and helpful samples
 
-`--query ID` reads query_top.parquet (a run with influence.queries=per_sample or per_class): ID is a
-validation sample id (per_sample) or a class (per_class).
+`--query ID` reads query_top.parquet (a run with influence.queries=per_sample, per_class or groups): ID
+is a validation sample id (per_sample), a class (per_class) or a group id (groups).
 
 Shows each sample's class `label` (classification) or its `target` (regression; [a,b,...] when k-wide).
 """
@@ -40,7 +40,7 @@ def top_rows(ranking_path: Path, k: int, by: str, method: str | None) -> tuple[s
 
 
 def query_rows(query_top: Path, query: int, k: int) -> tuple[str, dict[str, list[dict]]]:
-    """The kind of queries (per_sample | per_class) and, for direction harmful and helpful, the first k
+    """The kind of queries (per_sample | per_class | groups) and, for direction harmful and helpful, the first k
     rows of query `query` in query_top.parquet (read with a filter: only the row groups holding it)."""
     queries = (pq.read_schema(query_top).metadata or {}).get(b"queries", b"queries").decode()
     table = pq.read_table(query_top, filters=[("query_id", "==", query)])
@@ -69,7 +69,9 @@ def sample_targets(ranking_path: Path) -> tuple[str, dict[int, Any]]:
 def print_query(run: Path, query: int, k: int) -> None:
     queries, rows = query_rows(run / "query_top.parquet", query, k)
     target, targets = sample_targets(run / "ranking.parquet")
-    what = f"validation sample {query}" if queries == "per_sample" else f"class {query} (mean over its validation samples)"
+    what = {"per_sample": f"validation sample {query}", "per_class": f"class {query} (mean over its validation samples)"}.get(
+        queries, f"group {query} (mean over its validation samples)"
+    )
     for direction, meaning in (("harmful", "more weight raises its validation error"), ("helpful", "more weight lowers it")):
         print(f"query {query}, {what}: most {direction} training samples ({meaning})")
         texts = [target_text(targets[r["sample_id"]]) if targets else "" for r in rows[direction]]
@@ -94,14 +96,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--k", type=int, default=20, help="how many samples (default 20)")
     parser.add_argument("--by", choices=["harmful", "helpful"], default="harmful", help="harmful: largest influence first")
     parser.add_argument("--method", default=None, help="scoring method (default: the first in the ranking)")
-    parser.add_argument("--query", type=int, default=None, help="a validation sample id (per_sample) or class (per_class): its top samples")
+    parser.add_argument("--query", type=int, default=None, help="a validation sample id (per_sample), class (per_class) or group id (groups): its top samples")
     args = parser.parse_args(argv)
     if args.k <= 0:
         print(f"error: --k {args.k}: must be positive", file=sys.stderr)
         return 2
     if args.query is not None:
         if not (args.run / "query_top.parquet").is_file():
-            print(f"error: --run {args.run}: no query_top.parquet (run with influence.queries=per_sample or per_class)", file=sys.stderr)
+            print(f"error: --run {args.run}: no query_top.parquet (run with influence.queries=per_sample, per_class or groups)", file=sys.stderr)
             return 2
         try:
             print_query(args.run, args.query, args.k)

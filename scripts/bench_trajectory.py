@@ -1,13 +1,15 @@
-"""Benchmark of the exact trajectory method: training time, reverse-sweep time, their ratio, and the
-peak memory of the sweep for several checkpoint intervals k.
+"""Benchmark of the exact trajectory method: training time, reverse-sweep times (replaying segments from
+checkpoints, or reading every state kept from training), their ratios, and the peak memory of the sweep
+for several checkpoint intervals k and for kept states.
 
     python scripts/bench_trajectory.py            # digits MLP + synthetic 50,000 x 784, MLP 784-256-10
     python scripts/bench_trajectory.py --quick    # smaller synthetic set, for a smoke run
 
-Times are the best of three runs of the compiled loops after a warm-up call (tracing reported separately); kernels only: the
-checkpoints are kept in memory, no Ray, no disk. Peak memory is measured per k in a fresh subprocess
-by sampling the resident set size during the sweep, minus the size just before it. Writes
-docs/benchmarks/trajectory.json and docs/benchmarks/trajectory.md.
+Times are the best of three interleaved rounds of the compiled loops after a warm-up call (tracing reported
+separately); kernels only, no Ray: checkpoints are kept in memory, kept states in RAM or in a states.npy
+memory map in a temporary directory. Peak memory is measured per k in a fresh subprocess by sampling the
+resident set size during the sweep, minus the size just before it. Writes docs/benchmarks/trajectory.json
+and docs/benchmarks/trajectory.md.
 """
 
 from __future__ import annotations
@@ -64,7 +66,14 @@ def _timed(fn):
     return out, time.perf_counter() - began
 
 
-def time_case(name: str, n_synthetic: int, optimizer_name: str) -> dict:
+def time_case(name: str, n_synthetic: int, optimizer_name: str, rounds: int = 3) -> dict:
+    """Warm times (best of `rounds` interleaved rounds) of training and of the sweeps, with and without
+    the replay, for the mean objective (with dE/dx) and for one query (Q = 1, no dE/dx)."""
+    import tempfile
+
+    import tensorflow as tf
+
+    from pipeline.io.states import StateWriter, open_states
     from pipeline.kernels.schedule import checkpoint_steps
     from pipeline.kernels.training import train
     from pipeline.kernels.trajectory import ReverseSweep
@@ -72,14 +81,41 @@ def time_case(name: str, n_synthetic: int, optimizer_name: str) -> dict:
     data, recipe, schedule, batches, validation = _problem(name, n_synthetic, optimizer_name)
     steps = checkpoint_steps(schedule.n_steps, None)
     stored: dict = {}
-    run_train = lambda: train(recipe, recipe.initial_state(), batches, steps, stored.__setitem__)  # noqa: E731
-    _, train_cold = _timed(run_train)
-    train_warm = min(_timed(run_train)[1] for _ in range(3))
+    kept: dict = {}
+    layout = recipe.state_layout()
+    dtypes = [np.dtype(t.dtype.as_numpy_dtype) for t in recipe.flatten(recipe.initial_state())]
+    spill = Path(tempfile.mkdtemp()) / "states.npy"
+
+    def train_to_file() -> None:
+        writer = StateWriter(spill, layout, dtypes, schedule.n_steps)
+        train(recipe, recipe.initial_state(), batches, steps, stored.__setitem__, on_segment=writer.write)
+        writer.commit()
+
+    every_state_ram = lambda start, stop: kept[start]  # noqa: E731
     sweep = ReverseSweep(recipe)
-    run_sweep = lambda: sweep.run(stored, steps, batches, *validation)  # noqa: E731
-    result, sweep_cold = _timed(run_sweep)
-    sweep_warm = min(_timed(run_sweep)[1] for _ in range(3))
+    x_val, y_val = validation
+    one_query = tf.constant(np.full((1, int(y_val.shape[0])), 1.0 / int(y_val.shape[0])), recipe.dtype)  # E_1 = the mean objective
+    runs = {
+        "train": lambda: train(recipe, recipe.initial_state(), batches, steps, stored.__setitem__),
+        "train_keep_ram": lambda: train(recipe, recipe.initial_state(), batches, steps, stored.__setitem__, on_segment=kept.__setitem__),
+        "train_keep_file": train_to_file,
+        "sweep_replay": lambda: sweep.run(stored, steps, batches, *validation),
+        "sweep_kept": lambda: sweep.run(stored, steps, batches, *validation, every_state=every_state_ram),
+        "query_replay": lambda: sweep.run_queries(stored, steps, batches, x_val, y_val, one_query),
+        "query_kept": lambda: sweep.run_queries(stored, steps, batches, x_val, y_val, one_query, every_state=every_state_ram),
+        "query_kept_file": lambda: sweep.run_queries(stored, steps, batches, x_val, y_val, one_query, every_state=open_states(spill, layout, dtypes, schedule.n_steps)[0]),
+    }
+    cold = {key: _timed(run)[1] for key, run in runs.items()}  # traces every compiled loop once
+    warm = {key: float("inf") for key in runs}
+    for _ in range(rounds):  # interleaved: a slow spell of the shared machine hits every variant alike
+        for key, run in runs.items():
+            warm[key] = min(warm[key], _timed(run)[1])
+    kept_state_error = sweep.run(stored, steps, batches, *validation, every_state=every_state_ram).replay_error
+    spill.unlink()
+    spill.parent.rmdir()
     n_params = sum(int(v.shape.num_elements()) for v in recipe.initial_state().trainable)
+    state_bytes = sum(int(np.prod(shape)) * dtype.itemsize for (_, shape, _), dtype in zip(layout, dtypes))
+    train_seconds = warm["train"]
     return {
         "case": name,
         "optimizer": optimizer_name,
@@ -88,12 +124,12 @@ def time_case(name: str, n_synthetic: int, optimizer_name: str) -> dict:
         "n_params": n_params,
         "steps": schedule.n_steps,
         "k": steps[1] - steps[0],
-        "train_seconds": round(train_warm, 3),
-        "sweep_seconds": round(sweep_warm, 3),
-        "ratio": round(sweep_warm / train_warm, 2),
-        "train_trace_seconds": round(train_cold - train_warm, 2),
-        "sweep_trace_seconds": round(sweep_cold - sweep_warm, 2),
-        "replay_error": result.replay_error,
+        "state_mib": round(state_bytes / 2**20, 3),
+        "kept_states_mib": round(schedule.n_steps * state_bytes / 2**20, 1),
+        "seconds": {key: round(value, 3) for key, value in warm.items()},
+        "over_train": {key: round(value / train_seconds, 2) for key, value in warm.items() if key != "train"},
+        "trace_seconds": {key: round(cold[key] - warm[key], 2) for key in ("train", "sweep_replay", "query_replay")},
+        "kept_state_error": kept_state_error,
     }
 
 
@@ -107,17 +143,19 @@ def _rss_mib() -> float:
 
 def memory_case(k: int, n_synthetic: int) -> dict:
     """Run in a subprocess: peak RSS growth of training + sweep with checkpoints every k steps kept in
-    memory (Adam), over the size after a warm-up that traced both compiled loops."""
+    memory (Adam), over the size after a warm-up that traced both compiled loops. k = 0: checkpoints at
+    the default interval and every state kept from training (influence.state_memory), no replay."""
     from pipeline.kernels.schedule import checkpoint_steps
     from pipeline.kernels.training import train
     from pipeline.kernels.trajectory import ReverseSweep
 
     data, recipe, schedule, batches, validation = _problem("synthetic", n_synthetic, "adam")
-    steps = checkpoint_steps(schedule.n_steps, k)
+    steps = checkpoint_steps(schedule.n_steps, k or None)
     sweep = ReverseSweep(recipe)
     warm: dict = {}  # one step: traces both loops (segment length is a tensor) at almost no memory
-    train(recipe, recipe.initial_state(), batches, [0, 1], warm.__setitem__)
-    sweep.run(warm, [0, 1], batches, *validation)
+    warm_kept: dict = {}
+    train(recipe, recipe.initial_state(), batches, [0, 1], warm.__setitem__, on_segment=warm_kept.__setitem__ if k == 0 else None)
+    sweep.run(warm, [0, 1], batches, *validation, every_state=(lambda a, b: warm_kept[a]) if k == 0 else None)
     state_mib = sum(int(t.shape.num_elements()) * 4 for t in recipe.flatten(warm[0])) / 2**20
     del warm
     baseline, peak, running = _rss_mib(), [0.0], [True]
@@ -130,18 +168,21 @@ def memory_case(k: int, n_synthetic: int) -> dict:
     sampler = threading.Thread(target=sample)
     sampler.start()
     stored: dict = {}
-    train(recipe, recipe.initial_state(), batches, steps, stored.__setitem__)
-    _, seconds = _timed(lambda: sweep.run(stored, steps, batches, *validation))
+    kept: dict = {}
+    train(recipe, recipe.initial_state(), batches, steps, stored.__setitem__, on_segment=kept.__setitem__ if k == 0 else None)
+    every_state = (lambda start, stop: kept[start]) if k == 0 else None
+    _, seconds = _timed(lambda: sweep.run(stored, steps, batches, *validation, every_state=every_state))
     running[0] = False
     sampler.join()
     segment = max(b - a for a, b in zip(steps[:-1], steps[1:]))
+    held = len(steps) + (schedule.n_steps if k == 0 else segment)  # kept states replace the replayed segment
     return {
-        "k": k,
+        "k": "kept" if k == 0 else k,
         "steps": schedule.n_steps,
         "stored_checkpoints": len(steps),
-        "segment_states": segment,
+        "segment_states": schedule.n_steps if k == 0 else segment,
         "state_mib": round(state_mib, 2),
-        "model_states_mib": round((len(steps) + segment) * state_mib, 1),
+        "model_states_mib": round(held * state_mib, 1),
         "peak_rss_growth_mib": round(peak[0] - baseline, 1),
         "sweep_seconds": round(seconds, 2),
     }
@@ -163,6 +204,10 @@ def machine() -> dict:
     }
 
 
+def _kept_text(results: dict) -> str:
+    return ", ".join(f"{r['case']} {r['optimizer']}: {r['steps']} x {r['state_mib']} MiB = {r['kept_states_mib']} MiB" for r in results["timing"])
+
+
 def write_markdown(results: dict, path: Path) -> None:
     m = results["machine"]
     lines = [
@@ -171,25 +216,37 @@ def write_markdown(results: dict, path: Path) -> None:
         f"Machine: {m['cpu']}, {m['cores']} cores, {m['memory_gib']} GiB, Python {m['python']}, TensorFlow {m['tensorflow']} "
         f"({m['tf_intra_op_threads']} intra-op threads), {m['date']}. Reproduce: `{results['command']}`.",
         "",
-        "## Time: reverse sweep vs. training (float32, warm compiled loops, k = ceil(sqrt(T)))",
+        "## Time: reverse sweeps vs. training (float32, warm compiled loops, k = ceil(sqrt(T)))",
         "",
-        "| case | optimizer | N | d | params | steps T | k | train s | sweep s | sweep / train | trace s (train, sweep) |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "Every figure is the best of three interleaved rounds, divided by the training time of the same round set. "
+        "*replay*: each segment is recomputed from its checkpoint before its reverse pass (the default). *kept*: every "
+        "state was kept from training (influence.state_memory), in RAM (a dict) or in the pipeline's states.npy memory "
+        "map (*file*), and the sweep reads them. *mean*: the one objective E with dE/dx_i for every sample (stage score); "
+        "*one query*: run_queries with Q = 1 and no dE/dx (a query batch of influence.queries).",
+        "",
+        "| case | optimizer | N | d | params | T | k | train s | keeping states: RAM, file | mean: replay | mean: kept | one query: replay | one query: kept | one query: kept, file |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in results["timing"]:
+        o = r["over_train"]
         lines.append(
             f"| {r['case']} | {r['optimizer']} | {r['n_train']} | {r['n_features']} | {r['n_params']} | {r['steps']} | {r['k']} | "
-            f"{r['train_seconds']} | {r['sweep_seconds']} | **{r['ratio']}x** | {r['train_trace_seconds']}, {r['sweep_trace_seconds']} |"
+            f"{r['seconds']['train']} | {o['train_keep_ram']}x, {o['train_keep_file']}x | {o['sweep_replay']}x | {o['sweep_kept']}x | "
+            f"{o['query_replay']}x | **{o['query_kept']}x** | {o['query_kept_file']}x |"
         )
     lines += [
         "",
-        "Target: sweep / train at most 3x (docs/design.md). Reading the numbers: each reverse step recomputes",
-        "its training step (forward + backward) inside a tape and back-propagates through it, and each segment is",
-        "first replayed from its checkpoint, so the sweep costs about 1 (replay) + 1 (taped step) + 2 (second-order",
-        "backward) training steps, plus the input gradient: with d = 784 the first layer dominates, and dE/dx_B needs two",
-        "more products with it than training does. About 4x is therefore the floor of this scheme on wide inputs; tiny",
-        "models are dominated by per-op overhead instead. Runs on this shared machine vary by up to 40% from one",
-        "invocation to the next; the ratios are measured within one run.",
+        "Targets (docs/design.md): one query's sweep at most 3x training on the 50,000 x 784 case. Reading the numbers: "
+        "training is a forward and a backward pass per step, two products with the wide first layer. A reverse step "
+        "recomputes that step inside a tape and back-propagates through it: two more products for the second-order "
+        "backward, and two more for dE/dx_B, which only the mean sweep computes. So a kept-state sweep costs about 2x "
+        "training for one query and 3x for the mean with input gradients; the replay adds 1x. Tiny models (digits) "
+        "are dominated by per-op overhead instead. Keeping states costs training the copy of each state (RAM) or its "
+        "write to states.npy (file, absorbed by the page cache when it fits). Runs on this shared machine vary by up to "
+        "40% from one invocation to the next; the ratios are measured within one run.",
+        "",
+        "Memory rule: kept states take T x state bytes (kept_states_mib in trajectory.json; " + _kept_text(results) + "); "
+        "the run keeps them when that fits influence.state_memory, and otherwise replays from checkpoints.",
         "",
         "## Memory of the sweep vs. checkpoint interval k (synthetic, Adam, one subprocess per k)",
         "",
@@ -227,7 +284,7 @@ def main() -> None:
             print(json.dumps(row), flush=True)
             results["timing"].append(row)
     steps = results["timing"][-1]["steps"]
-    for k in sorted(k for k in {1, 5, max(1, round(steps**0.5)), 50, 150, steps} if k <= steps):
+    for k in [*sorted(k for k in {1, 5, max(1, round(steps**0.5)), 50, 150, steps} if k <= steps), 0]:
         out = subprocess.run([sys.executable, __file__, "--memory-k", str(k), "--n", str(n_synthetic)], capture_output=True, text=True, check=True)
         row = json.loads(out.stdout.strip().splitlines()[-1])
         print(json.dumps(row), flush=True)

@@ -14,7 +14,7 @@ import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.config import InfluenceSettings, validate
+from pipeline.config import DataSettings, InfluenceSettings, validate
 from pipeline.errors import ConfigError
 from pipeline.io.queries import QUERY_SIGN_CONVENTION
 from pipeline.run import execute
@@ -108,8 +108,8 @@ def test_per_class_is_the_mean_of_its_per_sample_queries_with_input_grads(ray_se
     "influence,message",
     [
         (InfluenceSettings(method="tracin", queries="per_sample"), "influence.queries=per_sample: needs influence.method=trajectory (got tracin)"),
-        (InfluenceSettings(queries="groups"), "influence.queries='groups': unknown (known: mean, per_sample, per_class; groups is not implemented yet)"),
-        (InfluenceSettings(query_ids=(1,)), "influence.query_ids: needs influence.queries=per_sample or per_class"),
+        (InfluenceSettings(queries="all"), "influence.queries='all': unknown (known: mean, per_sample, per_class, groups)"),
+        (InfluenceSettings(query_ids=(1,)), "influence.query_ids: needs influence.queries=per_sample, per_class or groups"),
         (InfluenceSettings(queries="per_sample", query_batch=0), "influence.query_batch=0: must be a positive integer"),
     ],
 )
@@ -123,3 +123,38 @@ def test_query_ids_outside_the_validation_set_are_refused_before_writing(tmp_pat
     with pytest.raises(ConfigError, match=r"influence.query_ids: 100000 is not a validation sample id \(0\.\.359\)"):
         execute(query_settings(tmp_path, query_ids=(0, 100000)))
     assert not (tmp_path / "queries").exists() and not (tmp_path / "trajectory").exists()
+
+
+def grouped_npz(path, digits, g_val):
+    """The small run's data as an npz whose first 20 validation samples carry the group ids g_val."""
+    np.savez(path, x_train=digits.x_train["x"], y_train=digits.y_train, x_val=digits.x_val["x"][:20], y_val=digits.y_val[:20], g_val=g_val)
+    return DataSettings(source="npz", path=str(path))
+
+
+def test_groups_are_the_mean_of_their_per_sample_queries(ray_session, tmp_path, digits_subset):
+    digits, g_val = digits_subset(N), np.array([4, 9, 9, 2] * 5)
+    data = grouped_npz(tmp_path / "grouped.npz", digits, g_val)
+    by_group = replace(query_settings(tmp_path / "groups", queries="groups", query_ids=None), data=data)
+    by_sample = replace(query_settings(tmp_path / "samples", query_ids=None, query_batch=20), data=data)
+    execute(by_group)
+    execute(by_sample)
+    groups = pads.dataset(parts(tmp_path / "groups"), format="parquet").to_table().sort_by([("query_id", "ascending"), ("sample_id", "ascending")])
+    assert sorted(set(groups["query_id"].to_pylist())) == [2, 4, 9]
+    samples = pads.dataset(parts(tmp_path / "samples"), format="parquet").to_table().sort_by([("query_id", "ascending"), ("sample_id", "ascending")])
+    per_sample = samples["influence"].to_numpy().reshape(20, N)
+    for row, group in enumerate([2, 4, 9]):
+        expected = per_sample[g_val == group].mean(axis=0)
+        np.testing.assert_allclose(groups["influence"].to_numpy()[row * N : (row + 1) * N], expected, rtol=1e-8, atol=1e-14)
+    top = subprocess.run([sys.executable, "-m", "pipeline.top", "--run", str(tmp_path / "groups"), "--query", "9", "--k", "2"], capture_output=True, text=True, cwd=REPO)
+    assert top.returncode == 0 and "group 9 (mean over its validation samples)" in top.stdout, top.stderr
+
+    # new group ids are new queries: refused without output.overwrite, nothing rewritten
+    grouped_npz(tmp_path / "grouped.npz", digits, np.array([4, 9, 2, 2] * 5))
+    with pytest.raises(ConfigError, match=r"groups queries computed with other settings \(groups="):
+        execute(by_group)
+
+
+def test_groups_need_group_ids_in_the_data(tmp_path):
+    with pytest.raises(ConfigError, match=r"^influence.queries=groups: the data has no validation groups \(npz array g_val, or parquet data.group_column\)$"):
+        execute(query_settings(tmp_path, queries="groups", query_ids=None))
+    assert not (tmp_path / "trajectory").exists()

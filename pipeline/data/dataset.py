@@ -30,6 +30,7 @@ class Dataset:
     y_train: np.ndarray  # [N] int64 class ids, or [N] / [N, k] float64 targets
     x_val: dict[str, np.ndarray]  # name -> [V, *shape], as x_train
     y_val: np.ndarray
+    g_val: np.ndarray | None = None  # [V] int64 group id of each validation sample (influence.queries=groups)
 
     @property
     def input_names(self) -> tuple[str, ...]:
@@ -81,6 +82,7 @@ def make_dataset(
     x_val: Mapping[str, np.ndarray],
     y_val: np.ndarray,
     where: str = "",
+    g_val: np.ndarray | None = None,
 ) -> Dataset:
     """Check the arrays and return a Dataset with canonical dtypes; `where` (e.g. " in data.npz") ends messages."""
     if not x_train:
@@ -107,7 +109,18 @@ def make_dataset(
         _check_classes(y_train, y_val, where)
     elif y_train.shape[1:] != y_val.shape[1:]:
         raise DataError(f"y_val: target shape {y_val.shape[1:]} differs from y_train {y_train.shape[1:]}{where}")
-    return Dataset(name, task, inputs["train"], y_train, inputs["val"], y_val)
+    groups = None if g_val is None else _groups(g_val, y_val.shape[0], where)
+    return Dataset(name, task, inputs["train"], y_train, inputs["val"], y_val, groups)
+
+
+def _groups(g: np.ndarray, n_val: int, where: str) -> np.ndarray:
+    """g_val as [V] int64: one integer group id per validation sample."""
+    g = np.asarray(g)
+    if g.ndim != 1 or g.shape[0] != n_val:
+        raise DataError(f"g_val: needs one group id per validation sample ({n_val}), got shape {g.shape}{where}")
+    if not (np.issubdtype(g.dtype, np.integer) or g.dtype == bool):
+        raise DataError(f"g_val: group ids must be integers, got dtype {g.dtype}{where}")
+    return g.astype(np.int64)
 
 
 def _key(prefix: str, name: str, nest: Mapping[str, np.ndarray]) -> str:

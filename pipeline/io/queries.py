@@ -32,7 +32,7 @@ QUERY_IDS = b"query_ids"  # schema metadata: JSON list of the part's query ids, 
 
 QUERY_SIGN_CONVENTION = (
     "influence = dE_q/d eps_i at eps = 1, E_q = the objective of query q (per_sample: validation sample query_id "
-    "alone; per_class: the mean over the validation samples of class query_id). Positive = harmful: more weight on "
+    "alone; per_class / groups: the mean over the validation samples of class / group query_id). Positive = harmful: more weight on "
     "training sample sample_id raises query q's validation error; removing it changes E_q by about -influence. "
     "input_grad = dE_q/d x_i flattened in C order (input_grad.<name> per input); shapes in the input_shapes metadata."
 )
@@ -43,11 +43,13 @@ TOP_SCHEMA = pa.schema(
 )
 
 
-def query_arguments(settings: Settings, trajectory_key: str) -> dict[str, Any]:
-    """What the per-query scores depend on: the trajectory, the method and the query settings
-    (not influence.query_batch: a new batching recomputes the parts whose queries changed)."""
+def query_arguments(settings: Settings, trajectory_key: str, groups: str | None = None) -> dict[str, Any]:
+    """What the per-query scores depend on: the trajectory, the method, the query settings (not
+    influence.query_batch: a new batching recomputes the parts whose queries changed) and, for groups,
+    the fingerprint of the validation group ids."""
     influence = settings.to_dict()["influence"]
-    return {"trajectory_key": trajectory_key, "method": settings.influence.method, "influence": {k: influence[k] for k in QUERY_SETTINGS}}
+    recorded = {"trajectory_key": trajectory_key, "method": settings.influence.method, "influence": {k: influence[k] for k in QUERY_SETTINGS}}
+    return recorded if groups is None else {**recorded, "groups": groups}
 
 
 def batches(query_ids: np.ndarray, size: int) -> list[Batch]:

@@ -1,5 +1,6 @@
-"""Per-query attribution, run by stage `score` when influence.queries is per_sample or per_class: for
-every query q (one validation sample, or the mean over one class) and training sample i, dE_q/d eps_i.
+"""Per-query attribution, run by stage `score` when influence.queries is per_sample, per_class or groups:
+for every query q (one validation sample, or the mean over one class or one group of dataset.g_val) and
+training sample i, dE_q/d eps_i.
 
 The queries are cut into batches of influence.query_batch; one Ray task per (seed, query batch) runs one
 reverse sweep carrying the batch's queries (kernels.trajectory.ReverseSweep.run_queries) and writes the
@@ -22,23 +23,25 @@ from pipeline.data import Dataset
 from pipeline.errors import ConfigError, DataError
 from pipeline.io import arguments
 from pipeline.io.files import write_json
+from pipeline.io.fingerprint import fingerprint
 from pipeline.io.layout import RunLayout
 from pipeline.io.queries import QUERY_SIGN_CONVENTION, batches, parts_to_compute, part_metadata, query_arguments, query_table, top_k, write_query_part, write_top
 from pipeline.stages.context import RunContext
 
 
 def query_ids(settings: Settings, dataset: Dataset) -> np.ndarray:
-    """[Q] int64: validation sample ids (per_sample) or classes with a validation sample (per_class),
-    influence.query_ids or all of them. ConfigError for an id the validation set does not have."""
+    """[Q] int64: validation sample ids (per_sample), classes or groups with a validation sample
+    (per_class, groups), influence.query_ids or all of them. ConfigError for an id the validation set
+    does not have."""
     i = settings.influence
-    if i.queries == "per_class":
-        if dataset.task != "classification":
-            raise ConfigError(f"influence.queries=per_class: needs task=classification (got {dataset.task})")
-        present = np.unique(dataset.y_val)
+    if i.queries in ("per_class", "groups"):
+        labels, what = _query_labels(i.queries, dataset)
+        present = np.unique(labels)
         ids = present if i.query_ids is None else np.asarray(i.query_ids)
         absent = np.setdiff1d(ids, present)
         if absent.size:
-            raise ConfigError(f"influence.query_ids: class {absent[0]} has no validation sample (classes present: {present.tolist()})")
+            shown = present.tolist() if present.size <= 20 else f"{present.size} of them, {present[0]}..{present[-1]}"
+            raise ConfigError(f"influence.query_ids: {what} {absent[0]} has no validation sample ({what}es present: {shown})")
     else:
         ids = np.arange(dataset.n_val) if i.query_ids is None else np.asarray(i.query_ids)
         bad = ids[(ids < 0) | (ids >= dataset.n_val)]
@@ -47,24 +50,38 @@ def query_ids(settings: Settings, dataset: Dataset) -> np.ndarray:
     return ids.astype(np.int64)
 
 
+def _query_labels(queries: str, dataset: Dataset) -> tuple[np.ndarray, str]:
+    """[V] the label that assigns each validation sample to a query (its class or group), and its name."""
+    if queries == "per_class":
+        if dataset.task != "classification":
+            raise ConfigError(f"influence.queries=per_class: needs task=classification (got {dataset.task})")
+        return dataset.y_val, "class"
+    if dataset.g_val is None:
+        raise ConfigError("influence.queries=groups: the data has no validation groups (npz array g_val, or parquet data.group_column)")
+    return dataset.g_val, "group"
+
+
 def query_weights(queries: str, dataset: Dataset, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(validation rows [V'], weights [Q, V']) with E_q = sum_v weights[q, v] objective(row v): one-hot
-    (per_sample) or 1/|class| on the class's rows (per_class). Only the rows a query uses are kept."""
+    (per_sample), or 1/|members| on the rows of the class (per_class) or group (groups). Only the rows a
+    query uses are kept."""
     if queries == "per_sample":
         return ids, np.eye(ids.size)
-    rows = np.flatnonzero(np.isin(dataset.y_val, ids))
-    member = dataset.y_val[rows][None, :] == ids[:, None]
+    labels, _ = _query_labels(queries, dataset)
+    rows = np.flatnonzero(np.isin(labels, ids))
+    member = labels[rows][None, :] == ids[:, None]
     return rows, member / member.sum(axis=1, keepdims=True)
 
 
-def claim(settings: Settings, layout: RunLayout, trajectory_key: str) -> str | None:
+def claim(settings: Settings, dataset: Dataset, layout: RunLayout, trajectory_key: str) -> str | None:
     """Record (or check) the queries' arguments; returns their key, None with influence.queries=mean.
-    A conflict is refused as for scores; output.overwrite replaces the method's query parts and
-    query_top.parquet."""
+    With groups, the key holds a fingerprint of g_val (new groups are new queries). A conflict is
+    refused as for scores; output.overwrite replaces the method's query parts and query_top.parquet."""
     if settings.influence.queries == "mean":
         return None
     method = settings.influence.method
-    recorded = query_arguments(settings, trajectory_key)
+    groups = fingerprint({"g_val": dataset.g_val}) if settings.influence.queries == "groups" and dataset.g_val is not None else None
+    recorded = query_arguments(settings, trajectory_key, groups)
     what = f"{method} {settings.influence.queries} queries"
     arguments.claim(layout.root, layout.query_arguments(method), recorded, what, settings.output.overwrite, [layout.queries_method_dir(method), layout.query_top])
     return arguments.key_of(recorded)
