@@ -125,9 +125,11 @@ def _print_stage(stage: str, details: dict[str, Any]) -> None:
     elif stage == "score":
         for seed, s in details["seeds"].items():
             timing = f" in {s['seconds']:.1f}s ({s['seconds_over_training']:.2f}x training), E={s['objective_value']:.5g}" if "seconds" in s else ""
-            print(f"[score] seed={seed}: {details['method']} on {s['n_samples']} samples in {s['parts']} parts{timing}")
+            replay = {True: ", replayed from checkpoints", False: ", states kept from training"}.get(s.get("replayed"), "") if "seconds" in s else ""
+            print(f"[score] seed={seed}: {details['method']} on {s['n_samples']} samples in {s['parts']} parts{timing}{replay}")
         for seed, s in details.get("queries", {}).get("seeds", {}).items():
-            print(f"[queries] seed={seed}: {s['n_queries']} {s['queries']} queries in {s['parts']} parts ({s['parts_computed']} computed in {s['seconds']:.1f}s)")
+            rate = f", {s['queries_per_second']:.3g} queries/s per worker" if s.get("queries_per_second") else ""
+            print(f"[queries] seed={seed}: {s['n_queries']} {s['queries']} queries in {s['parts']} parts ({s['parts_computed']} computed in {s['seconds']:.1f}s{rate})")
     elif stage == "aggregate":
         agreement = ", ".join(f"{m}: {'one seed' if v is None else f'{v:.3f}'}" for m, v in details["seed_agreement"].items())
         print(f"[aggregate] {details['rows']} ranked rows; seed agreement (Spearman) {agreement}")
@@ -140,6 +142,10 @@ def _print_stage(stage: str, details: dict[str, Any]) -> None:
             print(f"[verify] gradcheck {kind}: median relative error {g['median_relative_error']:.2e}, max {g['max_relative_error']:.2e} (n={g['n']}, h={details['fd_step']:g})")
         loo = details["loo"]
         print(f"[verify] leave-one-out (n={loo['n']}): pearson {loo['pearson']:.4f}, spearman {loo['spearman']:.4f}, kendall {loo['kendall']:.4f}")
+        if "queries" in details:
+            q, g = details["queries"], details["queries"]["gradcheck"].get("eps")
+            grad = f"gradcheck median relative error {g['median_relative_error']:.2e} (n={g['n']}), " if g else ""
+            print(f"[verify] {q['queries']} queries {q['query_ids']}: {grad}leave-one-out pearson {q['loo']['pearson']:.4f}, sign agreement {q['loo']['sign_agreement']:.3f} (n={q['loo']['n']})")
         if "smoothness" in details:
             smooth = details["smoothness"]
             ranges = ", ".join(f"{kind} up to s={ladder['linear_up_to']}" for kind, ladder in {"single": smooth["single"], **smooth["groups"]}.items())

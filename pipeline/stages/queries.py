@@ -88,13 +88,16 @@ def claim(settings: Settings, dataset: Dataset, layout: RunLayout, trajectory_ke
 
 
 def run(context: RunContext) -> dict[str, Any]:
-    """Compute every seed's missing or bad query batches; returns {"queries", "n_queries", "parts", "seeds"}."""
+    """Compute every seed's missing or bad query batches; returns {"queries", "n_queries", "parts",
+    "wall_seconds" (of all the batch tasks, in parallel over the workers), "seeds"}."""
     settings, layout, dataset = context.settings, context.layout, context.dataset
     method, n_train = settings.influence.method, dataset.n_train
     plan = batches(query_ids(settings, dataset), settings.influence.query_batch)
     todo = [(seed, batch) for seed in settings.train.seeds for batch in parts_to_compute(layout, method, seed, plan, n_train, context.queries_key)]
     calls = [(settings, context.dataset_ref, seed, number, ids, context.queries_key) for seed, (number, ids) in todo]
+    began = time.perf_counter()
     done = cluster.run_tasks(score_query_batch, calls, context.task_options, desc="queries (seed, batch)")
+    wall_seconds = time.perf_counter() - began
     summaries = {}
     for seed in settings.train.seeds:
         missing = parts_to_compute(layout, method, seed, plan, n_train, context.queries_key, repair=False)
@@ -114,7 +117,8 @@ def run(context: RunContext) -> dict[str, Any]:
         }
         write_json(layout.query_summary(method, seed), summary)
         summaries[str(seed)] = summary
-    return {"queries": settings.influence.queries, "n_queries": int(sum(ids.size for _, ids in plan)), "parts": len(plan), "seeds": summaries}
+    n_queries = int(sum(ids.size for _, ids in plan))
+    return {"queries": settings.influence.queries, "n_queries": n_queries, "parts": len(plan), "wall_seconds": round(wall_seconds, 4), "seeds": summaries}
 
 
 @functools.lru_cache(maxsize=8)
