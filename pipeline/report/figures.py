@@ -6,6 +6,7 @@ import io
 from typing import Sequence
 
 import numpy as np
+from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, MaxNLocator
@@ -82,6 +83,41 @@ def sample_grid(
         bar = fig.colorbar(mappable, cax=fig.add_subplot(outer[:, -1]), format=SCI)
         bar.set_label(colorbar_label, fontsize=9)
         bar.ax.tick_params(labelsize=8)
+    return _png(fig)
+
+
+def query_samples(
+    query: np.ndarray | None,
+    query_title: str,
+    rows: Sequence[tuple[str, str, np.ndarray, Sequence[str]]],
+    image_range: tuple[float, float],
+) -> bytes:
+    """A query's image on the left (spanning every row; None: no query image) and one row of training images
+    per entry of rows: (label written along the row's left edge, its colour, images [n, h, w(, c)], n titles).
+
+    Images as in sample_grid: gray on the shared image_range for one channel, else colour stretched per image.
+    """
+    n = max(1, max(len(images) for _, _, images, _ in rows))
+    lead = [1.3, 0.25] if query is not None else []  # the query's column and a gap after it
+    height = 1.75 * len(rows) + 0.15
+    fig = Figure(figsize=(1.55 * (n + sum(lead)) + 0.4, height), dpi=DPI)
+    grid = fig.add_gridspec(len(rows), len(lead) + n, width_ratios=lead + [1] * n,
+                            wspace=0.12, hspace=0.55, left=0.035, right=0.995, top=1 - 0.42 / height, bottom=0.02)
+
+    def draw(ax: Axes, image: np.ndarray, title: str, color: str) -> None:
+        ax.imshow(_display_image(image), cmap="gray", vmin=image_range[0], vmax=image_range[1], interpolation="nearest")
+        ax.set_title(title, fontsize=8.5, loc="left", pad=3, color=color)
+        ax.set_xticks([])
+        ax.set_yticks([])
+
+    if query is not None:
+        draw(fig.add_subplot(grid[:, 0]), query, query_title, "#222222")
+    for r, (label, color, images, titles) in enumerate(rows):
+        for k in range(len(images)):
+            ax = fig.add_subplot(grid[r, len(lead) + k])
+            draw(ax, images[k], titles[k], color)
+            if k == 0:
+                ax.set_ylabel(label, fontsize=9, color=color)
     return _png(fig)
 
 

@@ -19,6 +19,7 @@ from pipeline import smoothness
 from pipeline.io.files import atomic_path
 from pipeline.report import figures
 from pipeline.report.inputs import Ranking, Verify, mean_input_grads, read_manifest, read_rankings, read_verify
+from pipeline.report.queries import DIRECTIONS, Queries, Query, predictions, read_queries
 
 if TYPE_CHECKING:
     from pipeline.data import Dataset
@@ -143,7 +144,8 @@ def write_report(run_dir: Path, dataset: Dataset, final_status: str | None = Non
     if largest >= dataset.n_train:
         raise ValueError(f"the dataset has {dataset.n_train} training samples but {run_dir / 'ranking.parquet'} has sample_id {largest}")
     verify = read_verify(run_dir, manifest)
-    page = _page(manifest, rankings, verify, run_dir, dataset, final_status)
+    queries = read_queries(run_dir, manifest, dataset)
+    page = _page(manifest, rankings, verify, queries, run_dir, dataset, final_status)
     path = run_dir / "report" / "index.html"
     with atomic_path(path) as tmp:
         tmp.write_text(page, encoding="utf-8")
@@ -287,6 +289,10 @@ def _header(
         settings.append(("output weights w", ", ".join(_fmt(w) for w in weights) if weights else "ones"))
     else:
         settings.append(("objective E", influence.get("objective")))
+    if influence.get("queries", "mean") != "mean":
+        ids = influence.get("query_ids")
+        shown = "all" if not ids else ", ".join(map(str, ids[:10])) + (f", … ({len(ids)} ids)" if len(ids) > 10 else "")
+        settings.append(("queries", f"{influence['queries']} ({shown})"))
     classification = dataset.task == "classification"
     inputs = "<br>".join(
         f"{_e(name)}: {_e(_shape_text(shape))}{' (image)' if figures.is_image(shape) else ''}" for name, shape in dataset.input_shapes.items()
@@ -546,6 +552,160 @@ def _seed_agreement(manifest: dict[str, Any], rankings: list[Ranking]) -> str:
     ])
 
 
+# ---------------------------------------------------------------------------------------------- queries
+
+
+QUERY_NOUN = {"per_sample": "validation sample", "per_class": "class", "groups": "group"}
+QUERY_OBJECTIVE = {
+    "per_sample": "one per validation sample; E_q is that sample's validation objective alone",
+    "per_class": "one per class; E_q is the mean validation objective over the class's validation samples",
+    "groups": "one per group of validation samples (the data's group ids); E_q is the mean validation objective over the group",
+}
+QUERY_ENDS = {  # direction -> (figure row label, table title, colour of the figure's titles, what its samples do)
+    "harmful": ("most harmful\n(raise its error)", "Most harmful", "#b03a2e", "more weight raises the query's error"),
+    "helpful": ("most helpful\n(lower its error)", "Most helpful", "#1f618d", "more weight lowers the query's error"),
+}
+
+
+def _query_result(queries: Queries, query: Query, dataset: Dataset) -> str:
+    """A sentence (markup) with the query's label or target and the prediction, or with its class's or group's size
+    and accuracy (regression: mean |error|)."""
+    model = f"seed {queries.seed}'s trained model"
+    if queries.kind == "per_sample":
+        target = _target_text(dataset.y_val[query.query_id])
+        predicted = _target_text(predictions(dataset.task, query.outputs)[0])
+        if dataset.task == "classification":
+            verdict = '<strong class="pos">misclassified</strong>' if query.errors[0] else "correct"
+            return f"Label {_e(target)}, predicted {_e(predicted)} by {model}: {verdict}."
+        return f"Target {_e(target)}, predicted {_e(predicted)} by {model}: |error| {_e(_fmt(query.error))}."
+    n = query.rows.size
+    members = f"{n} validation sample{'s' if n != 1 else ''}"
+    if dataset.task == "classification":
+        return (f"{_e(members)}; {model} classifies {_e(int(n - query.errors.sum()))} of them correctly "
+                f"(accuracy {_e(f'{1 - query.error:.3f}')}).")
+    return f"{_e(members)}; mean |error| of {model}: {_e(_fmt(query.error))}."
+
+
+def _query_overview(queries: Queries, dataset: Dataset) -> str:
+    """One row per shown query, in the order shown: its result and its strongest harmful and helpful samples."""
+    classification, per_sample = dataset.task == "classification", queries.kind == "per_sample"
+    strongest = lambda q, d: f"{int(q.top[d]['sample_id'][0])} ({_score(float(q.top[d]['influence'][0]))})" if len(q.top[d]["sample_id"]) else "–"  # noqa: E731
+    rows = []
+    for q in queries.shown:
+        if per_sample:
+            target, predicted = dataset.y_val[q.query_id], predictions(dataset.task, q.outputs)[0]
+            result = ('<span class="pos">misclassified</span>' if q.errors[0] else "correct") if classification else _e(_fmt(q.error))
+            cells = [_e(q.query_id), _e(_target_text(target)), _e(_target_text(predicted)), result]
+        else:
+            cells = [_e(q.query_id), _e(q.rows.size), _e(f"{1 - q.error:.3f}" if classification else _fmt(q.error))]
+        rows.append([*cells, strongest(q, "harmful"), strongest(q, "helpful")])
+    target = TARGET_COLUMN[dataset.task]
+    if per_sample:
+        header = ["query (validation sample)", target, "predicted", "result" if classification else "|error|"]
+    else:
+        header = [f"query ({QUERY_NOUN[queries.kind]})", "validation samples", "accuracy" if classification else "mean |error|"]
+    header += ["most harmful sample_id (influence)", "most helpful sample_id (influence)"]
+    numeric = range(1, 3) if per_sample and classification else range(1, len(header) - 2)
+    return f'<div data-list="queries">{_table(header, rows, numeric=numeric)}</div>'
+
+
+def _query_table(query: Query, direction: str, dataset: Dataset, others: Sequence[str]) -> str:
+    """A query's top samples of one direction: rank, sample_id, label or target, influence and, per non-image input
+    in others, its first values (for image inputs the figure shows the images)."""
+    top, target = query.top[direction], TARGET_COLUMN[dataset.task]
+    ids = top["sample_id"]
+    rows = [
+        [_e(rank), _e(sid), _e(_target_text(dataset.y_train[sid])), _score(float(value))]
+        + [f'<span class="vec">{_e(_values_text(dataset.x_train[name][sid], _fmt))}</span>' for name in others]
+        for rank, sid, value in zip(top["rank"], ids, top["influence"])
+    ]
+    _, title, _, effect = QUERY_ENDS[direction]
+    table = _table(("rank", "sample_id", target, "influence", *others), rows, numeric=range(4))
+    return (f'<div data-list="{_e(direction)}-query-{_e(query.query_id)}"><p class="muted"><strong>{_e(title)} training samples'
+            f"</strong> ({_e(effect)}), strongest first</p>{table}</div>")
+
+
+def _query_ids(query: Query, direction: str) -> str:
+    """The sample_ids of a query's top samples of one direction, strongest first (for copying; the figure shows them)."""
+    ids = ", ".join(str(int(s)) for s in query.top[direction]["sample_id"])
+    title = QUERY_ENDS[direction][1].lower()
+    return f'<p class="ids" data-list="{_e(direction)}-query-{_e(query.query_id)}">sample_id, {_e(title)} first: {ids}</p>'
+
+
+def _query_figure(queries: Queries, query: Query, dataset: Dataset, name: str) -> str:
+    """Image input `name`: the query's image (per_sample) left of its most harmful and most helpful training images."""
+    x_train, x_val = dataset.x_train[name], dataset.x_val[name]
+    gray = x_train.ndim == 3 or x_train.shape[-1] == 1
+    image_range = (float(min(x_train.min(), x_val.min())), float(max(x_train.max(), x_val.max()))) if gray else (0.0, 1.0)
+    target = TARGET_COLUMN[dataset.task]
+    rows = []
+    for direction in DIRECTIONS:
+        label, _, color, _ = QUERY_ENDS[direction]
+        ids, values = query.top[direction]["sample_id"], query.top[direction]["influence"]
+        titles = [f"id {sid}  {target} {_target_text(dataset.y_train[sid])}\n{value:+.2e}" for sid, value in zip(ids, values)]
+        rows.append((label, color, x_train[ids], titles))
+    per_sample = queries.kind == "per_sample"
+    predicted = _target_text(predictions(dataset.task, query.outputs)[0])
+    title = f"query: val. {query.query_id}\n{target} {_target_text(dataset.y_val[query.query_id])}, pred. {predicted}"
+    png = figures.query_samples(x_val[query.query_id] if per_sample else None, title, rows, image_range)
+    several = len(dataset.input_shapes) > 1
+    caption = (
+        (f"Input <code>{_e(name)}</code>. " if several else "")
+        + (f"Left: the query, validation sample {_e(query.query_id)}. " if per_sample else "")
+        + f"Top row: its {len(rows[0][2])} most harmful training samples, bottom row: its {len(rows[1][2])} most helpful, "
+        f"strongest first (title: sample_id, {_e(target)}, influence; "
+        + ("gray, one scale for all images)." if gray else "colour, contrast stretched per image).")
+    )
+    return _figure(png, f"query {query.query_id}, input {name}: most harmful and most helpful training samples", caption)
+
+
+def _query_block(queries: Queries, query: Query, dataset: Dataset) -> str:
+    """One query: what it is and how the model does on it, its images or values, its top harmful and helpful samples."""
+    shapes = dataset.input_shapes
+    images = [name for name, shape in shapes.items() if figures.is_image(shape)]
+    others = [name for name in shapes if name not in images]
+    heading = f"Query {query.query_id}: {QUERY_NOUN[queries.kind]} {query.query_id}"
+    lines = [_query_result(queries, query, dataset)]
+    if queries.kind == "per_sample":
+        lines += [f'Input <code>{_e(name)}</code>: <span class="vec">{_e(_values_text(dataset.x_val[name][query.query_id], _fmt))}</span>'
+                  for name in others]
+    out = [f'<h3 id="query-{_e(query.query_id)}">{_e(heading)}</h3>', f"<p>{'<br>'.join(lines)}</p>"]
+    out += [_query_figure(queries, query, dataset, name) for name in images]
+    if others:
+        out += ['<div class="cards">', *(f"<div>{_query_table(query, d, dataset, others)}</div>" for d in DIRECTIONS), "</div>"]
+    else:
+        out += [_query_ids(query, d) for d in DIRECTIONS]
+    return "\n".join(out)
+
+
+def _queries_section(queries: Queries, dataset: Dataset) -> str:
+    """influence.queries: which training samples drove a few single validation samples (or classes, or groups)."""
+    kind, n, classification = queries.kind, len(queries.shown), dataset.task == "classification"
+    if kind == "per_sample":
+        worst = "misclassified first" if classification else "largest |error| first"
+    else:
+        worst = "lowest accuracy first" if classification else "largest mean |error| first"
+    wrong = f"; {queries.n_wrong} of the {queries.n_queries} are misclassified" if queries.n_wrong is not None else ""
+    seeds = queries.seeds.replace(",", ", ")
+    intro = (
+        f"<code>influence.queries={_e(kind)}</code>: {queries.n_queries} queries, {_e(QUERY_OBJECTIVE[kind])}. "
+        f"Shown: {n} of them, {_e(worst)} (predictions of seed {_e(queries.seed)}'s trained model{_e(wrong)}), then by "
+        "query id. Any query's samples: <code>python -m pipeline.top --run RUN --query ID</code>."
+    )
+    sign = (
+        f"For query q, influence = dE_q/d eps_i (mean over seed{'s' if ',' in queries.seeds else ''} {_e(seeds)}). "
+        "Harmful (&gt; 0): more weight on training sample i raises the query's validation error; removing it changes "
+        "E_q by about -influence. Helpful (&lt; 0): more weight lowers the query's error."
+    )
+    return "\n".join([
+        f"<h2>Queries: the most harmful and most helpful training samples per {_e(QUERY_NOUN[kind])}</h2>",
+        f'<p class="muted">{intro}</p>',
+        f'<p class="sign">{sign}</p>',
+        _query_overview(queries, dataset),
+        *(_query_block(queries, q, dataset) for q in queries.shown),
+    ])
+
+
 # ---------------------------------------------------------------------------------------------- verify
 
 
@@ -653,12 +813,15 @@ def _page(
     manifest: dict[str, Any],
     rankings: list[Ranking],
     verify: Verify | None,
+    queries: Queries | None,
     run_dir: Path,
     dataset: Dataset,
     final_status: str | None,
 ) -> str:
     sections = [_header(manifest, run_dir, dataset, [r.method for r in rankings], final_status)]
     sections += [_method_section(r, run_dir, dataset) for r in rankings]
+    if queries is not None:
+        sections.append(_queries_section(queries, dataset))
     sections.append(_seed_agreement(manifest, rankings))
     if verify is not None:
         sections.append(_verify_section(verify, ((manifest.get("config") or {}).get("influence") or {}).get("method")))

@@ -1,4 +1,5 @@
-"""Stage `report`: report/index.html built from the run's Parquet outputs and manifest.
+"""Stage `report`: report/index.html built from the run's Parquet outputs and manifest (with influence.queries, also
+from the first seed's final checkpoint, which predicts the queries' validation samples).
 
 It runs last and only after every earlier stage succeeded, so the page states the run as succeeded
 (the manifest still says "running" while the page is written)."""
