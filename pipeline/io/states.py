@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import re
 import uuid
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -47,7 +48,9 @@ def state_bytes(layout: StateLayout, dtypes: Sequence[np.dtype]) -> int:
 
 class StateWriter:
     """Fills trajectory/seed=<s>/states.npy segment by segment during training; `commit` renames it
-    into place once every row is written, `discard` removes the partial file."""
+    into place once every row is written, `discard` removes the partial file. Each segment is copied
+    into the file by a background thread while training runs the next one (NumPy releases the GIL
+    for the copy); at most one segment waits, so memory holds at most two segments besides the file."""
 
     def __init__(self, path: Path, layout: StateLayout, dtypes: Sequence[np.dtype], n_steps: int):
         self.path, self.layout, self.n_steps = path, layout, n_steps
@@ -55,16 +58,30 @@ class StateWriter:
         self._tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
         self._rows = np.lib.format.open_memmap(self._tmp, mode="w+", dtype=record_dtype(layout, dtypes), shape=(n_steps,))
         self._written = np.zeros(n_steps, dtype=bool)
+        self._copier = ThreadPoolExecutor(max_workers=1, thread_name_prefix="states.npy")
+        self._pending: Future | None = None
 
     def write(self, start: int, states: Sequence[np.ndarray]) -> None:
-        """Rows start..start+n-1 from the flattened states, one array [n, *shape] per state tensor."""
+        """Rows start..start+n-1 from the flattened states, one array [n, *shape] per state tensor (the
+        arrays must not be changed afterwards: they are copied later)."""
+        self._wait()
+        self._pending = self._copier.submit(self._copy, start, list(states))
+
+    def _copy(self, start: int, states: list[np.ndarray]) -> None:
         n = states[0].shape[0]
         block = self._rows[start : start + n]
         for (key, _, _), array in zip(self.layout, states):
             block[key] = array
         self._written[start : start + n] = True
 
+    def _wait(self) -> None:
+        if self._pending is not None:
+            self._pending.result()  # re-raises a failed copy
+            self._pending = None
+
     def commit(self) -> None:
+        self._wait()
+        self._copier.shutdown()
         if not self._written.all():
             raise ValueError(f"{self.path}: rows {np.flatnonzero(~self._written)[:3].tolist()}... never written")
         self._rows.flush()
@@ -72,6 +89,7 @@ class StateWriter:
         os.replace(self._tmp, self.path)
 
     def discard(self) -> None:
+        self._copier.shutdown(wait=True, cancel_futures=True)
         self._rows = None
         self._tmp.unlink(missing_ok=True)
 
