@@ -236,14 +236,17 @@ def write_markdown(results: dict, path: Path) -> None:
         )
     lines += [
         "",
-        "Targets (docs/design.md): one query's sweep at most 3x training on the 50,000 x 784 case. Reading the numbers: "
-        "training is a forward and a backward pass per step, two products with the wide first layer. A reverse step "
-        "recomputes that step inside a tape and back-propagates through it: two more products for the second-order "
-        "backward, and two more for dE/dx_B, which only the mean sweep computes. So a kept-state sweep costs about 2x "
-        "training for one query and 3x for the mean with input gradients; the replay adds 1x. Tiny models (digits) "
-        "are dominated by per-op overhead instead. Keeping states costs training the copy of each state (RAM) or its "
-        "write to states.npy (file, absorbed by the page cache when it fits). Runs on this shared machine vary by up to "
-        "40% from one invocation to the next; the ratios are measured within one run.",
+        "Target: one query's sweep at most 3x training on the 50,000 x 784 case. Reading the numbers: training is a "
+        "forward and a backward pass per step, two products with the wide first layer. A reverse step recomputes that "
+        "step inside a tape and back-propagates through it: two more products for the second-order backward, and two "
+        "more for dE/dx_B, which only the mean sweep computes. By that count a kept-state sweep costs about 2x training "
+        "for one query (measured: close to it) and 3x for the mean with input gradients, and the replay adds 1x. The "
+        "mean sweep measures well above its count: dE/dx_B roughly doubles a sweep on the wide case instead of adding "
+        "1x training (not explained yet; the accumulator scatter is 128 rows per step). Tiny models (digits) are "
+        "dominated by per-op overhead instead. Keeping states costs training the copy of each state (RAM) or its write "
+        "to states.npy (file: a background copy through the page cache), paid once per seed and saved again by every "
+        "sweep of it (each query batch is one). Runs on this shared machine vary by up to 40% from one invocation to "
+        "the next; the ratios are measured within one run.",
         "",
         "Memory rule: kept states take T x state bytes (kept_states_mib in trajectory.json; " + _kept_text(results) + "); "
         "the run keeps them when that fits influence.state_memory, and otherwise replays from checkpoints.",
@@ -251,6 +254,8 @@ def write_markdown(results: dict, path: Path) -> None:
         "## Memory of the sweep vs. checkpoint interval k (synthetic, Adam, one subprocess per k)",
         "",
         "Held model states = stored checkpoints (T/k + 1) + one segment (k); each state is weights + Adam m and v. "
+        "Row *kept*: checkpoints at the default k plus every state kept from training (in RAM here; the pipeline "
+        "maps states.npy, which the page cache holds where memory allows), and no replay. "
         "The peak also holds a fixed part that does not depend on k: the dE/dx accumulator and its NumPy copy "
         "(2 x N x d x 4 bytes = " + str(round(2 * results["timing"][-1]["n_train"] * results["timing"][-1]["n_features"] * 4 / 2**20)) + " MiB here).",
         "",
