@@ -191,6 +191,8 @@ def _hydra_main(cfg: DictConfig) -> None:
 def main() -> None:
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    # as in the workers (cluster.worker_env): the report's predictions use the kernels the scores used
+    os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
     try:
         _hydra_main()
     except KeyboardInterrupt:  # a Ctrl-C outside the run itself (start-up, shutting Ray down)
