@@ -9,8 +9,9 @@ they fit the budget, so the sweep skips its replay; over budget it says so and t
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import pyarrow.parquet as pq
 
 from pipeline import cluster
@@ -21,6 +22,10 @@ from pipeline.io.integrity import check_npz
 from pipeline.io.layout import RunLayout
 from pipeline.methods import REGISTRY
 from pipeline.stages.context import RunContext
+
+if TYPE_CHECKING:
+    from pipeline.io.checkpoints import StateLayout
+    from pipeline.io.states import StateWriter
 
 
 def run(context: RunContext) -> dict[str, Any]:
@@ -62,7 +67,6 @@ def trajectory_problem(layout: RunLayout, seed: int, key: str) -> str | None:
 
 def train_seed(settings: Settings, dataset: Dataset, seed: int, key: str) -> dict[str, Any]:
     """Ray task body: train one seed, write its trajectory and summary."""
-    import numpy as np
     from ray.experimental.tqdm_ray import tqdm
 
     from pipeline.io.checkpoints import save_state
@@ -104,7 +108,9 @@ def train_seed(settings: Settings, dataset: Dataset, seed: int, key: str) -> dic
     try:
         final = train(recipe, initial, batches, stored, save, progress=bar.update, on_segment=keep if writer else None)
         if writer is not None:
-            writer.commit()
+            committing = time.perf_counter()
+            writer.commit()  # waits for the last segment's copy
+            io_seconds += time.perf_counter() - committing
     finally:
         if writer is not None and not layout.states(seed).exists():
             writer.discard()
@@ -129,7 +135,9 @@ def train_seed(settings: Settings, dataset: Dataset, seed: int, key: str) -> dic
     return summary
 
 
-def state_writer(settings: Settings, layout: RunLayout, seed: int, state_layout: Any, dtypes: list[Any], n_steps: int) -> tuple[Any, dict[str, Any] | None]:
+def state_writer(
+    settings: Settings, layout: RunLayout, seed: int, state_layout: StateLayout, dtypes: list[np.dtype], n_steps: int
+) -> tuple[StateWriter | None, dict[str, Any] | None]:
     """(io.states.StateWriter or None, what the summary records about kept states). States are kept only
     for an exact sweep (trajectory, truncated, per-query) with influence.state_memory, within its budget."""
     from pipeline.io.states import StateWriter, parse_size, state_bytes
