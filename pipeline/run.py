@@ -125,7 +125,7 @@ def _print_stage(stage: str, details: dict[str, Any]) -> None:
     elif stage == "score":
         for seed, s in details["seeds"].items():
             timing = f" in {s['seconds']:.1f}s ({s['seconds_over_training']:.2f}x training), E={s['objective_value']:.5g}" if "seconds" in s else ""
-            replay = {True: ", replayed from checkpoints", False: ", states kept from training"}.get(s.get("replayed"), "") if "seconds" in s else ""
+            replay = ", states kept from training (no replay)" if s.get("replayed") is False and "seconds" in s else ""
             print(f"[score] seed={seed}: {details['method']} on {s['n_samples']} samples in {s['parts']} parts{timing}{replay}")
         for seed, s in details.get("queries", {}).get("seeds", {}).items():
             rate = f", {s['queries_per_second']:.3g} queries/s per worker" if s.get("queries_per_second") else ""
