@@ -73,7 +73,7 @@ def time_case(name: str, n_synthetic: int, optimizer_name: str, rounds: int = 3)
 
     import tensorflow as tf
 
-    from pipeline.io.states import StateWriter, open_states
+    from pipeline.io.states import StateWriter, open_states, state_bytes
     from pipeline.kernels.schedule import checkpoint_steps
     from pipeline.kernels.training import train
     from pipeline.kernels.trajectory import ReverseSweep
@@ -83,7 +83,7 @@ def time_case(name: str, n_synthetic: int, optimizer_name: str, rounds: int = 3)
     stored: dict = {}
     kept: dict = {}
     layout = recipe.state_layout()
-    dtypes = [np.dtype(t.dtype.as_numpy_dtype) for t in recipe.flatten(recipe.initial_state())]
+    dtypes = recipe.state_dtypes()
     spill = Path(tempfile.mkdtemp()) / "states.npy"
 
     def train_to_file() -> None:
@@ -114,7 +114,7 @@ def time_case(name: str, n_synthetic: int, optimizer_name: str, rounds: int = 3)
     spill.unlink()
     spill.parent.rmdir()
     n_params = sum(int(v.shape.num_elements()) for v in recipe.initial_state().trainable)
-    state_bytes = sum(int(np.prod(shape)) * dtype.itemsize for (_, shape, _), dtype in zip(layout, dtypes))
+    one_state = state_bytes(layout, dtypes)
     train_seconds = warm["train"]
     return {
         "case": name,
@@ -124,8 +124,8 @@ def time_case(name: str, n_synthetic: int, optimizer_name: str, rounds: int = 3)
         "n_params": n_params,
         "steps": schedule.n_steps,
         "k": steps[1] - steps[0],
-        "state_mib": round(state_bytes / 2**20, 3),
-        "kept_states_mib": round(schedule.n_steps * state_bytes / 2**20, 1),
+        "state_mib": round(one_state / 2**20, 3),
+        "kept_states_mib": round(schedule.n_steps * one_state / 2**20, 1),
         "seconds": {key: round(value, 3) for key, value in warm.items()},
         "over_train": {key: round(value / train_seconds, 2) for key, value in warm.items() if key != "train"},
         "trace_seconds": {key: round(cold[key] - warm[key], 2) for key in ("train", "sweep_replay", "query_replay")},

@@ -16,7 +16,7 @@ import re
 import uuid
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
 import numpy as np
 
@@ -121,13 +121,3 @@ def open_states(path: Path, layout: StateLayout, dtypes: Sequence[np.dtype], n_s
         return None, f"holds {rows.shape[0] if rows.ndim == 1 else rows.shape} states, the schedule has {n_steps} steps"
     return StoredRun(rows, layout), None
 
-
-def kept_states(path: Path, recipe: Any, n_steps: int, seed: int) -> StoredRun | None:
-    """The seed's kept states for the sweep (influence.state_memory is set), or None after printing why the
-    sweep replays instead. recipe: kernels.training.Recipe (state layout and dtypes)."""
-    dtypes = [np.dtype(t.dtype.as_numpy_dtype) for t in recipe.flatten(recipe.initial_state())]
-    run, problem = open_states(path, recipe.state_layout(), dtypes, n_steps)
-    if problem is not None:
-        hint = " (trained without influence.state_memory, or over its budget)" if problem == "missing" else ""
-        print(f"[score] seed={seed}: {path.name} {problem}{hint}; replaying from checkpoints")
-    return run

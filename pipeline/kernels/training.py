@@ -111,6 +111,12 @@ class Recipe:
         layout += [(f"optimizer/{slot}/{key.split('/')[1]}", shape, path) for slot in self.optimizer.slots for key, shape, path in trainable]
         return layout
 
+    def state_dtypes(self) -> list[np.dtype]:
+        """NumPy dtype of every flattened state tensor, in state_layout order (a slot has its weight's dtype)."""
+        trainable = [np.dtype(v.dtype) for v in self.model.trainable_variables]
+        non_trainable = [np.dtype(v.dtype) for v in self.model.non_trainable_variables]
+        return [*trainable, *non_trainable, *(dtype for _ in self.optimizer.slots for dtype in trainable)]
+
     def flatten(self, state: TrainState) -> list[tf.Tensor]:
         return [*state.trainable, *state.non_trainable, *state.optimizer]
 

@@ -93,6 +93,7 @@ def run(context: RunContext) -> dict[str, Any]:
     settings, layout, dataset = context.settings, context.layout, context.dataset
     method, n_train = settings.influence.method, dataset.n_train
     plan = batches(query_ids(settings, dataset), settings.influence.query_batch)
+    n_queries = int(sum(ids.size for _, ids in plan))
     todo = [(seed, batch) for seed in settings.train.seeds for batch in parts_to_compute(layout, method, seed, plan, n_train, context.queries_key)]
     calls = [(settings, context.dataset_ref, seed, number, ids, context.queries_key) for seed, (number, ids) in todo]
     began = time.perf_counter()
@@ -107,7 +108,7 @@ def run(context: RunContext) -> dict[str, Any]:
         summary = {
             "seed": seed,
             "queries": settings.influence.queries,
-            "n_queries": int(sum(ids.size for _, ids in plan)),
+            "n_queries": n_queries,
             "parts": len(plan),
             "parts_computed": len(computed),
             "seconds": round(sum(d["seconds"] for d in computed), 4),
@@ -117,7 +118,6 @@ def run(context: RunContext) -> dict[str, Any]:
         }
         write_json(layout.query_summary(method, seed), summary)
         summaries[str(seed)] = summary
-    n_queries = int(sum(ids.size for _, ids in plan))
     return {"queries": settings.influence.queries, "n_queries": n_queries, "parts": len(plan), "wall_seconds": round(wall_seconds, 4), "seeds": summaries}
 
 
@@ -135,10 +135,9 @@ def score_query_batch(settings: Settings, dataset: Dataset, seed: int, number: i
 
     from pipeline.io.checkpoints import StoredStates, retrain_hint
     from pipeline.io.files import read_json
-    from pipeline.io.states import kept_states
     from pipeline.io.tables import read_schedule
     from pipeline.kernels.training import as_inputs, as_targets, make_batches
-    from pipeline.stages.recipes import recipe_for
+    from pipeline.stages.recipes import kept_states, recipe_for
 
     layout, influence = RunLayout(settings.output_dir), settings.influence
     trained = read_json(layout.train_summary(seed))
@@ -149,7 +148,7 @@ def score_query_batch(settings: Settings, dataset: Dataset, seed: int, number: i
     rows, weights = query_weights(influence.queries, dataset, ids)
     x_val = as_inputs([a[rows] for a in dataset.x_val.values()], recipe.dtype)
     y_val = as_targets(dataset.y_val[rows], recipe.task, recipe.dtype)
-    every_state = None if influence.state_memory is None else kept_states(layout.states(seed), recipe, schedule.n_steps, seed)
+    every_state = kept_states(settings, layout, seed, recipe, schedule.n_steps)
     began = time.perf_counter()
     result = _sweep(recipe).run_queries(
         states, states.steps, train_batches, x_val, y_val, tf.constant(weights, recipe.dtype), input_grad=influence.query_input_grad, every_state=every_state

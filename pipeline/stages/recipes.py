@@ -78,6 +78,22 @@ def _cached_recipe(
     return Recipe(keras_model, functional_optimizer(optimizer), losses)
 
 
+def kept_states(settings: Settings, layout: Any, seed: int, recipe: Any, n_steps: int) -> Any:
+    """Where a sweep of `seed` gets its states: io.states.StoredRun over the states kept from training
+    (influence.state_memory), or None to replay from checkpoints; prints why when kept states were asked
+    for but cannot be read. layout: io.layout.RunLayout; recipe: kernels.training.Recipe."""
+    from pipeline.io.states import open_states
+
+    if settings.influence.state_memory is None:
+        return None
+    path = layout.states(seed)
+    run, problem = open_states(path, recipe.state_layout(), recipe.state_dtypes(), n_steps)
+    if problem is not None:
+        hint = " (trained without influence.state_memory, or over its budget)" if problem == "missing" else ""
+        print(f"[score] seed={seed}: {path.name} {problem}{hint}; replaying from checkpoints")
+    return run
+
+
 def _check_losses(settings: Settings, recipe: Any, dataset: Dataset) -> None:
     """User losses ('module:function') must give one finite value per sample and a second derivative."""
     import tensorflow as tf

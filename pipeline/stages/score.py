@@ -73,11 +73,10 @@ def score_seed(settings: Settings, dataset: Dataset, seed: int, key: str) -> dic
     from ray.experimental.tqdm_ray import tqdm
 
     from pipeline.io.checkpoints import StoredStates
-    from pipeline.io.states import kept_states
     from pipeline.io.tables import read_schedule, scores_table, write_table
     from pipeline.kernels.training import as_inputs, as_targets, make_batches, per_sample_losses
     from pipeline.kernels.trajectory import ReverseSweep
-    from pipeline.stages.recipes import recipe_for
+    from pipeline.stages.recipes import kept_states, recipe_for
 
     layout = RunLayout(settings.output_dir)
     trained = read_json(layout.train_summary(seed))
@@ -90,7 +89,7 @@ def score_seed(settings: Settings, dataset: Dataset, seed: int, key: str) -> dic
 
     method = settings.influence.method
     horizon = None if method == "trajectory" else settings.influence.horizon or steps_per_epoch(schedule)
-    every_state = None if settings.influence.state_memory is None else kept_states(layout.states(seed), recipe, schedule.n_steps, seed)
+    every_state = kept_states(settings, layout, seed, recipe, schedule.n_steps)
     bar = tqdm(total=min(schedule.n_steps, horizon or schedule.n_steps), desc=f"reverse sweep seed={seed}", unit="step")
     began = time.perf_counter()
     result = ReverseSweep(recipe).run(states, states.steps, batches, x_val, y_val, progress=bar.update, horizon=horizon, every_state=every_state)

@@ -95,7 +95,7 @@ def train_seed(settings: Settings, dataset: Dataset, seed: int, key: str) -> dic
 
     initial = recipe.initial_state()
     before = {k: float(v) for k, v in recipe.evaluate(initial, x_val, y_val).items()}
-    writer, states = state_writer(settings, layout, seed, state_layout, [np.asarray(t).dtype for t in recipe.flatten(initial)], schedule.n_steps)
+    writer, states = state_writer(settings, layout, seed, state_layout, recipe.state_dtypes(), schedule.n_steps)
 
     def keep(start: int, segment: list[np.ndarray]) -> None:
         nonlocal io_seconds

@@ -50,6 +50,7 @@ def every_state(kept):
 def test_kept_states_are_the_states_before_each_step(recorded):
     recipe, checkpoints, steps, _, _, kept = recorded
     assert sorted(kept) == steps[:-1]
+    assert recipe.state_dtypes() == [np.dtype(t.dtype.as_numpy_dtype) for t in recipe.flatten(recipe.initial_state())]  # what states.npy records
     for start in steps[:-1]:
         for kept_tensor, checkpoint_tensor in zip(kept[start], recipe.flatten(checkpoints[start])):
             np.testing.assert_array_equal(kept_tensor[0], checkpoint_tensor.numpy())
