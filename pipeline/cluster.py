@@ -7,17 +7,31 @@ from __future__ import annotations
 
 import logging
 import os
+import secrets
 import signal
+import sys
+from collections import deque
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, TypeVar
+from typing import Any, Callable, Iterable, Iterator, Sequence, TypeVar
 
 import ray
+from ray._private import ray_constants
+from ray._raylet import AuthenticationTokenLoader, Config
+from ray.exceptions import NodeDiedError, ObjectLostError, RayActorError, WorkerCrashedError
 from tqdm import tqdm
 
 from pipeline.config import ClusterSettings
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+J = TypeVar("J")
+
+# What losing an actor, its worker or its node looks like to the caller; anything else (a task's own exception) is
+# an answer, never retried.
+LOST = (RayActorError, NodeDiedError, WorkerCrashedError, ObjectLostError)
+# Ray's own switch for single-machine Ray (Windows, macOS): every Ray process then binds to 127.0.0.1.
+SINGLE_MACHINE_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 
 
 def worker_env(settings: ClusterSettings) -> dict[str, str]:
@@ -28,28 +42,72 @@ def worker_env(settings: ClusterSettings) -> dict[str, str]:
         "TF_NUM_INTEROP_THREADS": threads,
         "TF_CPP_MIN_LOG_LEVEL": "2",
         "TF_ENABLE_ONEDNN_OPTS": "0",
-        "RAY_AUTH_MODE": "disabled",
     }
 
 
 def connect(settings: ClusterSettings) -> None:
-    """Join `cluster.address` (auto, ray://...) or start a local Ray; no-op when Ray is already up."""
+    """Join `cluster.address` (auto, ray://...) or start a private local Ray; no-op when Ray is already up.
+
+    A local Ray listens on 127.0.0.1 only and keeps Ray's token authentication on, with a token no other process
+    has (see local_token), so nothing else on the machine or the network can join it or submit work to it.
+    """
     if ray.is_initialized():
         return
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     options: dict[str, Any] = {
         "runtime_env": {"env_vars": worker_env(settings)},
-        "include_dashboard": False,
         "configure_logging": True,
         "logging_level": logging.WARNING,
         "log_to_driver": True,
     }
-    if settings.address is None:  # "local": always a new instance, never a cluster found in /tmp/ray
-        options["num_cpus"] = settings.num_cpus
-        removed = reap_orphaned_agents()
-        if removed:
-            print(f"[cluster] stopped {len(removed)} Ray agent process(es) left behind by a killed run (pids {', '.join(map(str, removed))})")
-    ray.init(address=settings.address or "local", **options)
+    if settings.address is not None:
+        ray.init(address=settings.address, **options)
+        return
+    removed = reap_orphaned_agents()
+    if removed:
+        pids = ", ".join(map(str, removed))
+        print(f"[cluster] stopped {len(removed)} Ray agent process(es) left behind by a killed run (pids {pids})")
+    made = local_token()
+    with loopback_only():  # "local": always a new instance, never a cluster found in /tmp/ray
+        context = ray.init(address="local", num_cpus=settings.num_cpus, include_dashboard=settings.dashboard, **options)
+    if settings.dashboard:
+        token = f"this run's token {os.environ['RAY_AUTH_TOKEN']}" if made else "your RAY_AUTH_TOKEN"
+        print(f"[cluster] Ray dashboard: http://{context.dashboard_url} (sign in with {token})")
+
+
+def local_token() -> bool:
+    """Token authentication on for the local Ray this process starts, whatever RAY_AUTH_MODE said, with the token
+    of RAY_AUTH_TOKEN or a new random one (returns True then). Ray's default, ~/.ray/auth_token, is shared by every
+    local Ray of the user and readable by whoever can read the file; an environment variable reaches only this
+    process and the Ray processes it starts. Ray reads both variables once, at import: its settings are reloaded."""
+    os.environ["RAY_AUTH_MODE"] = "token"
+    made = not os.environ.get("RAY_AUTH_TOKEN")
+    if made:
+        os.environ["RAY_AUTH_TOKEN"] = secrets.token_hex(32)
+    Config.initialize("")
+    AuthenticationTokenLoader.instance().reset_cache()
+    return made
+
+
+@contextmanager
+def loopback_only() -> Iterator[None]:
+    """A Ray started inside listens on 127.0.0.1 only (GCS, raylet, object manager, workers, agents, dashboard).
+
+    Ray 2.60 has no option for this: a local Ray binds to the machine's routable address unless Ray is
+    single-machine (SINGLE_MACHINE_ENV=0), a setting Ray reads at import. The environment variable reaches the
+    processes Ray starts, the constant this one; both are restored afterwards (a later `cluster.address` join
+    needs the routable address).
+    """
+    saved_env, saved_flag = os.environ.get(SINGLE_MACHINE_ENV), ray_constants.ENABLE_RAY_CLUSTER
+    os.environ[SINGLE_MACHINE_ENV] = "0"
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    try:
+        yield
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = saved_flag
+        if saved_env is None:
+            os.environ.pop(SINGLE_MACHINE_ENV, None)
+        else:
+            os.environ[SINGLE_MACHINE_ENV] = saved_env
 
 
 # Per-node helpers a raylet starts. When a driver that started its own Ray is killed with SIGKILL, its raylet
@@ -143,3 +201,110 @@ def run_tasks(fn: Callable[..., T], calls: Iterable[tuple], options: dict[str, A
             for ref in pending:
                 ray.cancel(ref)
     return results
+
+
+def pool_size(settings: ClusterSettings, n_jobs: int) -> int:
+    """Actors for n_jobs jobs of `cluster.cpus_per_task` CPUs each: every CPU of a local Ray (the run has it to
+    itself, and Ray's count of free CPUs lags behind tasks that just ended), the free CPUs of a shared cluster."""
+    resources = ray.cluster_resources() if settings.address is None else ray.available_resources()
+    return max(1, min(n_jobs, int(resources.get("CPU", 0.0) // settings.cpus_per_task)))
+
+
+def run_on_actors(
+    actor_class: Any,
+    args: tuple,
+    n_actors: int,
+    jobs: Sequence[J],
+    call: Callable[[Any, J], Any],
+    retries: int,
+    desc: str,
+    weight: Callable[[J], int] = lambda job: 1,
+    unit: str = "job",
+) -> list[Any]:
+    """Run every job on a new pool of `n_actors` actors `actor_class.remote(*args)` (ActorPool.run); results in
+    job order. Every actor is killed at the end."""
+    if not jobs:
+        return []
+    with ActorPool(actor_class, args, min(n_actors, len(jobs)), retries) as pool:
+        return pool.run(jobs, call, desc, weight, unit)
+
+
+class ActorPool:
+    """`with ActorPool(actor_class, args, n_actors, retries) as pool:` actors `actor_class.remote(*args)` that
+    serve several `run` calls (so a map-reduce pays for starting them, loading TensorFlow and tracing once);
+    every actor is killed when the block ends."""
+
+    def __init__(self, actor_class: Any, args: tuple, n_actors: int, retries: int):
+        self.actor_class, self.args, self.retries = actor_class, args, retries
+        self.n_actors = max(1, n_actors)
+        self.actors: list[Any] = []
+        self.idle: list[Any] = []
+        self.starting: dict[Any, Any] = {}  # ready reference -> actor not known to be up yet
+        self.lost_starts = 0
+
+    def __enter__(self) -> ActorPool:
+        for _ in range(self.n_actors):
+            self._start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        for actor in self.actors:
+            ray.kill(actor)
+        self.actors, self.idle, self.starting = [], [], {}
+
+    def _start(self) -> None:
+        actor = self.actor_class.remote(*self.args)
+        self.actors.append(actor)
+        self.starting[actor.__ray_ready__.remote()] = actor
+
+    def run(
+        self,
+        jobs: Sequence[J],
+        call: Callable[[Any, J], Any],
+        desc: str,
+        weight: Callable[[J], int] = lambda job: 1,
+        unit: str = "job",
+    ) -> list[Any]:
+        """Run every job on the pool; results in job order.
+
+        `call(actor, job)` submits one job and returns its object reference; the progress bar counts `weight(job)`
+        per finished job. A job whose actor, worker or node is lost (LOST) is resubmitted, up to `retries` times,
+        to the next ready actor, and the lost actor is killed and replaced by a new one (Ray places it on a live
+        node). Jobs go only to actors that are up, so a replacement that cannot be placed (its node's CPUs are
+        gone) holds no job. A job's own exception, or a loss beyond its retries, is raised as Ray gives it.
+        """
+        results: list[Any] = [None] * len(jobs)
+        tries = [0] * len(jobs)
+        todo = deque(range(len(jobs)))
+        running: dict[Any, tuple[Any, int]] = {}  # reference -> (actor, its job)
+        with tqdm(total=sum(weight(job) for job in jobs), desc=desc, unit=unit, disable=not jobs) as bar:
+            while todo or running:
+                while todo and self.idle:
+                    actor, i = self.idle.pop(), todo.popleft()
+                    running[call(actor, jobs[i])] = (actor, i)
+                [ref], _ = ray.wait([*running, *self.starting], num_returns=1)
+                starting = ref in self.starting
+                actor, i = (self.starting.pop(ref), None) if starting else running.pop(ref)
+                try:
+                    value = ray.get(ref)
+                except LOST as exc:
+                    if i is None:
+                        self.lost_starts += 1
+                        if getattr(exc, "actor_init_failed", False) or self.lost_starts > self.retries * self.n_actors:
+                            raise
+                    else:
+                        tries[i] += 1
+                        if tries[i] > self.retries:
+                            raise
+                        todo.appendleft(i)
+                        lost = f"[cluster] {desc}: job {i + 1} of {len(jobs)} lost its actor ({type(exc).__name__})"
+                        tqdm.write(f"{lost}; resubmitted (retry {tries[i]} of {self.retries})", file=sys.stderr)
+                    ray.kill(actor)
+                    self.actors.remove(actor)
+                    self._start()
+                    continue
+                if i is not None:
+                    results[i] = value
+                    bar.update(weight(jobs[i]))
+                self.idle.append(actor)
+        return results

@@ -9,9 +9,10 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from types import UnionType
+from typing import Any, Union, get_args, get_origin, get_type_hints
 
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue
@@ -26,6 +27,8 @@ MODELS = ("logistic", "mlp", "cnn", "custom", "saved")
 OPTIMIZERS = ("sgd", "momentum", "adam")
 METHODS = tuple(REGISTRY)
 DTYPES = ("float32", "float64")
+ENSEMBLES = ("mean", "standardized", "rank")  # aggregate.ensemble
+FEATURE_DTYPES = ("float32", "float16")  # influence.feature_dtype
 QUERIES = ("mean", "per_sample", "per_class", "groups")  # influence.queries
 # Built-in per-sample losses of each task (kernels/task.py); any of them can train or be the objective E.
 TASK_LOSSES = {"classification": ("cross_entropy", "mse", "margin"), "regression": ("mse", "mae", "huber")}
@@ -113,6 +116,12 @@ class InfluenceSettings:
     # exact sweeps: keep every training state when they fit this many bytes ("2GB", "512MiB"), so the
     # reverse sweep reads them instead of replaying each segment (trajectory/seed=<s>/states.npy); null: replay
     state_memory: str | None = None
+    # trak: projected gradients of the output function (features/method=trak/...)
+    proj_dim: int = 512  # k, dimensions of the random projection
+    proj_seed: int = 0  # seed of the projection (the same matrix on every worker)
+    checkpoints: int | None = None  # stored checkpoints featurized per seed, evenly spaced, ending at the last; null: 1
+    damping: float = 1e-6  # lambda of the kernel Phi^T Phi + lambda I, relative to its mean diagonal
+    feature_dtype: str = "float32"  # float32 | float16: how features are kept on disk
 
 
 @dataclass(frozen=True)
@@ -138,6 +147,14 @@ class ClusterSettings:
     gpus_per_task: float = 0.0
     tf_threads: int = 1
     max_retries: int = 2
+    dashboard: bool = False  # a local Ray starts its dashboard (on 127.0.0.1) only when asked
+
+
+@dataclass(frozen=True)
+class AggregateSettings:
+    # how ranking.parquet combines a method's seeds: mean (of the raw scores) | standardized (each seed divided
+    # by its root mean square first, so no seed dominates by scale) | rank (mean of each seed's centred ranks)
+    ensemble: str = "mean"
 
 
 @dataclass(frozen=True)
@@ -167,6 +184,9 @@ class EvaluationSettings:
     seed: int = 0
     scratch: str = "outputs/evaluation"  # run directories, one per experiment
     results: str = "docs/results"  # <name>.parquet and <name>.md; docs/results.md gathers them
+    # scores of an outside reference on the same data (scripts/peers: model, sample_id, score with positive =
+    # helpful; seconds per model in <stem>_models.parquet), compared on the same targets; null: none
+    peer_scores: str | None = None
 
 
 @dataclass(frozen=True)
@@ -180,6 +200,7 @@ class Settings:
     verify: VerifySettings = field(default_factory=VerifySettings)
     cluster: ClusterSettings = field(default_factory=ClusterSettings)
     output: OutputSettings = field(default_factory=OutputSettings)
+    aggregate: AggregateSettings = field(default_factory=AggregateSettings)
     stages: tuple[str, ...] = ("train", "score", "aggregate", "report")
 
     @property
@@ -199,29 +220,62 @@ class Settings:
 
 
 def _section(cls: type, cfg: DictConfig | None, prefix: str) -> Any:
-    """Build dataclass `cls` from a config node, refusing unknown keys and converting lists to tuples."""
+    """Build dataclass `cls` from a config node, refusing unknown keys and checking every value against its
+    field's type (_typed)."""
     try:
         raw = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True) if cfg is not None else {}
     except MissingMandatoryValue as exc:
         raise ConfigError(f"{exc.full_key}: required but not set (pass {exc.full_key}=...)") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{prefix}: expected a mapping, got {raw!r}")
-    types = {f.name: f.type for f in fields(cls)}
+    types = get_type_hints(cls)
     unknown = sorted(set(raw) - set(types))
     if unknown:
         raise ConfigError(f"{prefix}.{unknown[0]}: unknown setting (known: {', '.join(sorted(types))})")
-    return cls(**{k: _typed(v, types[k]) for k, v in raw.items()})
+    return cls(**{k: _typed(v, types[k], f"{prefix}.{k}") for k, v in raw.items()})
 
 
-def _typed(value: Any, annotation: str) -> Any:
-    """Lists become tuples; an integer given for a float setting becomes a float (so 1 and 1.0 are one config)."""
-    if isinstance(value, list):
-        if annotation.startswith("tuple[float"):
-            return tuple(float(v) if _is_int(v) else v for v in value)
-        return tuple(value)
-    if annotation.startswith("float") and _is_int(value):
-        return float(value)
+_KINDS = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}  # checked by type
+_LISTS = {bool: "true/false values", int: "integers", float: "numbers", str: "strings"}
+_WRONG = object()  # _scalar: the value is not of the kind
+
+
+def _typed(value: Any, hint: Any, name: str) -> Any:
+    """`value` as the setting `name` of dataclass type `hint`, or ConfigError naming it. Booleans are true/false
+    only; an integer is taken for a float (1 and 1.0 are one config) and as the text of a string (Hydra reads
+    output.dir=2024 as a number); lists become tuples; null only where the type allows it; `Any` is not checked."""
+    options = get_args(hint) if get_origin(hint) in (Union, UnionType) else (hint,)
+    (kind,) = [option for option in options if option is not type(None)]
+    nullable, listed = len(options) > 1, get_origin(kind) is tuple
+    item = get_args(kind)[0] if listed else kind
+    if item not in _KINDS:
+        return tuple(value) if isinstance(value, list) else value
+    if value is None and nullable:
+        return None
+    or_null = " or null" if nullable else ""
+    if listed:
+        items = [_scalar(v, item) for v in value] if isinstance(value, list) else [_WRONG]
+        if any(v is _WRONG for v in items):
+            raise ConfigError(f"{name}={_shown(value)}: must be a list of {_LISTS[item]}{or_null}")
+        return tuple(items)
+    typed = _scalar(value, item)
+    if typed is _WRONG:
+        raise ConfigError(f"{name}={_shown(value)}: must be {_KINDS[item]}{or_null}")
+    return typed
+
+
+def _scalar(value: Any, kind: type) -> Any:
+    """`value` as `kind` (bool, int, float or str), or _WRONG; bools are never numbers, numbers never bools."""
+    if _is_int(value) and kind in (float, str):
+        return kind(value)
+    if isinstance(value, bool) != (kind is bool) or not isinstance(value, kind):
+        return _WRONG
     return value
+
+
+def _shown(value: Any) -> str:
+    """A value as a message shows it: strings quoted, true/false/null as typed."""
+    return json.dumps(value) if value is None or isinstance(value, bool) else repr(value)
 
 
 def _check(condition: bool, message: str) -> None:
@@ -253,6 +307,7 @@ def settings_from_config(cfg: DictConfig) -> Settings:
         verify=_section(VerifySettings, cfg.get("verify"), "verify"),
         cluster=_section(ClusterSettings, cfg.get("cluster"), "cluster"),
         output=_section(OutputSettings, cfg.get("output"), "output"),
+        aggregate=_section(AggregateSettings, cfg.get("aggregate"), "aggregate"),
         stages=tuple(stages),
     )
     validate(settings)
@@ -349,7 +404,23 @@ def validate(s: Settings) -> None:
     _check_loss("influence.objective", i.objective, s.task.name)
     _check(i.horizon is None or (_is_int(i.horizon) and i.horizon > 0), f"influence.horizon={i.horizon}: must be a positive integer or null")
     _check(i.queries in QUERIES, f"influence.queries={i.queries!r}: unknown (known: {', '.join(QUERIES)})")
-    _check(i.queries == "mean" or i.method == "trajectory", f"influence.queries={i.queries}: needs influence.method=trajectory (got {i.method})")
+    with_queries = [name for name, m in REGISTRY.items() if m.queries]
+    _check(
+        i.queries == "mean" or REGISTRY[i.method].queries,
+        f"influence.queries={i.queries}: needs influence.method={' or '.join(with_queries)} (got {i.method})",
+    )
+    _check(
+        not (i.query_input_grad and REGISTRY[i.method].features),
+        f"influence.query_input_grad=true: not available for influence.method={i.method} (its queries are products of features)",
+    )
+    _check(_is_int(i.proj_dim) and i.proj_dim > 0, f"influence.proj_dim={i.proj_dim}: must be a positive integer")
+    _check(_is_int(i.proj_seed) and i.proj_seed >= 0, f"influence.proj_seed={i.proj_seed}: must be a non-negative integer")
+    _check(
+        i.checkpoints is None or (_is_int(i.checkpoints) and i.checkpoints > 0),
+        f"influence.checkpoints={i.checkpoints}: must be a positive integer or null",
+    )
+    _check(_is_number(i.damping) and i.damping >= 0, f"influence.damping={i.damping}: must be a number >= 0")
+    _check(i.feature_dtype in FEATURE_DTYPES, f"influence.feature_dtype={i.feature_dtype!r}: unknown (known: {', '.join(FEATURE_DTYPES)})")
     _check(
         i.query_ids is None or (isinstance(i.query_ids, tuple) and len(i.query_ids) > 0 and all(_is_int(q) and q >= 0 for q in i.query_ids)),
         f"influence.query_ids={i.query_ids}: must be a non-empty list of non-negative integers or null",
@@ -357,7 +428,6 @@ def validate(s: Settings) -> None:
     _check(i.query_ids is None or len(set(i.query_ids)) == len(i.query_ids), f"influence.query_ids={list(i.query_ids or ())}: contains duplicates")
     _check(i.query_ids is None or i.queries != "mean", "influence.query_ids: needs influence.queries=per_sample, per_class or groups")
     _check(_is_int(i.query_batch) and i.query_batch > 0, f"influence.query_batch={i.query_batch}: must be a positive integer")
-    _check(isinstance(i.query_input_grad, bool), f"influence.query_input_grad={i.query_input_grad!r}: must be true or false")
     _check(_is_int(i.query_top_k) and i.query_top_k > 0, f"influence.query_top_k={i.query_top_k}: must be a positive integer")
     _check(
         i.state_memory is None or parse_size(i.state_memory) is not None,
@@ -371,7 +441,6 @@ def validate(s: Settings) -> None:
     _check(_is_int(v.n_gradcheck) and v.n_gradcheck >= 0, f"verify.n_gradcheck={v.n_gradcheck}: must be a non-negative integer")
     _check(_is_int(v.n_loo) and v.n_loo >= 0, f"verify.n_loo={v.n_loo}: must be a non-negative integer")
     _check(v.fd_step is None or (_is_number(v.fd_step) and v.fd_step > 0), f"verify.fd_step={v.fd_step}: must be positive or null")
-    _check(isinstance(v.smoothness, bool), f"verify.smoothness={v.smoothness!r}: must be true or false")
     _check(_is_int(v.n_smooth) and v.n_smooth >= 1, f"verify.n_smooth={v.n_smooth}: must be a positive integer")
     _check(_is_int(v.n_groups) and v.n_groups >= 0, f"verify.n_groups={v.n_groups}: must be a non-negative integer")
     _check(
@@ -388,3 +457,5 @@ def validate(s: Settings) -> None:
     _check(_is_int(c.tf_threads) and c.tf_threads > 0, f"cluster.tf_threads={c.tf_threads}: must be a positive integer")
     _check(_is_int(c.max_retries) and c.max_retries >= 0, f"cluster.max_retries={c.max_retries}: must be a non-negative integer")
     _check(bool(s.output.dir), "output.dir: must not be empty")
+    ensemble = s.aggregate.ensemble
+    _check(ensemble in ENSEMBLES, f"aggregate.ensemble={ensemble!r}: unknown (known: {', '.join(ENSEMBLES)})")

@@ -15,3 +15,9 @@ class DataError(UserInputError):
 
 class DivergenceError(RuntimeError):
     """Training or scoring produced NaN/inf; the message names the step."""
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message, or its type's name when the message is empty."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

@@ -29,10 +29,11 @@ from typing import Any, Callable
 import hydra
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from omegaconf import DictConfig
 
-from pipeline import cluster, metrics
+from pipeline import cli, cluster, ensembles, metrics
 from pipeline.config import DataSettings, EvaluationSettings, Settings, evaluation_from_config, settings_from_config
 from pipeline.data import SINGLE_INPUT, Dataset, load_dataset
 from pipeline.errors import DivergenceError, UserInputError
@@ -41,7 +42,6 @@ from pipeline.evaluation.retrain import fresh_objective
 from pipeline.io.files import read_json
 from pipeline.io.layout import RunLayout
 from pipeline.io.tables import read_parts
-from pipeline.methods import REGISTRY
 from pipeline.run import CONFIG_DIR, INTERRUPTED, execute, one_line
 from pipeline.stages.verify import objective_after_training
 
@@ -62,37 +62,88 @@ class Rows:
         return pa.Table.from_pylist(self.rows, schema=markdown.SCHEMA)
 
 
+SELF_INFLUENCE = "self_influence"  # the column some methods (trak) add to their parts
+
+
 def score_runs(settings: Settings, methods: tuple[str, ...], n_seeds: int, horizon: int, out: Path) -> dict[str, np.ndarray]:
-    """Train + score through the pipeline into `out`: sweep methods on seeds 0..n_seeds-1, the others on
-    seed 0; returns method -> influence [seeds, N]."""
+    """Train + score through the pipeline into `out`, every method on seeds 0..n_seeds-1; returns
+    method -> influence [seeds, N], plus "<method> self-influence" for methods whose parts carry it."""
     layout, scores = RunLayout(out), {}
+    seeds = tuple(range(n_seeds))
     for method in methods:
-        seeds = tuple(range(n_seeds)) if REGISTRY[method].sweep else (0,)
         influence = replace(settings.influence, method=method, horizon=horizon if method == "truncated" else None)
         run = replace(settings, influence=influence, train=replace(settings.train, seeds=seeds), output=replace(settings.output, dir=str(out), overwrite=True), stages=("train", "score"))
         execute(run)
-        scores[method] = np.stack([read_parts(layout.score_parts(method, s)).sort_by("sample_id")["influence"].to_numpy() for s in seeds])
+        tables = [read_parts(layout.score_parts(method, s)).sort_by("sample_id") for s in seeds]
+        scores[method] = np.stack([t["influence"].to_numpy() for t in tables])
+        if SELF_INFLUENCE in tables[0].column_names:
+            scores[f"{method} self-influence"] = np.stack([t[SELF_INFLUENCE].to_numpy() for t in tables])
     return scores
 
 
-def sweep_seconds(out: Path, method: str, n_seeds: int) -> np.ndarray:
-    """[n_seeds] seconds of training plus the method's sweep, per seed (from the run's summaries)."""
+def seconds_per_model(out: Path, method: str, n_seeds: int) -> np.ndarray:
+    """[n_seeds] CPU seconds (process time, robust to a busy machine) of training plus the method's scoring, per
+    seed (from the run's summaries)."""
     layout = RunLayout(out)
-    return np.array([read_json(layout.train_summary(s))["compute_seconds"] + read_json(layout.score_summary(method, s))["seconds"] for s in range(n_seeds)])
+    return np.array([read_json(layout.train_summary(s))["cpu_seconds"] + read_json(layout.score_summary(method, s))["cpu_seconds"] for s in range(n_seeds)])
+
+
+def peer_scores(path: Path, n_train: int) -> tuple[str, np.ndarray, np.ndarray]:
+    """(name, influence [models, N] with positive = harmful, CPU seconds per model [models]) of the outside
+    reference written by scripts/peers (TRAK by dattri; its scores are positive = helpful, so they are negated)."""
+    table = pq.read_table(path)
+    models = np.unique(table["model"].to_numpy())
+    scores = np.zeros((models.size, n_train))
+    for row, model in enumerate(models):
+        part = table.filter(pc.equal(table["model"], model)).sort_by("sample_id")
+        if not np.array_equal(part["sample_id"].to_numpy(), np.arange(n_train)):
+            raise UserInputError(f"evaluation.peer_scores={path}: model {model} does not score every one of the {n_train} training samples once")
+        scores[row] = -part["score"].to_numpy()
+    timing = pq.read_table(path.with_name(f"{path.stem}_models.parquet")).to_pandas().set_index("model").loc[models]
+    seconds = (timing["cpu_seconds_train"] + timing["cpu_seconds_attribute"]).to_numpy()  # process time: load-proof
+    return markdown.PEER, scores, seconds
 
 
 def ranked_scores(scores: dict[str, np.ndarray], largest: int) -> dict[str, np.ndarray]:
-    """Scores per method as compared: sweep methods averaged over seeds 0..largest-1 (trajectory also on
-    seed 0 alone), the others from seed 0."""
+    """Scores per method as compared on one target: seed 0 alone and, with several seeds, the standardized
+    ensemble of seeds 0..largest-1 (pipeline.ensembles; a plain mean lets one seed's scale dominate)."""
     out = {}
     for method, values in scores.items():
-        if REGISTRY[method].sweep:
-            if method == "trajectory" and largest > 1:
-                out["trajectory K=1"] = values[0]
-            out[f"{method} K={largest}" if largest > 1 else method] = values[:largest].mean(axis=0)
+        if largest > 1 and values.shape[0] >= largest:
+            out[f"{method} K=1"] = values[0]
+            out[f"{method} K={largest}"] = ensembles.combine(values[:largest], "standardized")
         else:
             out[method] = values[0]
     return out
+
+
+def ensemble_rows(rows: Rows, name: str, values: np.ndarray, masks: np.ndarray, target: np.ndarray, drop: float, sizes: tuple[int, ...]) -> None:
+    """LDS of one method's ensembles of K = each size (mean and standardized rules, seeds 0..K-1), and over
+    disjoint groups of K seeds (mean and standard error of the groups' LDS: single seeds are noisy)."""
+    for k in (k for k in sizes if k <= values.shape[0]):
+        for rule in ("mean", "standardized"):
+            label = name if rule == "mean" else f"{name} standardized"
+            rows.add("ensemble", label, "lds", stats.lds(masks, ensembles.combine(values[:k], rule), target), drop, k)
+        groups = [stats.lds(masks, ensembles.combine(values[g * k : (g + 1) * k], "mean"), target) for g in range(values.shape[0] // k)]
+        rows.add("ensemble_groups", name, "lds_mean", float(np.mean(groups)), drop, k)
+        rows.add("ensemble_groups", name, "lds_se", float(np.std(groups, ddof=1) / math.sqrt(len(groups))) if len(groups) > 1 else math.nan, drop, k)
+        rows.add("ensemble_groups", name, "groups", len(groups), drop, k)
+
+
+def equal_compute_rows(rows: Rows, seconds: dict[str, float], reference: str, drops: tuple[float, ...], sizes: tuple[int, ...]) -> None:
+    """For the compute of `reference` at each K: every method's best ensemble (either rule) within that many
+    seconds, K' = floor(budget / its seconds per model), and its LDS (from the rows already recorded)."""
+    f = markdown.Figures(rows.table())
+    for k in sizes:
+        budget = k * seconds[reference]
+        for method, per_model in seconds.items():
+            fits = [size for size in sizes if size * per_model <= budget * (1 + 1e-9)]
+            if not fits:
+                continue
+            for drop in drops:
+                best = max((f.get("ensemble", label, "lds", drop, fits[-1]), label) for label in (method, f"{method} standardized"))
+                rows.add("equal_compute", best[1], "lds", best[0], drop, k)
+                rows.add("equal_compute", best[1], "k", fits[-1], drop, k)
 
 
 class Retrainer:
@@ -134,7 +185,8 @@ def evaluate(settings: Settings, ev: EvaluationSettings) -> Rows:
     horizon = ev.truncated_epochs * steps_per_epoch
 
     scores = score_runs(settings, ev.methods, largest, horizon, root / "main")
-    compared = ranked_scores(scores, largest) | {"random": rng.normal(size=n)}
+    seconds = {m: float(seconds_per_model(root / "main", m, largest).mean()) for m in ev.methods}
+    compared = ranked_scores({m: v for m, v in scores.items() if not m.endswith("self-influence")}, largest) | {"random": rng.normal(size=n)}
     retrainer = Retrainer(settings, ray.put(dataset))
     main_run = replace(settings, train=replace(settings.train, seeds=(0,)), output=replace(settings.output, dir=str(root / "main")))
     e_seed0 = read_json(RunLayout(root / "main").train_summary(0))["val_objective"]
@@ -147,7 +199,7 @@ def evaluate(settings: Settings, ev: EvaluationSettings) -> Rows:
     base = next(measured)
     loo_change = np.array([next(measured) for _ in loo_ids]) - base
     same_e = {drop: np.array([next(measured) for _ in range(ev.n_subsets)]) for drop in ev.same_seed_drops}
-    single = {m: v[0] for m, v in scores.items()} | {"random": compared["random"]}
+    single = {m: v[0] for m, v in scores.items() if not m.endswith("self-influence")} | {"random": compared["random"]}
     for method, values in single.items():
         if loo_ids.size:
             for metric, value in metrics.correlations(-values[loo_ids], loo_change).items():
@@ -166,6 +218,10 @@ def evaluate(settings: Settings, ev: EvaluationSettings) -> Rows:
     fresh = iter(retrainer.fresh(fresh_seeds, plan, f"{ev.name}: fresh-seed retrainings"))
     full = next(fresh)
     cross_e = {drop: np.stack([next(fresh) for _ in range(ev.n_subsets)]) for drop in ev.cross_seed_drops}
+    if ev.peer_scores:  # read only now: the outside reference is compared on the targets, not in the removals
+        peer, peer_values, peer_seconds = peer_scores(Path(ev.peer_scores), n)
+        scores[peer], seconds[peer] = peer_values[:largest], float(peer_seconds[:largest].mean())
+        compared |= {f"{peer} K=1": peer_values[0], f"{peer} K={largest}": ensembles.combine(peer_values[:largest], "mean")}
     for drop, values in cross_e.items():
         reliability = stats.split_half_reliability(values, ev.reliability_splits, rng)
         rows.add("cross_seed", "-", "reliability", reliability, drop)
@@ -174,13 +230,15 @@ def evaluate(settings: Settings, ev: EvaluationSettings) -> Rows:
         rows.add("cross_seed", "-", "E_sd_across_seeds", values.std(axis=1, ddof=1).mean(), drop)
         for method, values_m in compared.items():
             rows.add("cross_seed", method, "lds", stats.lds(cross_masks[drop], values_m, values.mean(axis=1)), drop)
-        for method in (m for m in scores if REGISTRY[m].sweep):
-            for k in ev.ensemble_sizes:
-                rows.add("ensemble", method, "lds", stats.lds(cross_masks[drop], scores[method][:k].mean(axis=0), values.mean(axis=1)), drop, k)
-    for method in (m for m in scores if REGISTRY[m].sweep):
-        seconds = np.cumsum(sweep_seconds(root / "main", method, largest))
+        for method, values_m in scores.items():
+            if not method.endswith("self-influence"):
+                ensemble_rows(rows, method, values_m, cross_masks[drop], values.mean(axis=1), drop, ev.ensemble_sizes)
+    for method, per_model in seconds.items():
+        rows.add("ensemble", method, "seconds_per_model", per_model)
         for k in ev.ensemble_sizes:
-            rows.add("ensemble", method, "seconds", seconds[k - 1], ensemble=k)
+            rows.add("ensemble", method, "seconds", k * per_model, ensemble=k)
+    if ev.peer_scores:
+        equal_compute_rows(rows, seconds, peer, ev.cross_seed_drops, ev.ensemble_sizes)
     for label, direction, k, _ in removals:
         mean, se = stats.paired_change(next(fresh), full)
         rows.add("removal", label, f"delta_E_{direction}", mean, k)
@@ -223,7 +281,7 @@ def flip_rows(rows: Rows, settings: Settings, dataset: Dataset, ev: EvaluationSe
     np.savez(path, y_train=y, y_val=dataset.y_val, **arrays)
     data = DataSettings(source="npz", path=str(path), inputs=None if single else dataset.input_names)
     scores = score_runs(replace(settings, data=data), ev.methods, ev.flip_seeds, horizon, root / "flipped")
-    compared = ranked_scores(scores, ev.flip_seeds) | {"random": rng.normal(size=dataset.n_train)}
+    compared = {m: ensembles.combine(v, "standardized") for m, v in scores.items()} | {"random": rng.normal(size=dataset.n_train)}
     for method, values in compared.items():
         rows.add("flips", method, "auc", metrics.roc_auc(values, flipped))
         for share in INSPECTED:
@@ -268,7 +326,7 @@ def main() -> None:
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     try:
-        _hydra_main()
+        cli.run_hydra(_hydra_main, CONFIG_DIR, "evaluate")
     except KeyboardInterrupt:
         print(INTERRUPTED, file=sys.stderr)
         sys.exit(130)

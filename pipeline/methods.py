@@ -3,8 +3,10 @@
 
 - sweeps (`trajectory`, `truncated`): one reverse sweep per seed over the recorded training run, or over
   its last `influence.horizon` steps (stages.score).
-- sharded (all others): a pool of Ray actors scores shards of the training set; `kernel(seed_run)` is
-  called once per (actor, seed) and returns score(x, y) -> (influence [b], input_grad per input).
+- sharded: a pool of Ray actors scores shards of the training set; `kernel(seed_run)` is called once per
+  (actor, seed) and returns score(x, y) -> (influence [b], input_grad per input).
+- features (`trak`): a map-reduce on the same pool (stages.score_trak): shards write projected features,
+  the kernel is reduced over shards and inverted once per seed, then shards are scored.
 
 Kernels import TensorFlow lazily (this module is imported by config validation on the driver).
 """
@@ -28,6 +30,8 @@ class Method:
     settings: tuple[str, ...]  # influence.<setting> names that change the scores (part of the artifact key)
     description: str
     kernel: Callable[["SeedRun"], ScoreFn] | None = None  # sharded methods only
+    features: bool = False  # True: the features map-reduce of stages.score_trak
+    queries: bool = False  # True: influence.queries per_sample / per_class / groups are supported
 
 
 def _lookahead(run: "SeedRun") -> ScoreFn:
@@ -57,12 +61,21 @@ def _sensitivity(run: "SeedRun") -> ScoreFn:
 REGISTRY: dict[str, Method] = {
     m.name: m
     for m in (
-        Method("trajectory", True, True, ("objective",), "exact dE/d eps_i and dE/d x_i through the recorded training run"),
+        Method("trajectory", True, True, ("objective",), "exact dE/d eps_i and dE/d x_i through the recorded training run", queries=True),
         Method("truncated", True, False, ("objective", "horizon"), "dE/d eps_i and dE/d x_i through the last influence.horizon steps only"),
         Method("lookahead", False, False, ("objective", "steps"), "K more optimizer steps on sample i alone, then E", _lookahead),
         Method("tracin", False, False, ("objective",), "sum over checkpoints of -lr grad E . grad loss_i", _tracin),
         Method("loss", False, False, (), "final training loss (ranking baseline)", _loss),
         Method("saliency", False, False, (), "|d loss_i / d x_i| of the final model (ranking baseline)", _saliency),
         Method("sensitivity", False, False, ("output_weights",), "d (w . output) / d x_i of the trained model", _sensitivity),
+        Method(
+            "trak",
+            False,
+            False,
+            ("objective", "proj_dim", "proj_seed", "checkpoints", "damping", "feature_dtype"),
+            "TRAK: -slope_i phi_E^T (Phi^T Phi + lambda I)^-1 phi_i with projected output-function gradients phi",
+            features=True,
+            queries=True,
+        ),
     )
 }

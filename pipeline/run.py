@@ -3,8 +3,10 @@ no math here.
 
     python -m pipeline [overrides...]        e.g. model=cnn train.seeds=[0,1,2] output.dir=runs/cnn
 
-Nothing is written into output.dir before the settings and the data have been checked, the directory
-is locked, and the recorded arguments of its trajectory and scores agree with this run's (io.arguments).
+Nothing is written into output.dir, or removed from it, before the settings, the data, the directory itself
+(empty, or a run of ours; no symbolic links where a run writes) and the model and the user's losses (one Ray
+task) have been checked, the directory is locked, and the recorded arguments of its trajectory and scores
+agree with this run's (io.arguments). A run only ever removes the entries of its own layout.
 """
 
 from __future__ import annotations
@@ -12,21 +14,23 @@ from __future__ import annotations
 import os
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import hydra
 from omegaconf import DictConfig
 
-from pipeline import cluster
+from pipeline import cli, cluster
 from pipeline.config import STAGES, Settings, settings_from_config, with_task_defaults
 from pipeline.data import Dataset, describe, load_dataset
 from pipeline.errors import ConfigError, DivergenceError, UserInputError
 from pipeline.io import arguments
+from pipeline.io.files import first_link, refuse_link, remove
 from pipeline.io.fingerprint import fingerprint
 from pipeline.io.layout import RunLayout
-from pipeline.io.lock import RunLock
-from pipeline.io.manifest import Manifest
+from pipeline.io.lock import RunLock, refuse_if_busy
+from pipeline.io.manifest import Manifest, foreign_entries
 from pipeline.stages import queries
 from pipeline.stages.context import RunContext
 
@@ -46,28 +50,31 @@ def execute(settings: Settings) -> dict[str, Any]:
     """Run the configured stages (always in the order of config.STAGES); returns the manifest payload.
 
     Raises UserInputError for bad settings or data, DivergenceError for a blow-up, KeyboardInterrupt on
-    Ctrl-C; the manifest then says failed or interrupted and no _SUCCESS is written.
+    Ctrl-C; the manifest then says failed or interrupted and no _SUCCESS is written. Every check that can
+    refuse the run comes before output.dir is locked, written or cleared (see the module docstring).
     """
-    settings = with_task_defaults(settings)
+    settings = with_task_defaults(_resolved(settings))
+    layout = RunLayout(settings.output_dir)
+    refuse_if_busy(layout.root)  # the quick checks first: a busy or foreign directory is refused at once
+    _check_run_dir(layout, settings.output.overwrite)
     dataset = load_dataset(settings.data, settings.task.name)
     if settings.train.batch_size > dataset.n_train:
         raise ConfigError(f"train.batch_size={settings.train.batch_size}: larger than the {dataset.n_train} training samples")
     if settings.influence.queries != "mean":
         queries.query_ids(settings, dataset)  # refuses ids the validation set does not have
     print(f"[data] {describe(dataset)}")
-    layout = RunLayout(settings.output_dir)
     data_key = data_fingerprint(dataset)
+    ray_context = _check_in_worker(settings, dataset) if set(settings.stages) & set(RAY_STAGES) else None
     with RunLock(layout.root):
+        kept = _check_run_dir(layout, settings.output.overwrite)  # again, now that no other run of ours can change it
+        if kept:
+            print(f"[output] {layout.root} was not a run of ours: its files ({', '.join(kept)}) are left as they are")
         context = _claim_artifacts(settings, dataset, data_key, layout)
+        if ray_context is not None:
+            context.task_options, context.dataset_ref = ray_context
         extra = {"data_fingerprint": data_key, "trajectory_key": context.trajectory_key, "score_key": context.score_key, "queries_key": context.queries_key, "data": dataset.summary()}
         manifest = Manifest.open(layout, settings, extra)
         try:
-            if set(settings.stages) & set(RAY_STAGES):
-                import ray
-
-                cluster.connect(settings.cluster)
-                context.task_options = cluster.task_options(settings.cluster, cluster.gpus_in_cluster())
-                context.dataset_ref = ray.put(dataset)
             for stage in (s for s in STAGES if s in settings.stages):
                 began = time.perf_counter()
                 details = _stage_module(stage).run(context)
@@ -83,6 +90,60 @@ def execute(settings: Settings) -> dict[str, Any]:
         return manifest.payload
 
 
+def _resolved(settings: Settings) -> Settings:
+    """output.dir as an absolute path without `~`, `..` or symbolic links, resolved once before anything is created
+    (so output.dir=a/../b never makes an `a/`, and every task writes to the same place)."""
+    try:
+        root = Path(settings.output.dir).expanduser().resolve()
+    except (OSError, RuntimeError) as exc:  # RuntimeError: a loop of symbolic links
+        raise ConfigError(f"output.dir={settings.output.dir}: cannot resolve the path ({exc})") from None
+    return replace(settings, output=replace(settings.output, dir=str(root)))
+
+
+def _check_run_dir(layout: RunLayout, overwrite: bool) -> list[str]:
+    """Refuse (ConfigError, one line) an output.dir that holds files and is not a run of ours, unless
+    output.overwrite and none of those files is where a run writes (then they are kept, never removed: their
+    names are returned), and one with a symbolic link where a run writes or removes. Reads only."""
+    root = layout.root
+    foreign = foreign_entries(layout)
+    taken = [name for name in foreign if name in {p.name for p in layout.entries}]
+    if taken:
+        raise ConfigError(
+            f"output.dir={root}: holds {taken[0]}, which is not from a run of ours; move it away or choose another "
+            "output.dir (output.overwrite=true never deletes files a run did not write)"
+        )
+    if foreign and not overwrite:
+        raise ConfigError(
+            f"output.dir={root}: holds files that are not a run of ours (e.g. {foreign[0]}); empty it, choose another "
+            "output.dir, or set output.overwrite=true"
+        )
+    link = first_link(layout.entries)
+    if link is not None:
+        refuse_link(link)
+    return foreign
+
+
+def _check_in_worker(settings: Settings, dataset: Dataset) -> tuple[dict[str, Any], Any]:
+    """Start (or join) Ray and check, in one short task, what only a worker can (TensorFlow): the model builds, the
+    user's losses work and the method's settings fit the model (stages.recipes.check_run). Returns (task options,
+    dataset reference) for the stages; a UserInputError of the task is raised as itself, not wrapped by Ray."""
+    import ray
+    from ray.exceptions import RayTaskError
+
+    from pipeline.stages.recipes import check_run
+
+    cluster.connect(settings.cluster)
+    options = cluster.task_options(settings.cluster, cluster.gpus_in_cluster())
+    dataset_ref = ray.put(dataset)
+    try:
+        ray.get(ray.remote(check_run).options(**options).remote(settings, dataset_ref))
+    except RayTaskError as exc:
+        if isinstance(exc.cause, UserInputError):
+            raise exc.cause from None
+        raise
+    return options, dataset_ref
+
+
 def _claim_artifacts(settings: Settings, dataset: Dataset, data_key: str, layout: RunLayout) -> RunContext:
     """Check this run's arguments against those recorded in output.dir and record them (io.arguments).
 
@@ -95,7 +156,7 @@ def _claim_artifacts(settings: Settings, dataset: Dataset, data_key: str, layout
     reused = arguments.claim(layout.root, layout.trajectory_arguments, trajectory, "a trajectory", overwrite, [layout.trajectory_dir, *derived])
     if not reused:
         for path in derived:
-            _remove(path)
+            remove(path)
     trajectory_key = arguments.key_of(trajectory)
     method = settings.influence.method
     scores = arguments.score_arguments(settings, trajectory_key)
@@ -103,12 +164,6 @@ def _claim_artifacts(settings: Settings, dataset: Dataset, data_key: str, layout
     arguments.claim(layout.root, layout.score_arguments(method), scores, what, overwrite, [layout.method_dir(method)])
     queries_key = queries.claim(settings, dataset, layout, trajectory_key)
     return RunContext(settings, dataset, layout, trajectory_key, arguments.key_of(scores), queries_key=queries_key)
-
-
-def _remove(path: Path) -> None:
-    import shutil
-
-    shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
 
 
 def _stage_module(stage: str) -> Any:
@@ -124,7 +179,8 @@ def _print_stage(stage: str, details: dict[str, Any]) -> None:
             print(f"[train] seed={seed}: {s['n_steps']} steps in {s['seconds']:.1f}s, val_loss={s['val_loss']:.4g}{accuracy}")
     elif stage == "score":
         for seed, s in details["seeds"].items():
-            timing = f" in {s['seconds']:.1f}s ({s['seconds_over_training']:.2f}x training), E={s['objective_value']:.5g}" if "seconds" in s else ""
+            timing = f" in {s['seconds']:.1f}s ({s['seconds_over_training']:.2f}x training), E={s['objective_value']:.5g}" if "seconds_over_training" in s else ""
+            timing = f" in {s['seconds']:.1f} worker-seconds" if "seconds" in s and not timing else timing
             replay = ", states kept from training (no replay)" if s.get("replayed") is False and "seconds" in s else ""
             print(f"[score] seed={seed}: {details['method']} on {s['n_samples']} samples in {s['parts']} parts{timing}{replay}")
         for seed, s in details.get("queries", {}).get("seeds", {}).items():
@@ -189,12 +245,11 @@ def _hydra_main(cfg: DictConfig) -> None:
 
 
 def main() -> None:
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     # as in the workers (cluster.worker_env): the report's predictions use the kernels the scores used
     os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
     try:
-        _hydra_main()
+        cli.run_hydra(_hydra_main, CONFIG_DIR, "config")
     except KeyboardInterrupt:  # a Ctrl-C outside the run itself (start-up, shutting Ray down)
         print(INTERRUPTED, file=sys.stderr)
         sys.exit(130)

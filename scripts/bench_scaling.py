@@ -3,7 +3,8 @@
     python scripts/bench_scaling.py            # digits (all 1,437 samples) + synthetic 50,000 x 784, MLP 784-256-10
     python scripts/bench_scaling.py --quick    # synthetic 10,000 x 784, fewer samples scored
 
-The trajectory is trained once per dataset by the pipeline itself (stage train). Scoring then uses the
+The trajectory is trained once per dataset by the pipeline itself (stage train; on digits also stage score with
+tracin, whose pool size, one actor per CPU of the local Ray, is recorded as `pool`). Scoring then uses the
 pipeline's own ShardScorer actors (one TensorFlow thread each): every actor is warmed up on one shard
 (TensorFlow import, checkpoint loading, tracing), then the timed shards are spread over the pool.
 Throughput = samples scored / wall time of the timed part. On the 50,000-sample set lookahead is timed on
@@ -26,7 +27,6 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 OUT = REPO / "docs" / "benchmarks"
-os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
 
 def _settings(case: str, n_synthetic: int, out: Path):
@@ -42,7 +42,7 @@ def _settings(case: str, n_synthetic: int, out: Path):
         data=data, model=model, optimizer=OptimizerSettings(name="sgd", lr=0.05), train=train,
         influence=InfluenceSettings(method="tracin", shard_size=256, batch_size=64, steps=1),
         cluster=ClusterSettings(num_cpus=2, cpus_per_task=1, tf_threads=1, max_retries=0),
-        output=OutputSettings(dir=str(out)), stages=("train",),
+        output=OutputSettings(dir=str(out)), stages=("train", "score") if case == "digits" else ("train",),
     )
 
 
@@ -73,6 +73,18 @@ def _throughput(settings, dataset_ref, method: str, workers: int, n_samples: int
     return {"method": method, "workers": workers, "samples": n_samples, "seconds": round(seconds, 2), "samples_per_second": round(n_samples / seconds, 1)}
 
 
+def _pipeline_pool(case: str, settings) -> dict:
+    """The actors the pipeline's own score stage used (its seed summary) and the CPUs of the Ray it ran on."""
+    import ray
+
+    from pipeline.io.files import read_json
+    from pipeline.io.layout import RunLayout
+
+    summary = read_json(RunLayout(settings.output_dir).score_summary(settings.influence.method, 0))
+    cpus = ray.cluster_resources()["CPU"]
+    return {"case": case, "method": settings.influence.method, "cpus": cpus, "actors": summary["actors"]}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true")
@@ -92,7 +104,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as scratch:
         for case, methods in plan.items():
             settings = _settings(case, n_synthetic, Path(scratch) / case)
-            execute(settings)  # trains the trajectory (and starts Ray on the first call)
+            execute(settings)  # trains the trajectory (and starts Ray on the first call); digits: scores it too
+            if "score" in settings.stages:
+                results["pool"] = _pipeline_pool(case, settings)
+                print(json.dumps(results["pool"]), flush=True)
             dataset = load_dataset(settings.data)
             dataset_ref = ray.put(dataset)
             for method, sizes in methods.items():
@@ -131,6 +146,10 @@ def write_markdown(results: dict, path: Path) -> None:
         lines.append(
             f"| {r['case']} | {r['n_train']} | {r['n_val']} | {r['method']} | {r['workers']} | {r['samples']} | {r['seconds']} | {r['samples_per_second']} | {speedup} |"
         )
+    pool = results.get("pool")
+    if pool:
+        what = f"stage score, {pool['method']} on {pool['case']}, right after training"
+        lines += ["", f"The pipeline's own pool ({what}): {pool['actors']} actors on {pool['cpus']:g} CPUs."]
     lines += [
         "",
         "Target: speed-up 1 -> 2 workers of at least 1.6x on this 2-core machine (docs/design.md).",

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import logging
+import os
+from pathlib import Path
+
+import pytest
 
 from pipeline.cluster import configure_tensorflow, task_options, worker_env
 from pipeline.config import ClusterSettings
@@ -45,3 +49,79 @@ def test_orphaned_agents_are_those_whose_raylet_is_gone():
         (15, 1, 0, "ray::IDLE"),  # not an agent
     ]
     assert orphaned_agents(processes, uid=0) == [12, 13]
+
+
+def _pool(log_dir, jobs, retries, die_at=3, die=1, n_actors=2):
+    """run_on_actors with Flaky actors (a local class: Ray ships it by value, the tests folder is not on the
+    workers' path)."""
+    import ray
+
+    from pipeline.cluster import run_on_actors
+
+    class Flaky:
+        """Squares its job; dies like a lost machine (os._exit) the first `die` times it starts job `die_at`, raises
+        ValueError for job -1. Every start is logged as a file in `log_dir`."""
+
+        def __init__(self, log_dir: str, die_at: int, die: int):
+            self.log, self.die_at, self.die = Path(log_dir), die_at, die
+
+        def square(self, job: int) -> tuple[int, int]:
+            start = len(list(self.log.glob(f"job={job}-*")))
+            (self.log / f"job={job}-{start}-pid={os.getpid()}").write_text("")
+            if job == self.die_at and start < self.die:
+                os._exit(1)
+            if job == -1:
+                raise ValueError("job -1 is bad")
+            return job * job, os.getpid()
+
+    Path(log_dir).mkdir(parents=True, exist_ok=True)
+    actor = ray.remote(Flaky).options(num_cpus=1)
+    call = lambda a, job: a.square.remote(job)  # noqa: E731
+    return run_on_actors(actor, (str(log_dir), die_at, die), n_actors, jobs, call, retries, "test")
+
+
+def _starts(log_dir, job) -> list[int]:
+    """pids that started `job`, in order."""
+    return [int(p.name.split("pid=")[1]) for p in sorted(Path(log_dir).glob(f"job={job}-*"))]
+
+
+def test_pool_resubmits_a_job_whose_actor_died_to_another_actor(ray_session, tmp_path, capsys):
+    results = _pool(tmp_path, list(range(6)), retries=1)
+    assert [r[0] for r in results] == [j * j for j in range(6)]  # every job once, in job order
+    dead, survivor = _starts(tmp_path, 3)
+    assert results[3][1] == survivor != dead
+    assert all(len(_starts(tmp_path, j)) == 1 for j in (0, 1, 2, 4, 5))
+    assert "job 4 of 6 lost its actor (ActorDiedError); resubmitted (retry 1 of 1)" in capsys.readouterr().err
+
+
+def test_pool_gives_up_after_the_retries_of_a_job(ray_session, tmp_path):
+    import ray
+
+    with pytest.raises(ray.exceptions.RayActorError):
+        _pool(tmp_path, list(range(4)), retries=1, die=2)
+    assert len(_starts(tmp_path, 3)) == 2  # the first try and one retry
+    assert [r[0] for r in _pool(tmp_path / "more", list(range(4)), retries=2, die=2)] == [0, 1, 4, 9]
+
+
+def test_pool_never_retries_a_job_that_raises(ray_session, tmp_path):
+    with pytest.raises(ValueError, match="job -1 is bad"):
+        _pool(tmp_path, [0, -1, 2], retries=2)
+    assert len(_starts(tmp_path, -1)) == 1
+
+
+def test_pool_size_is_every_cpu_of_the_local_ray_right_after_tasks_end(ray_session):
+    import ray
+
+    from pipeline.cluster import pool_size
+
+    @ray.remote(num_cpus=1)
+    def busy() -> None:
+        pass
+
+    sizes = []
+    for _ in range(5):
+        ray.get([busy.remote(), busy.remote()])  # Ray's count of free CPUs lags behind these for a moment
+        sizes.append(pool_size(ClusterSettings(), n_jobs=10))
+    assert sizes == [2] * 5  # the session's Ray has 2 CPUs
+    assert pool_size(ClusterSettings(), n_jobs=1) == 1
+    assert pool_size(ClusterSettings(cpus_per_task=0.5), n_jobs=10) == 4

@@ -5,8 +5,9 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
-from dataclasses import replace
+from dataclasses import fields, is_dataclass, replace
 from pathlib import Path
+from typing import get_type_hints
 
 import pytest
 from hydra import compose, initialize_config_dir
@@ -78,7 +79,7 @@ def test_yaml_leaves_loss_and_objective_to_the_task():
 
 def test_composed_config_has_no_hydra_node_and_every_section():
     cfg = make_cfg()
-    assert set(cfg.keys()) == {"task", "data", "model", "optimizer", "influence", "cluster", "output", "train", "verify", "stages"}
+    assert set(cfg.keys()) == {"task", "data", "model", "optimizer", "influence", "cluster", "output", "train", "verify", "aggregate", "stages"}
 
 
 # -------------------------------------------------------------------------------------- group choices
@@ -276,7 +277,7 @@ def test_checkpoint_every_moved_to_train():
 
 def test_methods_come_from_the_registry():
     assert METHODS == tuple(REGISTRY)
-    assert set(METHODS) == {"trajectory", "lookahead", "tracin", "loss", "saliency", "sensitivity", "truncated"}
+    assert set(METHODS) == {"trajectory", "lookahead", "tracin", "loss", "saliency", "sensitivity", "truncated", "trak"}
 
 
 def test_every_method_has_a_config_group_and_composes():
@@ -478,3 +479,70 @@ def test_state_memory_takes_a_size():
     assert make_settings("influence.state_memory=2GB").result_hash() == make_settings().result_hash()  # numbers unchanged
     with pytest.raises(ConfigError, match=r"^influence\.state_memory='lots': must be a size such as 2GB"):
         make_settings("influence.state_memory=lots")
+
+
+# ------------------------------------------------------------------------------------------- typed values
+
+BAD_TYPES = [
+    (["output.overwrite=no"], "output.overwrite='no': must be true or false"),
+    (["output.overwrite=maybe"], "output.overwrite='maybe': must be true or false"),
+    (["output.overwrite=0"], "output.overwrite=0: must be true or false"),
+    (["model.batch_norm=1"], "model.batch_norm=1: must be true or false"),
+    (["train.shuffle=yes"], "train.shuffle='yes': must be true or false"),
+    (["optimizer=momentum", "optimizer.nesterov=0"], "optimizer.nesterov=0: must be true or false"),
+    (["model=saved", "model.path=m.keras", "model.from_logits=maybe"], "model.from_logits='maybe': must be true or false"),
+    (["influence.query_input_grad=1"], "influence.query_input_grad=1: must be true or false"),
+    (["verify.smoothness=off"], "verify.smoothness='off': must be true or false"),
+    (["train.epochs=3.0"], "train.epochs=3.0: must be an integer"),
+    (["train.checkpoint_every=1.5"], "train.checkpoint_every=1.5: must be an integer or null"),
+    (["cluster.max_retries=true"], "cluster.max_retries=true: must be an integer"),
+    (["optimizer.lr=abc"], "optimizer.lr='abc': must be a number"),
+    (["verify.fd_step=false"], "verify.fd_step=false: must be a number or null"),
+    (["output.dir=null"], "output.dir=null: must be a string"),
+    (["train.dtype=[float32]"], "train.dtype=['float32']: must be a string"),
+    (["model.hidden=64"], "model.hidden=64: must be a list of integers"),
+    (["train.seeds=[0,true]"], "train.seeds=[0, True]: must be a list of integers"),
+    (["data=parquet", "data.path=t.parquet", "data.feature_columns=a"], "data.feature_columns='a': must be a list of strings or null"),
+]
+
+
+@pytest.mark.parametrize("overrides,message", BAD_TYPES, ids=[" ".join(c[0]) for c in BAD_TYPES])
+def test_a_value_of_the_wrong_type_is_refused_in_one_line(overrides, message):
+    with pytest.raises(ConfigError) as info:
+        make_settings(*overrides)
+    assert str(info.value) == message
+
+
+def test_every_bool_setting_takes_only_true_or_false():
+    """Every bool field of every section, present and future, is checked by its type, not by a list of names."""
+    sections = {f.name: f.default_factory for f in fields(Settings) if is_dataclass(f.default_factory)}
+    flags = [f"{name}.{field}" for name, cls in sections.items() for field, hint in get_type_hints(cls).items() if hint is bool]
+    assert {"output.overwrite", "model.batch_norm", "model.from_logits", "optimizer.nesterov", "train.shuffle"} <= set(flags)
+    for flag in flags:
+        for bad, shown in (("no", "'no'"), ("maybe", "'maybe'"), ("1", "1"), ("0", "0"), ("null", "null")):
+            with pytest.raises(ConfigError) as info:
+                make_settings(f"++{flag}={bad}")
+            assert str(info.value) == f"{flag}={shown}: must be true or false"
+        section, name = flag.split(".")
+        assert getattr(getattr(make_settings(f"++{flag}=true"), section), name) is True
+        assert getattr(getattr(make_settings(f"++{flag}=false"), section), name) is False
+
+
+def test_loose_spellings_that_mean_one_value_are_kept():
+    s = make_settings("output.dir=2024", "influence.state_memory=1000000", "cluster.cpus_per_task=2", "train.checkpoint_every=null")
+    assert s.output.dir == "2024" and s.influence.state_memory == "1000000"  # Hydra reads the digits as a number
+    assert s.cluster.cpus_per_task == 2.0 and type(s.cluster.cpus_per_task) is float
+    assert s.train.checkpoint_every is None
+    assert make_settings("output.overwrite=TRUE").output.overwrite is True  # Hydra's own spelling of a boolean
+
+
+def test_cli_refuses_a_bad_boolean_before_touching_a_finished_run(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "_SUCCESS").write_text("")
+    proc = subprocess.run(
+        [sys.executable, "-m", "pipeline", f"output.dir={run}", "output.overwrite=no"], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert proc.stderr.strip() == "error: output.overwrite='no': must be true or false"
+    assert [p.name for p in run.iterdir()] == ["_SUCCESS"]

@@ -67,6 +67,8 @@ def test_tracin_shards_equal_the_in_process_result(ray_session, tmp_path):
     scores = _scores(tmp_path)
     assert sorted(scores) == [0, 1]
     assert len(list((tmp_path / "scores" / "method=tracin" / "seed=0").glob("part-*.parquet"))) == 4  # ceil(150 / 40)
+    score = json.loads((tmp_path / "manifest.json").read_text())["stages"]["score"]
+    assert [score["seeds"][seed]["actors"] for seed in ("0", "1")] == [2, 2]  # one per CPU of the session's Ray
     np.testing.assert_allclose(scores[0], _in_process_tracin(tmp_path, settings), rtol=1e-10)
 
 

@@ -1,16 +1,21 @@
 """influence.state_memory through the pipeline: training keeps every state in trajectory/seed=<s>/states.npy
 when it fits the budget, and the sweep reads it instead of replaying, with the same scores and query
-parts bit for bit; over budget, or with a damaged file, the sweep replays and says so in its summary."""
+parts bit for bit; over budget, or with a damaged file, the sweep replays and says so in its summary.
+A file whose bytes changed is caught by its segment digests: one line, the file quarantined, and the
+replayed scores bit-identical to a clean run. A checkpoint with a changed weight is caught by its CRCs."""
 
 from __future__ import annotations
 
 import json
+import shutil
 from dataclasses import replace
 
 import numpy as np
 import pyarrow.parquet as pq
+import pytest
 
 from pipeline.config import InfluenceSettings
+from pipeline.errors import DataError
 from pipeline.run import execute
 
 from test_pipeline_run import small_settings
@@ -72,3 +77,127 @@ def test_over_budget_or_damaged_states_fall_back_to_the_replay(ray_session, tmp_
     execute(with_influence(root, state_memory="1GB"))
     assert summaries(root)[1]["replayed"] is True
     np.testing.assert_array_equal(scores(root)["influence"].to_numpy(), reference)
+
+
+def seed_dir(root):
+    return root / "trajectory" / "seed=0"
+
+
+def drop_parts(root):
+    for part in [*(root / "scores").rglob("part-*.parquet"), *(root / "queries").rglob("part-*.parquet")]:
+        part.unlink()
+
+
+def assert_same_scores(root, reference):
+    for read in (scores, queries):
+        got, expected = read(root), read(reference)
+        np.testing.assert_array_equal(got["influence"].to_numpy(), expected["influence"].to_numpy())
+    np.testing.assert_array_equal(
+        np.stack(scores(root)["input_grad"].to_numpy(zero_copy_only=False)), np.stack(scores(reference)["input_grad"].to_numpy(zero_copy_only=False))
+    )
+
+
+def scale_one_weight(path):
+    """One stored weight of step 5 (the middle segment of 0..3, 4..7, 8..11) times 1.01, in place."""
+    rows = np.load(path, mmap_mode="r+")
+    rows["trainable/0000"][5, 3, 2] *= 1.01
+    rows.flush()
+
+
+def write_random_bytes(path):
+    """16 random bytes inside the records of step 6."""
+    rows = np.load(path, mmap_mode="r")
+    offset = path.stat().st_size - rows.nbytes + 6 * rows.dtype.itemsize + 40
+    del rows
+    with open(path, "r+b") as handle:
+        handle.seek(offset)
+        handle.write(np.random.default_rng(0).bytes(16))
+
+
+def worker_lines(capfd, needle):
+    """Lines of the captured output that contain `needle` (Ray forwards a worker's prints to the driver)."""
+    import time
+
+    lines = []
+    for _ in range(50):
+        out, err = capfd.readouterr()
+        lines += [line for line in (out + err).splitlines() if needle in line]
+        if lines:
+            time.sleep(1.0)  # the rest of the run's lines
+            out, err = capfd.readouterr()
+            return lines + [line for line in (out + err).splitlines() if needle in line]
+        time.sleep(0.2)
+    return lines
+
+
+@pytest.mark.parametrize("damage", [scale_one_weight, write_random_bytes])
+def test_changed_states_are_caught_quarantined_and_replayed_bit_identically(ray_session, tmp_path, capfd, damage):
+    reference, root = tmp_path / "reference", tmp_path / "damaged"
+    execute(with_influence(reference, state_memory="1GB"))
+    execute(with_influence(root, state_memory="1GB"))
+    damage(seed_dir(root) / "states.npy")
+    drop_parts(root)
+    capfd.readouterr()
+
+    payload = execute(with_influence(root, state_memory="1GB"))
+
+    assert payload["status"] == "succeeded"
+    assert_same_scores(root, reference)
+    assert not (seed_dir(root) / "states.npy").exists() and (seed_dir(root) / ".states.npy.corrupt").is_file()
+    lines = worker_lines(capfd, "states.npy")
+    caught = "[score] seed=0: trajectory/seed=0/states.npy segment 1 (steps 4..7) does not match its digest; moved to .states.npy.corrupt; replaying from the checkpoints"
+    gone = "[score] seed=0: trajectory/seed=0/states.npy missing (quarantined after a digest mismatch); replaying from the checkpoints"
+    assert sum(caught in line for line in lines) == 1, lines
+    assert all(caught in line or gone in line for line in lines), lines  # the other sweep of the seed found it moved aside
+
+
+def test_states_without_digests_are_not_trusted(ray_session, tmp_path, capfd):
+    root = tmp_path / "old"
+    execute(with_influence(root, state_memory="1GB"))
+    reference = tmp_path / "reference"
+    reference.mkdir()
+    for part in (root / "scores", root / "queries"):
+        shutil.copytree(part, reference / part.name)
+    (seed_dir(root) / "states.digests.json").unlink()  # as an older version wrote it
+    drop_parts(root)
+    capfd.readouterr()
+
+    execute(with_influence(root, state_memory="1GB"))
+
+    assert summaries(root)[1]["replayed"] is True
+    assert_same_scores(root, reference)
+    lines = worker_lines(capfd, "states.npy")
+    assert lines and all(
+        "[score] seed=0: trajectory/seed=0/states.npy has no digests (states.digests.json missing: written by an older version), "
+        "so it is not trusted; replaying from the checkpoints" in line for line in lines
+    ), lines
+    assert (seed_dir(root) / "states.npy").is_file()  # nothing known to be wrong: kept, never read
+
+
+def test_a_changed_checkpoint_weight_is_caught_and_the_seed_retrained(ray_session, tmp_path, capfd):
+    root, reference = tmp_path / "run", tmp_path / "reference"
+    execute(with_influence(root))
+    for part in (root / "scores", root / "queries"):
+        shutil.copytree(part, reference / part.name)
+    checkpoint = seed_dir(root) / "checkpoints" / "step=4.npz"
+    with np.load(checkpoint) as archive:
+        original = {name: archive[name] for name in archive.files}
+    at = checkpoint.read_bytes().find(original["trainable/0000"].tobytes())  # np.savez stores members uncompressed
+    assert at > 0
+    changed = original["trainable/0000"].copy()
+    changed[3, 2] *= 1.01
+    with open(checkpoint, "r+b") as handle:
+        handle.seek(at)
+        handle.write(changed.tobytes())
+    drop_parts(root)
+
+    with pytest.raises(DataError, match=r"step=4\.npz: checkpoint unreadable \(Bad CRC-32 for file 'trainable/0000\.npy'\); rerun with train in stages"):
+        execute(replace(with_influence(root), stages=("score",)))
+    capfd.readouterr()
+    execute(with_influence(root))
+
+    out, _ = capfd.readouterr()
+    assert "[train] seed=0: checkpoint step=4.npz unreadable (Bad CRC-32 for file 'trainable/0000.npy'); retraining" in out
+    with np.load(checkpoint) as archive:  # the deterministic retraining wrote it again
+        assert {name: archive[name].tobytes() for name in archive.files} == {name: a.tobytes() for name, a in original.items()}
+    assert_same_scores(root, reference)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -30,8 +31,12 @@ def _free_ports(count: int) -> list[int]:
 
 @pytest.fixture
 def ray_head(tmp_path):
-    """A one-node Ray cluster of its own (own ports, own process group), with this interpreter on PATH."""
-    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}", RAY_AUTH_MODE="disabled")
+    """A one-node Ray cluster of its own (own ports, own process group), with this interpreter on PATH, token
+    authentication on (the token in RAY_AUTH_TOKEN of the head, the client and the job) and on 127.0.0.1 only."""
+    env = dict(
+        os.environ, PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}", RAY_AUTH_MODE="token",
+        RAY_AUTH_TOKEN=secrets.token_hex(32), RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0",
+    )
     # Every agent port of its own: the test session's local Ray already holds the default ones.
     ports = [
         f"--{name}={port}"
@@ -79,3 +84,28 @@ def test_submit_script_runs_the_pipeline_as_a_ray_job(ray_head, tmp_path):
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["status"] == "succeeded" and manifest["config"]["cluster"]["address"] == "auto"
     assert (out / "_SUCCESS").exists() and (out / "ranking.parquet").exists()
+
+
+FAKE_RAY = """#!/usr/bin/env bash
+printf '%s\\n' "$@" > "$(dirname "$0")/submitted"
+"""
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [["output.dir=runs/digits"], ["train.epochs=1", "++output.dir=./runs"], ["output.dir='runs'"], ["train.epochs=1"]],
+)
+def test_submit_refuses_a_relative_output_dir_before_submitting(tmp_path, overrides):
+    (tmp_path / "ray").write_text(FAKE_RAY)
+    (tmp_path / "ray").chmod(0o755)
+    env = dict(os.environ, PATH=f"{tmp_path}:{os.environ['PATH']}")
+    submit = ["bash", str(REPO / "scripts" / "submit.sh")]
+    result = subprocess.run([*submit, *overrides], env=env, capture_output=True, text=True)
+    assert result.returncode == 2 and not (tmp_path / "submitted").exists()
+    assert len(result.stderr.splitlines()) == 1 and result.stderr.startswith("error: output.dir")
+    assert "Ray's temporary copy" in result.stderr and "absolute path" in result.stderr
+
+    assert subprocess.run([*submit, "output.dir=/shared/runs/a"], env=env).returncode == 0  # absolute: submitted
+    submitted = (tmp_path / "submitted").read_text().split("\n")
+    assert submitted[:2] == ["job", "submit"]
+    assert submitted[-3:] == ["cluster.address=auto", "output.dir=/shared/runs/a", ""]

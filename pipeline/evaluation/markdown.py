@@ -15,7 +15,7 @@ from pipeline.config import Settings
 SCHEMA = pa.schema(
     [
         ("experiment", pa.string()),
-        ("part", pa.string()),  # context | same_seed | cross_seed | ensemble | removal | flips
+        ("part", pa.string()),  # context | same_seed | cross_seed | ensemble | ensemble_groups | equal_compute | removal | flips
         ("method", pa.string()),  # "-" for figures of the ground truth itself
         ("ensemble", pa.int64()),  # K for part=ensemble, else 0
         ("fraction", pa.float64()),  # drop fraction, removed fraction k, or share inspected; NaN if none
@@ -27,7 +27,8 @@ SCHEMA = pa.schema(
 # (measured earlier on this machine with dattri, 512-dim projection, 25-seed targets): K final models -> LDS.
 TRAK = {"mnist_seed000": {1: 0.41, 5: 0.54, 10: 0.60, 20: 0.67}}
 OBJECTIVES = {"cross_entropy": "cross-entropy", "mse": "mean squared error", "margin": "margin loss", "mae": "mean absolute error", "huber": "Huber loss"}
-VALIDATION_BASED = ("trajectory", "truncated", "tracin", "lookahead")
+VALIDATION_BASED = ("trajectory", "truncated", "tracin", "lookahead", "trak")
+PEER = "dattri TRAK"  # the outside reference (scripts/peers), when evaluation.peer_scores is set
 
 
 class Figures:
@@ -88,7 +89,8 @@ def experiment_section(rows: pa.Table, settings: Settings, command: str) -> str:
         f"when one sample is removed on seed 0's schedule: {c('median_abs_loo_change'):.2g}.",
         "",
     ]
-    lines += same_seed_lines(f) + cross_seed_lines(f, r) + ensemble_lines(f) + removal_lines(f, r) + flip_lines(f) + goal_lines(f)
+    lines += same_seed_lines(f) + cross_seed_lines(f, r) + ensemble_lines(f) + equal_compute_lines(f) + removal_lines(f, r) + flip_lines(f)
+    lines += goal_lines(f)
     return "\n".join(lines) + "\n"
 
 
@@ -133,22 +135,65 @@ def cross_seed_lines(f: Figures, r: int) -> list[str]:
 
 def ensemble_lines(f: Figures) -> list[str]:
     drops = f.values("fraction", part="ensemble", metric="lds")
-    methods = f.values("method", part="ensemble", metric="lds")
+    labels = f.values("method", part="ensemble", metric="lds")
     sizes = f.values("ensemble", part="ensemble", metric="lds")
-    trak = TRAK.get(f.experiment, {})
-    header = ["K = trainings", *(f"{m} {pct(d)} removed" for m in methods for d in drops), *(f"{m} seconds" for m in methods)]
-    header += ["TRAK, 50% kept (earlier measurement)"] if trak else []
-    body = [
-        [str(k), *(fmt(f.get("ensemble", m, "lds", d, k)) for m in methods for d in drops), *(f"{f.get('ensemble', m, 'seconds', None, k):.0f}" for m in methods)]
-        + ([fmt(trak.get(k, math.nan), 2)] if trak else [])
-        for k in sizes
+    trak = TRAK.get(f.experiment, {}) if not f.values("method", part="equal_compute") else {}
+    lines = [
+        "### Ensembles: cross-seed LDS of scores combined over seeds 0..K-1",
+        "",
+        "Each method uses K trainings, combined by the plain mean or `standardized` (each seed divided by its root mean "
+        "square first, pipeline.ensembles). Seconds per model: worker seconds of one training plus the method's scoring "
+        "(for an outside reference, its own training and attribution).",
+        "",
     ]
+    for drop in drops:
+        header = ["method", *(f"K={k}" for k in sizes)] + (["seconds per model"] if f.values("method", part="ensemble", metric="seconds_per_model") else [])
+        body = []
+        for label in labels:
+            base = label.removesuffix(" standardized")
+            per_model = f.get("ensemble", base, "seconds_per_model")
+            body.append([label, *(fmt(f.get("ensemble", label, "lds", drop, k)) for k in sizes)] + ([fmt(per_model, 1)] if len(header) > len(sizes) + 1 else []))
+        if trak and math.isclose(drop, 0.5):
+            body.append(["TRAK, 50% kept (earlier measurement)", *(fmt(trak.get(k, math.nan), 2) for k in sizes)] + ([""] if len(header) > len(sizes) + 1 else []))
+        lines += [f"LDS at {pct(drop)} removed:", "", *table(header, body)]
+    groups = f.values("method", part="ensemble_groups", metric="lds_mean")
+    if groups:
+        for drop in drops:
+            body = [
+                [m, *(f"{fmt(f.get('ensemble_groups', m, 'lds_mean', drop, k))} ± {fmt(f.get('ensemble_groups', m, 'lds_se', drop, k))} "
+                      f"({int(f.get('ensemble_groups', m, 'groups', drop, k))})" for k in sizes)]
+                for m in groups
+            ]
+            lines += [
+                f"Disjoint groups of K seeds (mean rule), LDS at {pct(drop)} removed: mean ± standard error over the groups (number of groups):",
+                "",
+                *table(["method", *(f"K={k}" for k in sizes)], body),
+            ]
+    return lines
+
+
+def equal_compute_lines(f: Figures) -> list[str]:
+    budgets = f.values("ensemble", part="equal_compute", metric="lds")
+    if not budgets:
+        return []
+    drops = f.values("fraction", part="equal_compute", metric="lds")
+    labels = f.values("method", part="equal_compute", metric="lds")
+    reference = next((m for m in labels if m.startswith("TRAK") or m.startswith("dattri")), labels[-1])
+    body = []
+    for label in labels:
+        cells = []
+        for k in budgets:
+            for drop in drops:
+                lds, size = f.get("equal_compute", label, "lds", drop, k), f.get("equal_compute", label, "k", drop, k)
+                cells.append("" if math.isnan(lds) else f"{fmt(lds)} (K={int(size)})")
+        body.append([label, *cells])
     return [
-        "### Ensembles: cross-seed LDS of scores averaged over seeds 0..K-1",
+        f"### Equal compute: the best ensemble each method affords in the seconds {reference} takes for K models",
         "",
-        "Each method uses K trainings; seconds = training plus its sweeps, summed over the K seeds (compute at equal K).",
+        "Budget = K x the reference's seconds per model; each method's K' = the largest ensemble size whose K' x its "
+        "seconds per model fits, with the better of its two rules.",
         "",
-        *table(header, body),
+        *table(["method", *(f"budget of K={k}, {pct(d)} removed" for k in budgets for d in drops)], body),
     ]
 
 
@@ -197,7 +242,7 @@ def goals(f: Figures) -> list[tuple[str, bool | None, str]]:
     sizes = f.values("ensemble", part="ensemble", metric="lds")
     best = {k: max((f.get("ensemble", m, "lds", 0.5, k), m) for m in f.values("method", part="ensemble", metric="lds")) for k in sizes}
     rel = f.get("cross_seed", "-", "reliability", 0.5)
-    if best:
+    if best and PEER not in f.values("method", part="ensemble", metric="lds"):  # else: measured side by side (peer_goals)
         common = [k for k in sizes if k in trak]
         if common:
             k = common[-1]
@@ -207,6 +252,7 @@ def goals(f: Figures) -> list[tuple[str, bool | None, str]]:
             k = sizes[-1]
             out.append(("best ensemble's cross-seed LDS (50% removed) vs TRAK", None, f"K={k}: {fmt(best[k][0])} ({best[k][1]}), target reliability {fmt(rel)}; no TRAK figure measured on this model"))
 
+    out += peer_goals(f)
     flip = {m: f.get("flips", m, "auc") for m in f.values("method", part="flips", metric="auc")}
     validation = {m: v for m, v in flip.items() if m.split()[0] in VALIDATION_BASED}
     if validation and "loss" in flip:
@@ -220,6 +266,48 @@ def goals(f: Figures) -> list[tuple[str, bool | None, str]]:
         se = f.get("removal", m, "delta_E_harmful_se", 0.05)
         met = candidates[m] < removal["loss"] and candidates[m] < removal["random"]
         out.append(("removing the top 5% harmful lowers E more than 5% by loss or at random", met, f"{m} {candidates[m]:+.2e} (se {se:.1e}) vs loss {removal['loss']:+.2e}, random {removal['random']:+.2e}"))
+    return out
+
+
+def peer_goals(f: Figures) -> list[tuple[str, bool | None, str]]:
+    """Issue 18's goals against the outside reference measured on the same targets."""
+    sizes = f.values("ensemble", part="ensemble", metric="lds")
+    if PEER not in f.values("method", part="ensemble", metric="lds"):
+        return []
+    out = []
+    drop = 0.5
+    rel = f.get("cross_seed", "-", "reliability", drop)
+    close = [k for k in sizes if k in (10, 20)]
+    if close:
+        diffs = {k: f.get("ensemble", "trak", "lds", drop, k) - f.get("ensemble", PEER, "lds", drop, k) for k in close}
+        text = "; ".join(f"K={k}: trak {fmt(f.get('ensemble', 'trak', 'lds', drop, k))} vs {fmt(f.get('ensemble', PEER, 'lds', drop, k))} ({d:+.3f})" for k, d in diffs.items())
+        out.append((f"trak within 0.05 LDS of {PEER} at K = 10, 20 (50% kept)", all(d >= -0.05 for d in diffs.values()), f"{text}; reliability {fmt(rel)}"))
+    noisy = [k for k in sizes if k in (1, 5)]
+    if noisy:
+        met, parts = True, []
+        for k in noisy:
+            a, b = f.get("ensemble_groups", "trak", "lds_mean", drop, k), f.get("ensemble_groups", PEER, "lds_mean", drop, k)
+            se = math.hypot(f.get("ensemble_groups", "trak", "lds_se", drop, k), f.get("ensemble_groups", PEER, "lds_se", drop, k))
+            met = met and a >= b - se
+            parts.append(f"K={k}: {fmt(a)} vs {fmt(b)} (se {fmt(se)})")
+        out.append((f"trak within one standard error of {PEER} at K = 1, 5 (disjoint groups)", met, "; ".join(parts)))
+    for d in f.values("fraction", part="equal_compute", metric="lds"):
+        budgets = f.values("ensemble", part="equal_compute", metric="lds", fraction=d)
+        labels = [m for m in f.values("method", part="equal_compute", metric="lds") if not m.startswith(PEER)]
+        parts, met = [], True
+        for k in budgets:
+            best = max((f.get("equal_compute", m, "lds", d, k), m) for m in labels)
+            peer = max(f.get("equal_compute", m, "lds", d, k) for m in (PEER, f"{PEER} standardized"))
+            if math.isnan(peer):
+                continue
+            met = met and best[0] > peer
+            parts.append(f"budget K={k}: {fmt(best[0])} ({best[1]}) vs {fmt(peer)}")
+        out.append((f"pipeline's best beats {PEER} at equal compute ({pct(d)} removed)", met if parts else None, "; ".join(parts)))
+    loss = {k: max(f.get("ensemble", m, "lds", drop, k) for m in ("loss", "loss standardized")) for k in sizes}
+    exact = {k: max(f.get("ensemble", m, "lds", drop, k) for m in ("trajectory", "trajectory standardized")) for k in sizes}
+    if not any(math.isnan(v) for v in loss.values()):
+        text = "; ".join(f"K={k}: {fmt(exact[k])} vs {fmt(loss[k])}" for k in sizes)
+        out.append(("trajectory ensembles at least as good as loss at every K (50% kept, better rule)", all(exact[k] >= loss[k] for k in sizes), text))
     return out
 
 

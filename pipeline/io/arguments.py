@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
 from pathlib import Path
 from typing import Any
 
 from pipeline.config import Settings
 from pipeline.errors import ConfigError
-from pipeline.io.files import read_json, write_json
+from pipeline.io.files import read_json, remove, write_json
 from pipeline.methods import REGISTRY
 
 
@@ -63,7 +62,8 @@ def claim(run_dir: Path, path: Path, arguments: dict[str, Any], what: str, overw
 
     Returns True when the artifact's existing files may be reused (same arguments). On a mismatch it raises
     ConfigError naming the first differing setting, unless `overwrite`: then `remove_on_overwrite` is
-    deleted, the new arguments are recorded and False is returned.
+    deleted (symbolic links among them are unlinked, never followed), the new arguments are recorded and
+    False is returned.
     """
     arguments = json.loads(json.dumps(arguments, sort_keys=True, default=str))  # as stored: tuples become lists
     key = key_of(arguments)
@@ -80,6 +80,6 @@ def claim(run_dir: Path, path: Path, arguments: dict[str, Any], what: str, overw
                 "choose another output.dir or set output.overwrite=true"
             )
         for target in remove_on_overwrite:
-            shutil.rmtree(target, ignore_errors=True) if target.is_dir() else target.unlink(missing_ok=True)
+            remove(target)
     write_json(path, {"key": key, "arguments": arguments})
     return False

@@ -1,6 +1,10 @@
 """Training states as .npz files, keyed by position and checked by shape (never by Keras' auto-generated
 variable names, which change with every model built in a process): arrays "trainable/<i>",
-"non_trainable/<i>", "optimizer/<slot>/<i>" in state order. `StoredStates` reads a seed's checkpoints."""
+"non_trainable/<i>", "optimizer/<slot>/<i>" in state order. `StoredStates` reads a seed's checkpoints.
+
+A checkpoint vouches for itself: every array is a zip member with its CRC-32, which zipfile checks as the
+array is read, so a changed byte makes the file unreadable (io.integrity.check_npz, `load_state`) and the
+train stage retrains the seed."""
 
 from __future__ import annotations
 

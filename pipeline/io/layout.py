@@ -111,11 +111,27 @@ class RunLayout:
         return self.root / "verify"
 
     @property
+    def features_root(self) -> Path:
+        """Projected-gradient features of the features methods (trak; io.features)."""
+        return self.root / "features"
+
+    @property
     def derived_dirs(self) -> tuple[Path, ...]:
         """Folders computed from the trajectory; removed when a new trajectory replaces it."""
-        return (self.root / "scores", self.queries_root, self.verify_dir, self.report_dir)
+        return (self.root / "scores", self.features_root, self.queries_root, self.verify_dir, self.report_dir)
 
     @property
     def result_files(self) -> tuple[Path, ...]:
         """Files computed from the trajectory (besides _SUCCESS); removed with derived_dirs."""
         return (self.ranking, self.query_top)
+
+    @property
+    def hydra_multirun(self) -> Path:
+        """Hydra's folder for `python -m pipeline -m ...` (conf/config.yaml hydra.sweep.dir), made before a run starts."""
+        return self.root / "hydra-multirun"
+
+    @property
+    def entries(self) -> tuple[Path, ...]:
+        """Everything a run writes directly in root (features/: io.features): the only names it writes or removes."""
+        ours = (self.lock, self.manifest, self.success, self.trajectory_dir, self.features_root)
+        return (*ours, *self.derived_dirs, *self.result_files)

@@ -1,6 +1,8 @@
 """A lock on an output dir (root/.lock, a small JSON record) so two drivers never write into the same run.
 
-A lock left by a run that died on this host (its pid is gone) or holding unparseable bytes is stale and is
+The record holds the driver's pid, host and process start time (Linux: the boot id and field 22 of
+/proc/<pid>/stat, clock ticks since boot). A lock left by a run that died on this host (its pid is gone, or
+now belongs to another process: another start time or boot) or holding unparseable bytes is stale and is
 taken over silently; a lock from another host cannot be checked and always refuses.
 """
 
@@ -39,6 +41,7 @@ class RunLock:
             "pid": os.getpid(),
             "host": socket.gethostname(),
             "started_at": datetime.now().astimezone().isoformat(timespec="seconds"),
+            **process_identity(os.getpid()),
         }
         try:
             if self.root.exists() and not self.root.is_dir():
@@ -115,6 +118,17 @@ class RunLock:
             aside.unlink(missing_ok=True)
 
 
+def refuse_if_busy(root: Path) -> None:
+    """ConfigError (the "in use" line) if a live run holds root/.lock now. Reads only: a run checks this before its
+    slower checks so that a busy directory is refused at once; RunLock still decides when the run starts."""
+    try:
+        holder = _parse((Path(root) / LOCK_NAME).read_bytes())
+    except OSError:
+        return
+    if holder is not None and _alive(holder):
+        raise ConfigError(_busy(Path(root), holder))
+
+
 def _parse(raw: bytes) -> dict[str, Any] | None:
     """The lock record, or None if the bytes are not a JSON object with an int pid and a str host."""
     try:
@@ -129,8 +143,21 @@ def _parse(raw: bytes) -> dict[str, Any] | None:
     return record
 
 
+def process_identity(pid: int) -> dict[str, str]:
+    """{"boot_id", "process_start"} of a process on this host (process_start: field 22 of /proc/<pid>/stat, clock
+    ticks since boot); without /proc (not Linux) or for a process gone, the parts that cannot be read are left out."""
+    identity = {}
+    try:
+        identity["boot_id"] = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+        identity["process_start"] = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        pass
+    return identity
+
+
 def _alive(holder: dict[str, Any]) -> bool:
-    """False only for a holder on this host whose process no longer exists; other hosts cannot be checked."""
+    """False only for a holder on this host whose process no longer exists, or whose pid now belongs to another
+    process (its boot id or start time differs from the lock's record); other hosts cannot be checked."""
     if holder["host"] != socket.gethostname():
         return True
     try:
@@ -139,14 +166,13 @@ def _alive(holder: dict[str, Any]) -> bool:
         return False
     except PermissionError:  # exists, owned by another user
         pass
-    return True
+    now = process_identity(holder["pid"])
+    return all(holder[k] == now[k] for k in ("boot_id", "process_start") if k in holder and k in now)
 
 
 def _busy(root: Path, holder: dict[str, Any]) -> str:
-    message = (
+    return (
         f"output.dir={root}: in use by another run (pid {holder['pid']} on host {holder['host']}, "
-        f"since {holder.get('started_at', 'an unknown time')}); wait for it or choose another output.dir"
+        f"since {holder.get('started_at', 'an unknown time')}); wait for it or choose another output.dir "
+        f"(if you are sure that run is dead, delete {root / LOCK_NAME})"
     )
-    if holder["host"] != socket.gethostname():
-        message += f" (if that run is dead, delete {root / LOCK_NAME})"
-    return message

@@ -1,11 +1,13 @@
 """manifest.json: resolved config, package versions, sign convention, stage timings and run status.
 
 Only the driver writes it, under the run lock. Whether earlier results may be reused is decided per
-artifact (io.arguments), not here: the manifest describes the latest run in the directory.
+artifact (io.arguments), not here: the manifest describes the latest run in the directory. A directory is a
+run of ours when its manifest or its trajectory/_arguments.json is one of ours (`foreign_entries`).
 """
 
 from __future__ import annotations
 
+import os
 import time
 from importlib import metadata
 from typing import Any
@@ -26,6 +28,31 @@ def package_versions() -> dict[str, str]:
         except metadata.PackageNotFoundError:
             continue
     return versions
+
+
+def is_ours(layout: RunLayout) -> bool:
+    """True if layout.root holds a manifest.json or a trajectory/_arguments.json written by this pipeline."""
+    marks = {layout.manifest: ("config_hash", "sign_convention"), layout.trajectory_arguments: ("key", "arguments")}
+    for path, keys in marks.items():
+        try:
+            payload = read_json(path)
+        except (OSError, ValueError):
+            continue
+        if isinstance(payload, dict) and all(k in payload for k in keys):
+            return True
+    return False
+
+
+def foreign_entries(layout: RunLayout) -> list[str]:
+    """The names in layout.root (sorted; a .lock and Hydra's multirun folder aside) when it holds anything and is
+    not a run of ours; [] for a run of ours, an empty or missing directory, or a path that cannot be listed (the
+    lock reports it)."""
+    try:
+        names = sorted(os.listdir(layout.root))
+    except OSError:
+        return []
+    names = [n for n in names if n not in (layout.lock.name, layout.hydra_multirun.name)]
+    return [] if not names or is_ours(layout) else names
 
 
 class Manifest:

@@ -7,20 +7,32 @@ It is written through a memory map under a temporary name and renamed when compl
 read-only and reads a segment's rows at a time, so the operating system keeps it in RAM when it fits
 and pages it from disk when not. It is a cache: a missing or bad file means the sweep replays from the
 checkpoints, which stay the record of the run.
+
+The file vouches for itself: the SHA-256 of every segment's rows (the states between two checkpoints) is
+taken as it is written and recorded in states.digests.json, written before states.npy is renamed into
+place. A segment is hashed again as the sweep reads it; a mismatch is reported in one line, the file is
+quarantined (.states.npy.corrupt) and the sweep replays the rest from the checkpoints. A file without
+digests (an older version) is not trusted at all.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import re
 import uuid
+from bisect import bisect_right
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
 from pipeline.io.checkpoints import StateLayout
+from pipeline.io.files import write_json
+
+Segment = tuple[int, int, str]  # rows start..stop-1 and the SHA-256 of their bytes
 
 _UNITS = {"": 1, "k": 10**3, "m": 10**6, "g": 10**9, "t": 10**12, "ki": 2**10, "mi": 2**20, "gi": 2**30, "ti": 2**40}
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]i?)?b?\s*$", re.IGNORECASE)
@@ -46,11 +58,27 @@ def state_bytes(layout: StateLayout, dtypes: Sequence[np.dtype]) -> int:
     return record_dtype(layout, dtypes).itemsize
 
 
+def digests_path(path: Path) -> Path:
+    """Where the digests of a states file are recorded: states.npy -> states.digests.json."""
+    return path.with_suffix(".digests.json")
+
+
+def discard_states(path: Path) -> None:
+    """Remove a states file and its digests (the states of an earlier training must never be read)."""
+    path.unlink(missing_ok=True)
+    digests_path(path).unlink(missing_ok=True)
+
+
+def _digest(rows: np.ndarray) -> str:
+    return hashlib.sha256(rows.view(np.uint8)).hexdigest()
+
+
 class StateWriter:
-    """Fills trajectory/seed=<s>/states.npy segment by segment during training; `commit` renames it
-    into place once every row is written, `discard` removes the partial file. Each segment is copied
-    into the file by a background thread while training runs the next one (NumPy releases the GIL
-    for the copy); at most one segment waits, so memory holds at most two segments besides the file."""
+    """Fills trajectory/seed=<s>/states.npy segment by segment during training; `commit` records the
+    segments' digests and renames it into place once every row is written, `discard` removes the partial
+    file. Each segment is copied into the file and hashed by a background thread while training runs the
+    next one (NumPy and hashlib release the GIL); at most one segment waits, so memory holds at most two
+    segments besides the file."""
 
     def __init__(self, path: Path, layout: StateLayout, dtypes: Sequence[np.dtype], n_steps: int):
         self.path, self.layout, self.n_steps = path, layout, n_steps
@@ -58,20 +86,24 @@ class StateWriter:
         self._tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
         self._rows = np.lib.format.open_memmap(self._tmp, mode="w+", dtype=record_dtype(layout, dtypes), shape=(n_steps,))
         self._written = np.zeros(n_steps, dtype=bool)
+        self._segments: list[Segment] = []
         self._copier = ThreadPoolExecutor(max_workers=1, thread_name_prefix="states.npy")
         self._pending: Future | None = None
 
     def write(self, start: int, states: Sequence[np.ndarray]) -> None:
-        """Rows start..start+n-1 from the flattened states, one array [n, *shape] per state tensor (the
-        arrays must not be changed afterwards: they are copied later)."""
+        """Rows start..start+n-1 from the flattened states, one array [n, *shape] per state tensor: one
+        segment, written once (the arrays must not be changed afterwards: they are copied later)."""
         self._wait()
         self._pending = self._copier.submit(self._copy, start, list(states))
 
     def _copy(self, start: int, states: list[np.ndarray]) -> None:
         n = states[0].shape[0]
+        if self._written[start : start + n].any():
+            raise ValueError(f"{self.path}: rows {start}..{start + n - 1} written twice")
         block = self._rows[start : start + n]
         for (key, _, _), array in zip(self.layout, states):
             block[key] = array
+        self._segments.append((start, start + n, _digest(block)))
         self._written[start : start + n] = True
 
     def _wait(self) -> None:
@@ -86,6 +118,8 @@ class StateWriter:
             raise ValueError(f"{self.path}: rows {np.flatnonzero(~self._written)[:3].tolist()}... never written")
         self._rows.flush()
         del self._rows
+        segments = sorted(self._segments)
+        write_json(digests_path(self.path), {"algorithm": "sha256", "rows": self.n_steps, "segments": segments})
         os.replace(self._tmp, self.path)
 
     def discard(self) -> None:
@@ -95,20 +129,77 @@ class StateWriter:
 
 
 class StoredRun:
-    """Read-only view of a states.npy: `(start, stop) -> [array [stop - start, *shape] per state tensor]`,
-    the `every_state` argument of kernels.trajectory.ReverseSweep."""
+    """Read-only view of a states.npy whose segments are checked against their digests as they are read:
+    `(start, stop) -> [array [stop - start, *shape] per state tensor]`, the `every_state` argument of
+    kernels.trajectory.ReverseSweep. After a segment that does not match, `on_mismatch` gets one line, the
+    file is quarantined and every call returns None (the sweep replays). The sweep goes backwards, so the
+    segment before the one read is read and checked ahead by a background thread."""
 
-    def __init__(self, rows: np.ndarray, layout: StateLayout):
-        self._rows, self._keys = rows, [key for key, _, _ in layout]
+    def __init__(
+        self, path: Path, rows: np.ndarray, layout: StateLayout, segments: list[Segment], on_mismatch: Callable[[str], None]
+    ):
+        self.path, self._rows, self._keys, self._segments = path, rows, [key for key, _, _ in layout], segments
+        self._starts = [start for start, _, _ in segments]
+        self._on_mismatch = on_mismatch
+        self._file = _identity(path)
+        self._reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="states.npy")
+        self._ahead: tuple[int, Future] | None = None
+        self.damaged: int | None = None  # the first segment that did not match its digest
 
-    def __call__(self, start: int, stop: int) -> list[np.ndarray]:
-        block = np.asarray(self._rows[start:stop])  # one read of the segment's rows
-        return [np.ascontiguousarray(block[key]) for key in self._keys]
+    def __call__(self, start: int, stop: int) -> list[np.ndarray] | None:
+        if self.damaged is not None:
+            return None
+        first, last = bisect_right(self._starts, start) - 1, bisect_right(self._starts, stop - 1) - 1
+        blocks = [self._take(i) for i in range(first, last + 1)]
+        bad = next((i for i, block in zip(range(first, last + 1), blocks) if block is None), None)
+        if bad is not None:
+            self._reject(bad)
+            return None
+        if first > 0:
+            self._ahead = (first - 1, self._reader.submit(self._read, first - 1))
+        offset = self._starts[first]
+        rows = (blocks[0] if len(blocks) == 1 else np.concatenate(blocks))[start - offset : stop - offset]
+        return [np.ascontiguousarray(rows[key]) for key in self._keys]
+
+    def _take(self, i: int) -> np.ndarray | None:
+        ahead, self._ahead = self._ahead, None
+        return ahead[1].result() if ahead is not None and ahead[0] == i else self._read(i)
+
+    def _read(self, i: int) -> np.ndarray | None:
+        """Segment i's rows (one read, a copy), or None if they do not match its digest."""
+        start, stop, digest = self._segments[i]
+        rows = np.array(self._rows[start:stop])
+        return rows if _digest(rows) == digest else None
+
+    def _reject(self, i: int) -> None:
+        from pipeline.io.integrity import quarantine
+
+        self.damaged = i
+        start, stop, _ = self._segments[i]
+        moved = ""
+        if _identity(self.path) == self._file:  # not already moved aside by another sweep of this seed
+            moved = f"; moved to {quarantine(self.path).name}"
+        self._on_mismatch(f"segment {i} (steps {start}..{stop - 1}) does not match its digest{moved}")
 
 
-def open_states(path: Path, layout: StateLayout, dtypes: Sequence[np.dtype], n_steps: int) -> tuple[StoredRun | None, str | None]:
+def _identity(path: Path) -> tuple[int, int] | None:
+    try:
+        info = path.stat()
+    except FileNotFoundError:
+        return None
+    return info.st_dev, info.st_ino
+
+
+def open_states(
+    path: Path,
+    layout: StateLayout,
+    dtypes: Sequence[np.dtype],
+    n_steps: int,
+    on_mismatch: Callable[[str], None] | None = None,
+) -> tuple[StoredRun | None, str | None]:
     """(the stored run, None), or (None, why not in one line) when the file is missing, unreadable,
-    truncated, or not the states of this model and schedule."""
+    truncated, not the states of this model and schedule, or without valid digests. on_mismatch: told in
+    one line when a segment read later does not match its digest (default: printed with the path)."""
     if not path.is_file():
         return None, "missing"
     try:
@@ -119,5 +210,25 @@ def open_states(path: Path, layout: StateLayout, dtypes: Sequence[np.dtype], n_s
         return None, "holds the states of another model"
     if rows.shape != (n_steps,):
         return None, f"holds {rows.shape[0] if rows.ndim == 1 else rows.shape} states, the schedule has {n_steps} steps"
-    return StoredRun(rows, layout), None
+    segments, problem = _read_digests(digests_path(path), n_steps)
+    if problem is not None:
+        return None, problem
+    tell = on_mismatch or (lambda why: print(f"{path} {why}; replaying from the checkpoints"))
+    return StoredRun(path, rows, layout, segments, tell), None
+
+
+def _read_digests(path: Path, n_steps: int) -> tuple[list[Segment], str | None]:
+    """The recorded segments, or why they cannot vouch for the file: missing (an older version wrote the
+    file), unreadable, or not covering rows 0..n_steps-1 exactly once."""
+    if not path.is_file():
+        return [], f"has no digests ({path.name} missing: written by an older version), so it is not trusted"
+    try:
+        recorded = json.loads(path.read_text())["segments"]
+        segments = [(int(start), int(stop), str(digest)) for start, stop, digest in recorded]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        return [], f"has unreadable digests ({path.name}: {str(e).splitlines()[0][:120]}), so it is not trusted"
+    bounds = [start for start, _, _ in segments] + [n_steps]
+    if bounds[0] != 0 or any(stop != bounds[i + 1] or stop <= start for i, (start, stop, _) in enumerate(segments)):
+        return [], f"has digests ({path.name}) that do not cover its {n_steps} rows, so it is not trusted"
+    return segments, None
 

@@ -69,9 +69,11 @@ def scores_table(
     input_grad: dict[str, np.ndarray],
     train_loss: np.ndarray,
     metadata: dict[str, str],
+    extra: dict[str, np.ndarray] | None = None,
 ) -> pa.Table:
     """One row per sample. input_grad: name -> [n, *shape], each stored flattened as fixed_size_list<float>;
-    the shapes go to the schema metadata (`input_shapes`, JSON) next to the sign convention."""
+    the shapes go to the schema metadata (`input_shapes`, JSON) next to the sign convention. `extra`: a
+    method's own float64 columns [n] (trak: self_influence), after train_loss."""
     n = sample_id.shape[0]
     grads = {name: np.ascontiguousarray(g, dtype=np.float32).reshape(n, -1) for name, g in input_grad.items()}
     fields = [pa.field("sample_id", pa.int64()), target_field(targets, task), pa.field("influence", pa.float64())]
@@ -83,6 +85,9 @@ def scores_table(
     norm = np.sqrt(sum(np.sum(np.square(flat, dtype=np.float64), axis=1) for flat in grads.values()))
     fields += [pa.field("input_grad_norm", pa.float64()), pa.field("train_loss", pa.float64())]
     arrays += [pa.array(norm, pa.float64()), pa.array(train_loss, pa.float64())]
+    for name, values in (extra or {}).items():
+        fields.append(pa.field(name, pa.float64()))
+        arrays.append(pa.array(np.asarray(values, np.float64), pa.float64()))
     shapes = {name: list(g.shape[1:]) for name, g in input_grad.items()}
     schema = pa.schema(fields, metadata={"sign_convention": SIGN_CONVENTION, "input_shapes": json.dumps(shapes), **metadata})
     return pa.Table.from_arrays(arrays, schema=schema)

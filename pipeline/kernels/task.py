@@ -118,11 +118,16 @@ class Task:
     kind: str
     loss: PerSample
     objective: PerSample
+    from_logits: bool = True  # False: the model ends in a softmax (its logits are recovered as Keras does)
 
     @property
     def target_dtype(self) -> tf.DType | None:
         """int64 for class ids; None: targets take the model's float dtype."""
         return tf.int64 if self.kind == "classification" else None
+
+    def logits(self, outputs: tf.Tensor) -> tf.Tensor:
+        """[B, k] class scores whose softmax is the model's class probabilities (classification)."""
+        return _log_probabilities(outputs, self.from_logits)
 
     def accuracy(self, outputs: tf.Tensor, targets: tf.Tensor) -> tf.Tensor:
         """Fraction of argmax(outputs) == label (classification); NaN for regression."""
@@ -133,4 +138,4 @@ class Task:
 
 
 def make_task(kind: str, loss: str, objective: str, from_logits: bool = True) -> Task:
-    return Task(kind, resolve(kind, loss, from_logits), resolve(kind, objective, from_logits))
+    return Task(kind, resolve(kind, loss, from_logits), resolve(kind, objective, from_logits), from_logits)

@@ -10,7 +10,8 @@ state_t inside a GradientTape and one vector-Jacobian product of state_{t+1} wit
 summed over all the steps that used sample i. States are read from checkpoints every k steps and the
 k states of a segment are recomputed (replayed), so memory holds the checkpoints plus k states. When
 every state was kept from training (`every_state`, Recipe.record_steps), the replay is skipped: the
-segment's states are read instead, and the recorded checkpoints only check them.
+segment's states are read instead, and the recorded checkpoints only check them; a segment whose kept
+states cannot be trusted (None) is replayed.
 
 `run_queries` carries Q objectives at once, E_q = sum_v W[q, v] objective(x_v, y_v) for a weight matrix
 W [Q, V] (one-hot rows: one validation sample each; rows 1/|class| on a class: that class's mean). The
@@ -45,8 +46,8 @@ class QueryHypergradients(NamedTuple):
 
 
 # Every state of a run, kept from training: (start, stop) -> the flattened states start..stop-1, one
-# array [stop - start, *shape] per state tensor (Recipe.flatten order).
-EveryState = Callable[[int, int], Sequence[np.ndarray]]
+# array [stop - start, *shape] per state tensor (Recipe.flatten order), or None if they cannot be trusted.
+EveryState = Callable[[int, int], Sequence[np.ndarray] | None]
 
 
 class ReverseSweep:
@@ -258,17 +259,19 @@ class ReverseSweep:
     ) -> float:
         """Drive `segment(states start..stop-1, adjoint, start) -> adjoint` from the last segment back to
         the one holding step `floor`, the states replayed from checkpoints[start] or read from
-        every_state; raise DivergenceError at the first NaN/inf in the accumulated influence. Returns the
-        replay error: max |state swept - stored checkpoint|, at stop for a replay, at start for states read."""
+        every_state (replayed when it gives None); raise DivergenceError at the first NaN/inf in the
+        accumulated influence. Returns the replay error: max |state swept - stored checkpoint|, at stop for a
+        replay, at start for states read."""
         r, replay_error = self.recipe, 0.0
         for start, stop in reversed(list(zip(steps[:-1], steps[1:]))):
             if stop <= floor:
                 break
-            if every_state is None:
+            kept = every_state(start, stop) if every_state is not None else None
+            if kept is None:
                 states, end_state, _ = r.record_steps(checkpoints[start], batches, tf.constant(start), tf.constant(stop))
                 error = _max_abs_diff(r.flatten(end_state), r.flatten(checkpoints[stop]))
             else:
-                states = [tf.convert_to_tensor(a) for a in every_state(start, stop)]
+                states = [tf.convert_to_tensor(a) for a in kept]
                 error = _max_abs_diff([s[0] for s in states], r.flatten(checkpoints[start]))
             adjoint = segment(states, adjoint, start)
             replay_error = max(replay_error, error)

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
 
 import numpy as np
 
-from pipeline import smoothness
+from pipeline import ensembles, smoothness
 from pipeline.io.files import atomic_path
 from pipeline.report import figures
 from pipeline.report.inputs import Ranking, Verify, mean_input_grads, read_manifest, read_rankings, read_verify
@@ -329,6 +329,7 @@ def _header(
     ]
     if any(_wording(m) is ERROR for m in methods):  # the verdict is about validation-error derivatives
         parts.append(_verdict_box(stages))
+        parts.append(_trust_note(stages, methods))
     if any(_wording(m) is ERROR for m in methods):
         parts.append(f'<p class="sign"><strong>{_e(SIGN_CONVENTION)}</strong></p>')
     if any(_wording(m) is SENSITIVE for m in methods):
@@ -532,23 +533,40 @@ def _method_section(ranking: Ranking, run_dir: Path, dataset: Dataset) -> str:
 
 
 def _seed_agreement(manifest: dict[str, Any], rankings: list[Ranking]) -> str:
-    recorded = ((manifest.get("stages") or {}).get("aggregate") or {}).get("seed_agreement")
-    rows = []
+    aggregate = (manifest.get("stages") or {}).get("aggregate") or {}
+    recorded, scales = aggregate.get("seed_agreement") or {}, aggregate.get("seed_scale") or {}
+    rows, disagreeing = [], []
     for ranking in rankings:
         n_seeds = int(ranking.columns["n_seeds"].max()) if "n_seeds" in ranking.columns and len(ranking) else 1
-        value = (recorded or {}).get(ranking.method)
+        value = recorded.get(ranking.method)
         if n_seeds <= 1:
             text = "one seed: nothing to compare"
         elif value is None:
             text = "not recorded (the aggregate stage did not run or gave no value)"
         else:
             text = _e(_fmt(value))
-        rows.append([_e(ranking.method), _e(n_seeds), text])
+            if value < ensembles.DISAGREE_BELOW:
+                disagreeing.append(ranking.method)
+        seed_scale = scales.get(ranking.method) or {}
+        shown = ", ".join(f"{seed}: {_fmt(v)}" for seed, v in seed_scale.items()) if len(seed_scale) > 1 else "–"
+        rows.append([_e(ranking.method), _e(n_seeds), text, _e(shown)])
+    rule = aggregate.get("ensemble", "mean")
+    note = ""
+    if disagreeing:
+        note = (
+            f'<p class="verdict verdict-groups-only"><strong>Seeds disagree for {_e(", ".join(disagreeing))}.</strong> '
+            f"Their rankings correlate below {ensembles.DISAGREE_BELOW:g}: one training run's scores mostly reflect "
+            "that run's randomness. Trust the ensemble over seeds (more <code>train.seeds</code>), not any one seed"
+            + ("; <code>aggregate.ensemble=standardized</code> keeps a seed with larger scores from dominating." if rule == "mean" else ".")
+            + "</p>"
+        )
     return "\n".join([
         "<h2>Agreement between seeds</h2>",
         '<p class="muted">Spearman rank correlation of influence between independently trained seeds: near 1 means '
-        "the ranking reflects the data rather than the randomness of one training run.</p>",
-        _table(("method", "seeds", "Spearman between seeds"), rows, numeric=(1,)),
+        "the ranking reflects the data rather than the randomness of one training run. Scale: each seed's root mean "
+        f"square score. The ranking combines seeds by <code>aggregate.ensemble={_e(rule)}</code>.</p>",
+        note,
+        _table(("method", "seeds", "Spearman between seeds", "scale per seed"), rows, numeric=(1,)),
     ])
 
 
@@ -721,6 +739,28 @@ def _verdict_box(stages: dict[str, Any]) -> str:
     kind = str(smooth.get("verdict"))
     title = {"smooth": "Scores predict removals (smooth run).", "groups-only": "Scores predict group removals only.", "non-smooth": "Scores do not predict removals (non-smooth run)."}
     return f'<p class="verdict verdict-{_e(kind)}"><strong>{_e(title.get(kind, kind))}</strong> {_e(smooth.get("explanation", ""))}</p>'
+
+
+def _trust_note(stages: dict[str, Any], methods: Sequence[str]) -> str:
+    """Which method's scores to trust for "what if I retrain without these samples", and why."""
+    verdict = ((stages.get("verify") or {}).get("smoothness") or {}).get("verdict")
+    agreement = ((stages.get("aggregate") or {}).get("seed_agreement") or {})
+    if verdict == "smooth" and "trajectory" in methods:
+        choice, why = "trajectory", "training is smooth here, so the exact derivative of this run predicts removals."
+    elif "trak" in methods:
+        why = "it estimates the effect over training randomness, which is what retraining measures"
+        why += ", while training here is not smooth enough for the exact derivative to predict removals." if verdict in ("groups-only", "non-smooth") else (
+            "; the exact scores stay the derivative of this one run (add verify to check whether they predict removals)."
+        )
+        choice = "trak"
+    elif verdict in ("groups-only", "non-smooth"):
+        choice = "an ensemble over seeds"
+        why = "training here is not smooth, so one run's derivative mostly reflects its randomness; score several train.seeds with aggregate.ensemble=standardized, or add influence=trak."
+    else:
+        return ""
+    seeds = agreement.get(choice)
+    spread = f" Its seeds agree at Spearman {_fmt(seeds)}." if isinstance(seeds, (int, float)) else ""
+    return f'<p class="verdict verdict-unknown"><strong>To predict retraining, trust {_e(choice)}:</strong> {_e(why)}{_e(spread)}</p>'
 
 
 def _smoothness_section(smooth: dict[str, Any]) -> str:

@@ -2,8 +2,10 @@
 
 One row per (method, sample), for every method scored from this output.dir's trajectory: label or
 target, influence_mean, influence_std (over seeds, population std: 0 with one seed), n_seeds,
-input_grad_norm_mean, train_loss_mean, and rank (1 = most harmful = largest influence_mean). The seeds'
-agreement (mean pairwise Spearman of their influence) goes to the manifest.
+input_grad_norm_mean, train_loss_mean, influence_ensemble (the seeds combined by `aggregate.ensemble`,
+pipeline.ensembles; equal to influence_mean for `mean`) and rank (1 = most harmful = largest
+influence_ensemble). The seeds' agreement (mean and per pair Spearman of their influence) and each seed's
+scale (root mean square) go to the manifest.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from pipeline import __version__, metrics
+from pipeline import __version__, ensembles, metrics
 from pipeline.data import Dataset
 from pipeline.errors import ConfigError, DataError
 from pipeline.io.files import read_json
@@ -62,26 +64,38 @@ def run(context: RunContext) -> dict[str, Any]:
     methods = scored_methods(layout, context.trajectory_key)
     if settings.influence.method not in methods:
         raise ConfigError(f"stages: aggregate needs {settings.influence.method} scores in {layout.root}; add score to stages")
-    rankings, agreement = [], {}
+    rankings, agreement, pairs, scales = [], {}, {}, {}
+    rule = settings.aggregate.ensemble
     for method in methods:
         seeds = tuple(sorted(int(p.name.split("=", 1)[1]) for p in layout.method_dir(method).glob("seed=*")))
         if method == settings.influence.method and not set(settings.train.seeds) <= set(seeds):
             missing = sorted(set(settings.train.seeds) - set(seeds))
             raise ConfigError(f"stages: aggregate needs {method} scores of seed {missing[0]}; add score to stages")
         scores = read_scores(layout, method, seeds, dataset.n_train).sort_by([("seed", "ascending"), ("sample_id", "ascending")])
-        rankings.append(rank(scores, method))
-        agreement[method] = metrics.mean_pairwise_spearman(scores["influence"].to_numpy().reshape(len(seeds), -1))
+        per_seed = scores["influence"].to_numpy().reshape(len(seeds), -1)
+        rankings.append(rank(scores, method, ensembles.combine(per_seed, rule)))
+        agreement[method] = metrics.mean_pairwise_spearman(per_seed)
+        pairs[method] = ensembles.pairwise_spearman(per_seed, list(seeds))
+        scales[method] = {str(seed): float(v) for seed, v in zip(seeds, ensembles.scale(per_seed))}
     ranking = with_targets(pa.concat_tables(rankings), dataset)
     metadata = {"sign_convention": SIGN_CONVENTION, "package_version": __version__, "trajectory_key": context.trajectory_key}
     write_table(ranking.replace_schema_metadata(metadata), layout.ranking)
-    details = {"rows": ranking.num_rows, "methods": list(methods), "seed_agreement": agreement}
+    details = {
+        "rows": ranking.num_rows,
+        "methods": list(methods),
+        "ensemble": rule,
+        "seed_agreement": agreement,
+        "seed_agreement_pairs": pairs,
+        "seed_scale": scales,
+    }
     if settings.influence.queries != "mean":
         details["query_top"] = queries.write_query_top(context)
     return details
 
 
-def rank(scores: pa.Table, method: str) -> pa.Table:
-    """One method's per-seed rows grouped by sample_id and ranked, most harmful (largest mean) first."""
+def rank(scores: pa.Table, method: str, ensemble: np.ndarray) -> pa.Table:
+    """One method's per-seed rows (sorted by seed, then sample_id) grouped by sample_id and ranked by
+    `ensemble` [N] (the seeds combined, indexed by sample_id), most harmful (largest) first."""
     grouped = scores.group_by(["sample_id"]).aggregate(
         [
             ("influence", "mean"),
@@ -92,7 +106,8 @@ def rank(scores: pa.Table, method: str) -> pa.Table:
         ]
     )
     grouped = grouped.rename_columns(["sample_id", "influence_mean", "influence_std", "n_seeds", "input_grad_norm_mean", "train_loss_mean"])
-    grouped = grouped.sort_by([("influence_mean", "descending"), ("sample_id", "ascending")])
+    grouped = grouped.append_column("influence_ensemble", pa.array(ensemble[grouped["sample_id"].to_numpy()], pa.float64()))
+    grouped = grouped.sort_by([("influence_ensemble", "descending"), ("sample_id", "ascending")])
     grouped = grouped.add_column(0, "method", pa.array([method] * grouped.num_rows, pa.string()))
     return grouped.append_column("rank", pa.array(np.arange(1, grouped.num_rows + 1), pa.int64()))
 

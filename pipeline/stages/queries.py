@@ -26,6 +26,11 @@ from pipeline.io.files import write_json
 from pipeline.io.fingerprint import fingerprint
 from pipeline.io.layout import RunLayout
 from pipeline.io.queries import QUERY_SIGN_CONVENTION, batches, parts_to_compute, part_metadata, query_arguments, query_table, top_k, write_query_part, write_top
+from pipeline.io import features
+from pipeline.io.parts import Shard, split
+from pipeline.kernels import trak_scores
+from pipeline.methods import REGISTRY
+from pipeline.stages import score_trak
 from pipeline.stages.context import RunContext
 
 
@@ -95,9 +100,18 @@ def run(context: RunContext) -> dict[str, Any]:
     plan = batches(query_ids(settings, dataset), settings.influence.query_batch)
     n_queries = int(sum(ids.size for _, ids in plan))
     todo = [(seed, batch) for seed in settings.train.seeds for batch in parts_to_compute(layout, method, seed, plan, n_train, context.queries_key)]
-    calls = [(settings, context.dataset_ref, seed, number, ids, context.queries_key) for seed, (number, ids) in todo]
     began = time.perf_counter()
-    done = cluster.run_tasks(score_query_batch, calls, context.task_options, desc="queries (seed, batch)")
+    if REGISTRY[method].features:
+        shards = split(n_train, settings.influence.shard_size)
+        if todo:
+            score_trak.prepare(context, shards, per_sample=True)
+        keys = (context.queries_key, score_trak.features_key(settings, context.trajectory_key), context.score_key)
+        calls = [(settings, context.dataset_ref, seed, number, ids, shards, *keys) for seed, (number, ids) in todo]
+        options = {**context.task_options, "num_gpus": 0}  # NumPy only
+        done = cluster.run_tasks(score_features_query_batch, calls, options, desc="queries (seed, batch)")
+    else:
+        calls = [(settings, context.dataset_ref, seed, number, ids, context.queries_key) for seed, (number, ids) in todo]
+        done = cluster.run_tasks(score_query_batch, calls, context.task_options, desc="queries (seed, batch)")
     wall_seconds = time.perf_counter() - began
     summaries = {}
     for seed in settings.train.seeds:
@@ -157,7 +171,33 @@ def score_query_batch(settings: Settings, dataset: Dataset, seed: int, number: i
     input_grad = dict(zip(dataset.input_names, result.input_grad))
     table = query_table(ids, result.influence, input_grad, part_metadata(settings, seed, key))
     write_query_part(table, layout.query_part(influence.method, seed, number), dataset.n_train)
-    return {"seed": seed, "batch": number, "n_queries": int(ids.size), "seconds": seconds, "replayed": every_state is None, "objective": result.objective.tolist()}
+    return {"seed": seed, "batch": number, "n_queries": int(ids.size), "seconds": seconds, "replayed": every_state is None or every_state.damaged is not None, "objective": result.objective.tolist()}
+
+
+def score_features_query_batch(
+    settings: Settings, dataset: Dataset, seed: int, number: int, ids: np.ndarray, shards: list[Shard], key: str, features_key: str, score_key: str
+) -> dict[str, Any]:
+    """Ray task body (NumPy only) for a features method: the queries `ids` of batch `number` as one matrix
+    product per checkpoint and shard, influence[q, i] = mean over checkpoints of -slope_i t_q^T G^-1 phi_i with
+    t_q = the query's weights @ the validation samples' features; written as the batch's part."""
+    began = time.perf_counter()
+    layout, method = RunLayout(settings.output_dir), settings.influence.method
+    folder = features.features_dir(layout.root, method, seed)
+    validation = features.read_npz(folder / "validation.npz", features_key)
+    kernel = features.read_npz(folder / "kernel.npz", score_key)
+    if validation is None or "per_sample" not in validation or kernel is None:
+        raise DataError(f"{folder}: validation features or kernel missing or of other settings; rerun to recompute them")
+    rows, weights = query_weights(settings.influence.queries, dataset, ids)
+    n_checkpoints = kernel["inverse"].shape[0]
+    influence = np.zeros((ids.size, dataset.n_train))
+    for c in range(n_checkpoints):
+        targets = weights @ validation["per_sample"][c, rows].astype(np.float64)
+        for shard, start, stop in shards:
+            part = features.read_shard(folder, shard)
+            influence[:, start:stop] += trak_scores.scores(part.phi[c], part.slope[c], kernel["inverse"][c], targets) / n_checkpoints
+    seconds = time.perf_counter() - began
+    write_query_part(query_table(ids, influence, {}, part_metadata(settings, seed, key)), layout.query_part(method, seed, number), dataset.n_train)
+    return {"seed": seed, "batch": number, "n_queries": int(ids.size), "seconds": seconds, "replayed": False}
 
 
 def write_query_top(context: RunContext) -> dict[str, Any]:

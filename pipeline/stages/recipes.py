@@ -9,7 +9,7 @@ import numpy as np
 
 from pipeline.config import ModelSettings, OptimizerSettings, Settings, TrainSettings
 from pipeline.data import Dataset
-from pipeline.errors import ConfigError
+from pipeline.errors import ConfigError, UserInputError, first_line
 from pipeline.kernels.schedule import Schedule, make_schedule
 
 
@@ -31,6 +31,30 @@ def functional_optimizer(settings: OptimizerSettings) -> Any:
 def output_width(dataset: Dataset) -> int:
     """Model outputs the task needs: num_classes (classification) or output_dim (regression)."""
     return int(dataset.num_classes if dataset.task == "classification" else dataset.output_dim)
+
+
+def output_weights(settings: Settings, dataset: Dataset) -> tuple[float, ...]:
+    """influence.output_weights (ones when null), one weight per model output; ConfigError otherwise."""
+    width = output_width(dataset)
+    weights = settings.influence.output_weights or (1.0,) * width
+    if len(weights) != width:
+        raise ConfigError(f"influence.output_weights has {len(weights)} values; the model has {width} outputs")
+    return tuple(weights)
+
+
+def check_run(settings: Settings, dataset: Dataset) -> None:
+    """Ray task body run before output.dir is claimed: builds the first seed's model and checks it and the user's
+    losses (recipe_for) and influence.output_weights. A custom builder that raises is one ConfigError naming it."""
+    output_weights(settings, dataset)
+    try:
+        recipe_for(settings, dataset, settings.train.seeds[0])
+    except UserInputError:
+        raise
+    except Exception as exc:
+        if settings.model.name != "custom":
+            raise
+        detail = f": {first_line(exc)}" if str(exc).strip() else ""
+        raise ConfigError(f"model.builder={settings.model.builder} raised {type(exc).__name__}{detail}") from None
 
 
 def recipe_for(settings: Settings, dataset: Dataset, seed: int) -> Any:
@@ -80,17 +104,25 @@ def _cached_recipe(
 
 def kept_states(settings: Settings, layout: Any, seed: int, recipe: Any, n_steps: int) -> Any:
     """Where a sweep of `seed` gets its states: io.states.StoredRun over the states kept from training
-    (influence.state_memory), or None to replay from checkpoints; prints why when kept states were asked
-    for but cannot be read. layout: io.layout.RunLayout; recipe: kernels.training.Recipe."""
+    (influence.state_memory), or None to replay from checkpoints; prints one line when kept states were
+    asked for but cannot be read or trusted, or when a segment read later does not match its digest.
+    layout: io.layout.RunLayout; recipe: kernels.training.Recipe."""
     from pipeline.io.states import open_states
 
     if settings.influence.state_memory is None:
         return None
     path = layout.states(seed)
-    run, problem = open_states(path, recipe.state_layout(), recipe.state_dtypes(), n_steps)
-    if problem is not None:
-        hint = " (trained without influence.state_memory, or over its budget)" if problem == "missing" else ""
-        print(f"[score] seed={seed}: {path.name} {problem}{hint}; replaying from checkpoints")
+
+    def tell(why: str) -> None:
+        print(f"[score] seed={seed}: {path.relative_to(layout.root)} {why}; replaying from the checkpoints")
+
+    run, problem = open_states(path, recipe.state_layout(), recipe.state_dtypes(), n_steps, tell)
+    if problem == "missing" and any(path.parent.glob(f".{path.name}.corrupt*")):
+        tell("missing (quarantined after a digest mismatch)")
+    elif problem == "missing":
+        tell("missing (trained without influence.state_memory, or over its budget)")
+    elif problem is not None:
+        tell(problem)
     return run
 
 

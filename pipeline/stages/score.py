@@ -23,7 +23,7 @@ from pipeline.io.files import read_json, write_json
 from pipeline.io.layout import RunLayout
 from pipeline.io.parts import part_metadata, parts_to_compute, split, whole
 from pipeline.methods import REGISTRY
-from pipeline.stages import queries, score_sharded
+from pipeline.stages import queries, score_sharded, score_trak
 from pipeline.stages.context import RunContext
 
 def run(context: RunContext) -> dict[str, Any]:
@@ -35,9 +35,12 @@ def run(context: RunContext) -> dict[str, Any]:
             raise ConfigError(f"stages: score needs the trained trajectory of seed {seed} in {layout.root}; add train to stages")
     shards = whole(context.dataset.n_train) if method.sweep else split(context.dataset.n_train, settings.influence.shard_size)
     todo = [(seed, shard) for seed in settings.train.seeds for shard in parts_to_compute(layout, method.name, seed, shards, context.score_key)]
+    features = None
     if method.sweep:
         calls = [(settings, context.dataset_ref, seed, context.score_key) for seed, _ in todo]
         cluster.run_tasks(score_seed, calls, context.task_options, desc=f"score {method.name} (seeds)")
+    elif method.features:
+        features = score_trak.run(context, todo, shards) if todo else None
     elif todo:
         score_sharded.score_shards(context, todo)
     summaries = {}
@@ -51,6 +54,8 @@ def run(context: RunContext) -> dict[str, Any]:
         write_json(summary_path, summary)
         summaries[str(seed)] = summary
     details: dict[str, Any] = {"method": method.name, "seeds": summaries}
+    if features is not None:
+        details["features"] = features
     if settings.influence.queries != "mean":
         details["queries"] = queries.run(context)
     return details
@@ -91,9 +96,9 @@ def score_seed(settings: Settings, dataset: Dataset, seed: int, key: str) -> dic
     horizon = None if method == "trajectory" else settings.influence.horizon or steps_per_epoch(schedule)
     every_state = kept_states(settings, layout, seed, recipe, schedule.n_steps)
     bar = tqdm(total=min(schedule.n_steps, horizon or schedule.n_steps), desc=f"reverse sweep seed={seed}", unit="step")
-    began = time.perf_counter()
+    began, began_cpu = time.perf_counter(), time.process_time()
     result = ReverseSweep(recipe).run(states, states.steps, batches, x_val, y_val, progress=bar.update, horizon=horizon, every_state=every_state)
-    seconds = time.perf_counter() - began
+    seconds, cpu_seconds = time.perf_counter() - began, time.process_time() - began_cpu
     bar.close()
     train_loss = per_sample_losses(recipe, states[states.steps[-1]], x_train, dataset.y_train)
     input_grad = dict(zip(dataset.input_names, result.input_grad))
@@ -106,8 +111,9 @@ def score_seed(settings: Settings, dataset: Dataset, seed: int, key: str) -> dic
         "objective": settings.influence.objective,
         "objective_value": result.objective,
         "seconds": round(seconds, 4),
+        "cpu_seconds": round(cpu_seconds, 4),
         "seconds_over_training": round(seconds / max(trained["compute_seconds"], 1e-9), 3),
-        "replayed": every_state is None,
+        "replayed": every_state is None or every_state.damaged is not None,
         "replay_max_abs_error": result.replay_error,
         "horizon": horizon,
     }

@@ -4,8 +4,9 @@ that is not exact (lookahead, tracin, loss, saliency, sensitivity).
 The training set is cut into shards of `influence.shard_size` samples; a pool of Ray actors (each loads
 TensorFlow, the model and the seed's checkpoints once) scores one shard per call and writes it to
 scores/method=<m>/seed=<s>/part-<shard>.parquet under a temporary name, renamed when complete. Which
-shards to compute is decided by stages.score (validated resume); an actor that dies is restarted and
-its call retried (`cluster.max_retries`).
+shards to compute is decided by stages.score (validated resume). A shard whose actor, worker or node is lost is
+resubmitted to another actor, up to `cluster.max_retries` times (cluster.run_on_actors); a part is only ever
+complete or absent, so every sample ends in exactly one part.
 """
 
 from __future__ import annotations
@@ -17,13 +18,12 @@ from typing import Any
 
 import numpy as np
 import ray
-from ray.util import ActorPool
-from tqdm import tqdm
 
+from pipeline import cluster
 from pipeline.config import Settings
 from pipeline.data import Dataset
 from pipeline.errors import ConfigError, DivergenceError
-from pipeline.io.files import read_json
+from pipeline.io.files import read_json, write_json
 from pipeline.io.layout import RunLayout
 from pipeline.methods import REGISTRY
 from pipeline.stages.context import RunContext
@@ -34,33 +34,34 @@ KILL_AT_SHARD_ENV = "PIPELINE_KILL_AT_SHARD"
 
 
 def score_shards(context: RunContext, todo: list[tuple[int, Shard]]) -> None:
-    """Score the (seed, shard) pairs in `todo` on a pool of actors; each writes its part atomically."""
+    """Score the (seed, shard) pairs in `todo` on a pool of actors; each writes its part atomically. The pool size
+    and the worker seconds of each seed's shards go to the seeds' score summaries (`actors`, `seconds`)."""
     settings, options = context.settings, context.task_options
-    c = settings.cluster
-    free_cpus = ray.available_resources().get("CPU", 1.0)
-    n_actors = max(1, min(len(todo), int(free_cpus // c.cpus_per_task)))
+    method = settings.influence.method
     env = dict(options["runtime_env"]["env_vars"])
     if KILL_AT_SHARD_ENV in os.environ:
         env[KILL_AT_SHARD_ENV] = os.environ[KILL_AT_SHARD_ENV]
-    actor_class = ray.remote(ShardScorer).options(
-        num_cpus=options["num_cpus"],
-        num_gpus=options["num_gpus"],
-        max_restarts=c.max_retries,
-        max_task_retries=c.max_retries,
-        runtime_env={"env_vars": env},
+    scorer = ray.remote(ShardScorer).options(
+        num_cpus=options["num_cpus"], num_gpus=options["num_gpus"], runtime_env={"env_vars": env}
     )
-    actors = [actor_class.remote(settings, context.score_key) for _ in range(n_actors)]
-    pool = ActorPool(actors)
     jobs = [(seed, *shard) for seed, shard in todo]
-    total = sum(stop - start for _, _, start, stop in jobs)
-    desc = f"score {settings.influence.method} ({n_actors} workers, {len(jobs)} shards)"
-    try:
-        with tqdm(total=total, desc=desc, unit="sample") as bar:
-            for done in pool.map_unordered(lambda actor, job: actor.score.remote(context.dataset_ref, *job), jobs):
-                bar.update(done["rows"])
-    finally:
-        for actor in actors:
-            ray.kill(actor)
+    n_actors = cluster.pool_size(settings.cluster, len(jobs))
+    done = cluster.run_on_actors(
+        scorer,
+        (settings, context.score_key),
+        n_actors,
+        jobs,
+        lambda actor, job: actor.score.remote(context.dataset_ref, *job),
+        settings.cluster.max_retries,
+        f"score {method} ({n_actors} actor{'s' * (n_actors > 1)}, {len(jobs)} shards)",
+        weight=lambda job: job[3] - job[2],
+        unit="sample",
+    )
+    for seed in sorted({seed for seed, _ in todo}):
+        path = context.layout.score_summary(method, seed)
+        mine = [result for job, result in zip(jobs, done) if job[0] == seed]
+        seconds = {name: round(sum(r[name] for r in mine), 4) for name in ("seconds", "cpu_seconds")}  # worker seconds
+        write_json(path, {**(read_json(path) if path.exists() else {}), "actors": n_actors, **seconds})
 
 
 @dataclass
@@ -131,7 +132,7 @@ class ShardScorer:
         from pipeline.io.parts import part_metadata
 
         self._maybe_die(seed, shard)
-        began = time.perf_counter()
+        began, began_cpu = time.perf_counter(), time.process_time()
         if seed not in self.prepared:
             self.prepared[seed] = self._prepare(dataset, seed)
         run, score = self.prepared[seed]
@@ -150,7 +151,7 @@ class ShardScorer:
         train_loss = per_sample_losses(recipe, run.final, x, y)
         table = scores_table(np.arange(start, stop), y, dataset.task, influence, input_grad, train_loss, part_metadata(s, seed, self.key))
         write_table(table, self.layout.score_part(s.influence.method, seed, shard))
-        return {"rows": stop - start, "seconds": time.perf_counter() - began}
+        return {"rows": stop - start, "seconds": time.perf_counter() - began, "cpu_seconds": time.process_time() - began_cpu}
 
     def _maybe_die(self, seed: int, shard: int) -> None:
         if os.environ.get(KILL_AT_SHARD_ENV) != str(shard):

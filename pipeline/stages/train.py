@@ -104,7 +104,7 @@ def train_seed(settings: Settings, dataset: Dataset, seed: int, key: str) -> dic
         io_seconds += time.perf_counter() - began
 
     bar = tqdm(total=schedule.n_steps, desc=f"train seed={seed}", unit="step")
-    began = time.perf_counter()
+    began, began_cpu = time.perf_counter(), time.process_time()
     try:
         final = train(recipe, initial, batches, stored, save, progress=bar.update, on_segment=keep if writer else None)
         if writer is not None:
@@ -114,7 +114,7 @@ def train_seed(settings: Settings, dataset: Dataset, seed: int, key: str) -> dic
     finally:
         if writer is not None and not layout.states(seed).exists():
             writer.discard()
-    seconds = time.perf_counter() - began
+    seconds, cpu_seconds = time.perf_counter() - began, time.process_time() - began_cpu
     bar.close()
     after = {k: float(v) for k, v in recipe.evaluate(final, x_val, y_val).items()}
     raise_if_exploded(np.array([after["objective"]]), before["objective"], "validation objective", first_step=schedule.n_steps)
@@ -125,6 +125,7 @@ def train_seed(settings: Settings, dataset: Dataset, seed: int, key: str) -> dic
         "checkpoint_steps": stored,
         "seconds": round(seconds, 4),
         "compute_seconds": round(seconds - io_seconds, 4),
+        "cpu_seconds": round(cpu_seconds, 4),  # process time of training (all threads, I/O included): load-proof
         "val_objective_initial": before["objective"],
         "val_objective": after["objective"],
         "val_loss": after["loss"],
@@ -140,10 +141,10 @@ def state_writer(
 ) -> tuple[StateWriter | None, dict[str, Any] | None]:
     """(io.states.StateWriter or None, what the summary records about kept states). States are kept only
     for an exact sweep (trajectory, truncated, per-query) with influence.state_memory, within its budget."""
-    from pipeline.io.states import StateWriter, parse_size, state_bytes
+    from pipeline.io.states import StateWriter, discard_states, parse_size, state_bytes
 
     influence = settings.influence
-    layout.states(seed).unlink(missing_ok=True)  # the states of an earlier training must never be read
+    discard_states(layout.states(seed))  # the states of an earlier training must never be read
     if influence.state_memory is None or not (REGISTRY[influence.method].sweep or influence.queries != "mean"):
         return None, None
     need, budget = n_steps * state_bytes(state_layout, dtypes), parse_size(influence.state_memory)

@@ -142,7 +142,10 @@ def _score_key(method: str, trajectory_key: str = "traj0000traj0000", **influenc
     "changes,changed_methods",
     [
         ({"steps": 3}, {"lookahead"}),
-        ({"objective": "mse"}, {"trajectory", "truncated", "lookahead", "tracin"}),
+        ({"objective": "mse"}, {"trajectory", "truncated", "lookahead", "tracin", "trak"}),
+        ({"proj_dim": 64}, {"trak"}),
+        ({"damping": 0.1}, {"trak"}),
+        ({"checkpoints": 3}, {"trak"}),
         ({"horizon": 5}, {"truncated"}),
         ({"output_weights": (0.5, 1.0)}, {"sensitivity"}),
         ({"batch_size": 7}, set()),

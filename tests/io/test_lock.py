@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from pipeline.errors import ConfigError
-from pipeline.io.lock import RunLock
+from pipeline.io.lock import RunLock, process_identity, refuse_if_busy
 
 REPO = Path(__file__).resolve().parents[2]
 HOLD = "import sys, time; from pathlib import Path; from pipeline.io.lock import RunLock\nwith RunLock(Path(sys.argv[1])):\n    time.sleep(60)"
@@ -36,6 +36,8 @@ def test_acquire_writes_record_and_release_removes_it(tmp_path: Path) -> None:
         assert record["pid"] == os.getpid()
         assert record["host"] == socket.gethostname()
         assert record["started_at"]
+        assert record["boot_id"] == Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+        assert record["process_start"] == Path(f"/proc/{os.getpid()}/stat").read_text().rsplit(")", 1)[1].split()[19]
     assert not (root / ".lock").exists()
     assert root.is_dir()
     with RunLock(root):  # free again
@@ -59,7 +61,8 @@ def test_lock_held_by_live_process_refuses_then_is_taken_over_once_it_dies(tmp_p
         while not (tmp_path / ".lock").exists() or not (tmp_path / ".lock").read_bytes():
             assert holder.poll() is None and time.monotonic() < deadline, "holder did not take the lock"
             time.sleep(0.02)
-        with pytest.raises(ConfigError, match=rf"in use by another run \(pid {holder.pid} on host .*choose another output\.dir$"):
+        way_out = rf"choose another output\.dir \(if you are sure that run is dead, delete {tmp_path}/\.lock\)$"
+        with pytest.raises(ConfigError, match=rf"in use by another run \(pid {holder.pid} on host .*{way_out}"):
             with RunLock(tmp_path):
                 pytest.fail("entered a lock held by a live process")
     finally:
@@ -128,3 +131,56 @@ def test_takeover_never_deletes_a_lock_written_after_it_was_judged_stale(tmp_pat
             pytest.fail("entered a lock taken over by another run")
     assert _record(tmp_path / ".lock") == fresh
     assert [p.name for p in tmp_path.iterdir()] == [".lock"]
+
+
+def _live_unrelated_process() -> subprocess.Popen:
+    return subprocess.Popen(["sleep", "60"])
+
+
+@pytest.mark.parametrize("field", ["process_start", "boot_id"])
+def test_lock_whose_pid_now_belongs_to_another_process_is_taken_over(tmp_path: Path, field: str) -> None:
+    """The pid of the lock is alive but is another process (other start time, or the machine rebooted): stale."""
+    other = _live_unrelated_process()
+    try:
+        record = {"pid": other.pid, "host": socket.gethostname(), "started_at": "then", **process_identity(other.pid)}
+        record[field] = "1" if field == "process_start" else "00000000-0000-0000-0000-000000000000"
+        (tmp_path / ".lock").write_text(json.dumps(record))
+        with RunLock(tmp_path):
+            assert _record(tmp_path / ".lock")["pid"] == os.getpid()
+        assert other.poll() is None  # the unrelated process is left alone
+    finally:
+        other.kill()
+        other.wait()
+    assert not (tmp_path / ".lock").exists()
+
+
+def test_lock_of_the_same_live_process_still_refuses(tmp_path: Path) -> None:
+    other = _live_unrelated_process()
+    try:
+        record = {"pid": other.pid, "host": socket.gethostname(), "started_at": "now", **process_identity(other.pid)}
+        (tmp_path / ".lock").write_text(json.dumps(record))
+        with pytest.raises(ConfigError, match=rf"in use by another run \(pid {other.pid} on host "):
+            with RunLock(tmp_path):
+                pytest.fail("entered a lock held by a live process")
+        assert _record(tmp_path / ".lock") == record
+    finally:
+        other.kill()
+        other.wait()
+
+
+def test_old_lock_without_a_start_time_of_a_live_pid_refuses(tmp_path: Path) -> None:
+    """Locks written before start times were recorded are judged by their pid alone, as before."""
+    (tmp_path / ".lock").write_text(json.dumps({"pid": os.getppid(), "host": socket.gethostname(), "started_at": "x"}))
+    with pytest.raises(ConfigError, match=r"in use by another run"):
+        with RunLock(tmp_path):
+            pytest.fail("entered a lock of a live pid")
+
+
+def test_refuse_if_busy_only_reads(tmp_path: Path) -> None:
+    refuse_if_busy(tmp_path / "missing")  # nothing there: free
+    (tmp_path / ".lock").write_text(json.dumps({"pid": _dead_pid(), "host": socket.gethostname(), "started_at": "x"}))
+    refuse_if_busy(tmp_path)  # stale: free, and left for RunLock to take over
+    assert (tmp_path / ".lock").exists()
+    with RunLock(tmp_path / "held"):
+        with pytest.raises(ConfigError, match=rf"^output\.dir={tmp_path / 'held'}: in use by another run \(pid {os.getpid()}"):
+            refuse_if_busy(tmp_path / "held")

@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# The outside TRAK reference end to end: .venv-peers (if missing), the experiment's arrays, dattri TRAK.
+#   scripts/peers/run.sh [experiment] [K]        default: mnist_seed000 20
+# Writes outputs/peers/<experiment>.npz and docs/results/peers/<experiment>_dattri_trak{,_models}.parquet.
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+EXPERIMENT="${1:-mnist_seed000}"
+MODELS="${2:-20}"
+cd "$ROOT"
+[ -x .venv-peers/bin/python ] || bash scripts/peers/setup.sh
+.venv/bin/python scripts/peers/export_data.py --experiment "$EXPERIMENT" --out "outputs/peers/$EXPERIMENT.npz"
+nice -n 10 .venv-peers/bin/python scripts/peers/trak_dattri.py --data "outputs/peers/$EXPERIMENT.npz" \
+    --models "$MODELS" --proj-dim 512 --check-ensemble 5 --out "docs/results/peers/${EXPERIMENT}_dattri_trak.parquet"
+.venv-peers/bin/python scripts/peers/summarize.py "docs/results/peers/${EXPERIMENT}_dattri_trak.parquet"
