@@ -221,8 +221,7 @@ def run_on_actors(
     weight: Callable[[J], int] = lambda job: 1,
     unit: str = "job",
 ) -> list[Any]:
-    """Run every job on a new pool of `n_actors` actors `actor_class.remote(*args)` (ActorPool.run); results in
-    job order. Every actor is killed at the end."""
+    """Run `jobs` on a pool of at most `n_actors` actors made for them alone (ActorPool.run); results in job order."""
     if not jobs:
         return []
     with ActorPool(actor_class, args, min(n_actors, len(jobs)), retries) as pool:
@@ -230,32 +229,34 @@ def run_on_actors(
 
 
 class ActorPool:
-    """`with ActorPool(actor_class, args, n_actors, retries) as pool:` actors `actor_class.remote(*args)` that
-    serve several `run` calls (so a map-reduce pays for starting them, loading TensorFlow and tracing once);
-    every actor is killed when the block ends."""
+    """`n_actors` actors `actor_class.remote(*args)` that run lists of jobs (run), each job retried up to `retries`
+    times when its actor, worker or node is lost. Several runs share the actors (one start-up for several phases of
+    jobs); leaving the `with` block, close() or a failed run kills them all.
+
+    A lost actor is killed and replaced by a new one, which Ray places on a live node. Jobs go only to actors that
+    are up, so a replacement that cannot be placed (its node's CPUs are gone) holds no job.
+    """
 
     def __init__(self, actor_class: Any, args: tuple, n_actors: int, retries: int):
         self.actor_class, self.args, self.retries = actor_class, args, retries
         self.n_actors = max(1, n_actors)
         self.actors: list[Any] = []
         self.idle: list[Any] = []
-        self.starting: dict[Any, Any] = {}  # ready reference -> actor not known to be up yet
+        self.starting: dict[Any, Any] = {}  # readiness reference -> actor
         self.lost_starts = 0
-
-    def __enter__(self) -> ActorPool:
         for _ in range(self.n_actors):
             self._start()
+
+    def __enter__(self) -> ActorPool:
         return self
 
-    def __exit__(self, *exc_info: object) -> None:
+    def __exit__(self, *exc_info: Any) -> None:
+        self.close()
+
+    def close(self) -> None:
         for actor in self.actors:
             ray.kill(actor)
         self.actors, self.idle, self.starting = [], [], {}
-
-    def _start(self) -> None:
-        actor = self.actor_class.remote(*self.args)
-        self.actors.append(actor)
-        self.starting[actor.__ray_ready__.remote()] = actor
 
     def run(
         self,
@@ -265,46 +266,63 @@ class ActorPool:
         weight: Callable[[J], int] = lambda job: 1,
         unit: str = "job",
     ) -> list[Any]:
-        """Run every job on the pool; results in job order.
-
-        `call(actor, job)` submits one job and returns its object reference; the progress bar counts `weight(job)`
-        per finished job. A job whose actor, worker or node is lost (LOST) is resubmitted, up to `retries` times,
-        to the next ready actor, and the lost actor is killed and replaced by a new one (Ray places it on a live
-        node). Jobs go only to actors that are up, so a replacement that cannot be placed (its node's CPUs are
-        gone) holds no job. A job's own exception, or a loss beyond its retries, is raised as Ray gives it.
-        """
+        """Results of every job in job order. `call(actor, job)` submits one job and returns its object reference;
+        the progress bar counts `weight(job)` per finished job. A job whose actor is lost (LOST) goes back to the
+        front of the queue for the next ready actor; a job's own exception, or a loss beyond its retries, is raised
+        as Ray gives it (and the pool closed)."""
         results: list[Any] = [None] * len(jobs)
         tries = [0] * len(jobs)
         todo = deque(range(len(jobs)))
-        running: dict[Any, tuple[Any, int]] = {}  # reference -> (actor, its job)
+        running: dict[Any, tuple[Any, int]] = {}  # reference -> (actor, job)
         with tqdm(total=sum(weight(job) for job in jobs), desc=desc, unit=unit, disable=not jobs) as bar:
-            while todo or running:
-                while todo and self.idle:
-                    actor, i = self.idle.pop(), todo.popleft()
-                    running[call(actor, jobs[i])] = (actor, i)
-                [ref], _ = ray.wait([*running, *self.starting], num_returns=1)
-                starting = ref in self.starting
-                actor, i = (self.starting.pop(ref), None) if starting else running.pop(ref)
-                try:
-                    value = ray.get(ref)
-                except LOST as exc:
-                    if i is None:
-                        self.lost_starts += 1
-                        if getattr(exc, "actor_init_failed", False) or self.lost_starts > self.retries * self.n_actors:
-                            raise
-                    else:
+            try:
+                while todo or running:
+                    while todo and self.idle:
+                        actor, i = self.idle.pop(), todo.popleft()
+                        running[call(actor, jobs[i])] = (actor, i)
+                    [ref], _ = ray.wait([*running, *self.starting], num_returns=1)
+                    if ref in self.starting:
+                        self._ready(ref)
+                        continue
+                    actor, i = running.pop(ref)
+                    try:
+                        results[i] = ray.get(ref)
+                    except LOST as exc:
                         tries[i] += 1
                         if tries[i] > self.retries:
                             raise
                         todo.appendleft(i)
                         lost = f"[cluster] {desc}: job {i + 1} of {len(jobs)} lost its actor ({type(exc).__name__})"
                         tqdm.write(f"{lost}; resubmitted (retry {tries[i]} of {self.retries})", file=sys.stderr)
-                    ray.kill(actor)
-                    self.actors.remove(actor)
-                    self._start()
-                    continue
-                if i is not None:
-                    results[i] = value
+                        self._replace(actor)
+                        continue
                     bar.update(weight(jobs[i]))
-                self.idle.append(actor)
+                    self.idle.append(actor)
+            except BaseException:
+                self.close()
+                raise
         return results
+
+    def _start(self) -> None:
+        actor = self.actor_class.remote(*self.args)
+        self.actors.append(actor)
+        self.starting[actor.__ray_ready__.remote()] = actor
+
+    def _ready(self, ref: Any) -> None:
+        """An actor is up (idle from now), or was lost starting: replaced, unless its constructor failed or starts
+        keep failing (more than `retries` per actor of the pool)."""
+        actor = self.starting.pop(ref)
+        try:
+            ray.get(ref)
+        except LOST as exc:
+            self.lost_starts += 1
+            if getattr(exc, "actor_init_failed", False) or self.lost_starts > self.retries * self.n_actors:
+                raise
+            self._replace(actor)
+            return
+        self.idle.append(actor)
+
+    def _replace(self, actor: Any) -> None:
+        ray.kill(actor)
+        self.actors.remove(actor)
+        self._start()

@@ -323,7 +323,6 @@ def _hydra_main(cfg: DictConfig) -> None:
 
 
 def main() -> None:
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     try:
         cli.run_hydra(_hydra_main, CONFIG_DIR, "evaluate")

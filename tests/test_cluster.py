@@ -51,12 +51,10 @@ def test_orphaned_agents_are_those_whose_raylet_is_gone():
     assert orphaned_agents(processes, uid=0) == [12, 13]
 
 
-def _pool(log_dir, jobs, retries, die_at=3, die=1, n_actors=2):
-    """run_on_actors with Flaky actors (a local class: Ray ships it by value, the tests folder is not on the
-    workers' path)."""
+def _flaky():
+    """The pool actor of these tests, a Ray actor class (a local class: Ray ships it by value, the tests folder is
+    not on the workers' path)."""
     import ray
-
-    from pipeline.cluster import run_on_actors
 
     class Flaky:
         """Squares its job; dies like a lost machine (os._exit) the first `die` times it starts job `die_at`, raises
@@ -74,10 +72,18 @@ def _pool(log_dir, jobs, retries, die_at=3, die=1, n_actors=2):
                 raise ValueError("job -1 is bad")
             return job * job, os.getpid()
 
+    return ray.remote(Flaky).options(num_cpus=1)
+
+
+def _square(actor, job):
+    return actor.square.remote(job)
+
+
+def _pool(log_dir, jobs, retries, die_at=3, die=1, n_actors=2):
+    from pipeline.cluster import run_on_actors
+
     Path(log_dir).mkdir(parents=True, exist_ok=True)
-    actor = ray.remote(Flaky).options(num_cpus=1)
-    call = lambda a, job: a.square.remote(job)  # noqa: E731
-    return run_on_actors(actor, (str(log_dir), die_at, die), n_actors, jobs, call, retries, "test")
+    return run_on_actors(_flaky(), (str(log_dir), die_at, die), n_actors, jobs, _square, retries, "test")
 
 
 def _starts(log_dir, job) -> list[int]:
@@ -125,3 +131,19 @@ def test_pool_size_is_every_cpu_of_the_local_ray_right_after_tasks_end(ray_sessi
     assert sizes == [2] * 5  # the session's Ray has 2 CPUs
     assert pool_size(ClusterSettings(), n_jobs=1) == 1
     assert pool_size(ClusterSettings(cpus_per_task=0.5), n_jobs=10) == 4
+
+
+def test_one_pool_serves_several_phases_of_jobs_with_the_same_actors(ray_session, tmp_path):
+    import ray
+
+    from pipeline.cluster import ActorPool
+
+    with ActorPool(_flaky(), (str(tmp_path), 1, 1), 2, retries=1) as pool:
+        first = pool.run([0, 1, 2], _square, "phase 1")
+        second = pool.run([3, 4, 5], _square, "phase 2")
+        actors = list(pool.actors)
+    assert [r[0] for r in first + second] == [0, 1, 4, 9, 16, 25]
+    dead = _starts(tmp_path, 1)[0]
+    assert dead not in {pid for _, pid in second} and len({pid for _, pid in first + second} - {dead}) <= 2
+    with pytest.raises(ray.exceptions.RayActorError):  # killed on leaving the block
+        ray.get(actors[0].square.remote(6), timeout=60)

@@ -152,6 +152,7 @@ def test_the_run_ray_listens_on_127_0_0_1_only(run_ray):
     assert not any("dashboard" in line for line in run_ray["printed"])  # not asked for
 
 
+@pytest.mark.slow  # a second Ray of its own
 @LINUX
 def test_the_dashboard_when_asked_listens_on_127_0_0_1_behind_the_token():
     driver, info, printed = _start_driver("dashboard")

@@ -296,9 +296,9 @@ def peer_goals(f: Figures) -> list[tuple[str, bool | None, str]]:
         labels = [m for m in f.values("method", part="equal_compute", metric="lds") if not m.startswith(PEER)]
         parts, met = [], True
         for k in budgets:
-            best = max((f.get("equal_compute", m, "lds", d, k), m) for m in labels)
-            peer = max(f.get("equal_compute", m, "lds", d, k) for m in (PEER, f"{PEER} standardized"))
-            if math.isnan(peer):
+            best = max(((v, m) for m in labels if not math.isnan(v := f.get("equal_compute", m, "lds", d, k))), default=(math.nan, ""))
+            peer = max((v for m in (PEER, f"{PEER} standardized") if not math.isnan(v := f.get("equal_compute", m, "lds", d, k))), default=math.nan)
+            if math.isnan(peer) or math.isnan(best[0]):
                 continue
             met = met and best[0] > peer
             parts.append(f"budget K={k}: {fmt(best[0])} ({best[1]}) vs {fmt(peer)}")
