@@ -259,3 +259,26 @@ def test_driver_killed_with_sigkill_leaves_no_agents_after_the_rerun(tmp_path):
     assert orphaned_agents(_processes(), os.getuid()) == []
     _every_sample_once(out, "lookahead", n=1437)
     assert (out / "_SUCCESS").exists()
+
+
+def test_a_changed_value_inside_a_part_is_caught_by_its_page_checksum(tmp_path):
+    """One float of a written part scaled by 1.01 in place: the footer and the ids still read, only the page
+    checksum tells, so the part is refused (and, in a run, quarantined and recomputed)."""
+    import pyarrow as pa
+
+    from pipeline.io.integrity import check_part
+    from pipeline.io.tables import write_table
+
+    value = 0.123456789012345
+    ids = np.arange(50)
+    influence = np.linspace(-1, 1, 50)
+    influence[17] = value
+    table = pa.table({"sample_id": ids, "influence": influence}).replace_schema_metadata({"artifact_key": "k"})
+    path = tmp_path / "part-00000.parquet"
+    write_table(table, path)
+    assert check_part(path, ids, "k") is None
+    raw = path.read_bytes()
+    old = np.float64(value).tobytes()
+    assert raw.count(old) == 1  # the page stores the value's bytes as they are
+    path.write_bytes(raw.replace(old, np.float64(value * 1.01).tobytes()))
+    assert check_part(path, ids, "k").startswith("unreadable")

@@ -22,23 +22,25 @@ _UNREADABLE = (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error, pa
 
 def check_part(path: Path, expected_ids: np.ndarray | None, expected_key: str, id_column: str = "sample_id") -> str | None:
     """None if the Parquet file at `path` has a readable footer, was written under `expected_key`
-    (schema metadata b"artifact_key") and, when `expected_ids` (n,) is given, its `id_column` holds
-    exactly those ids, once each, in any order. Otherwise a one-line reason."""
+    (schema metadata b"artifact_key"), every page reads back and matches its CRC (parts are written with page
+    checksums) and, when `expected_ids` (n,) is given, its `id_column` holds exactly those ids, once each,
+    in any order. Otherwise a one-line reason."""
     if not path.is_file():
         return "missing"
     try:
-        with pq.ParquetFile(path) as part:
+        with pq.ParquetFile(path, page_checksum_verification=True) as part:
             schema = part.schema_arrow
             key = (schema.metadata or {}).get(ARTIFACT_KEY)
             if key is None:
                 return f"has no {ARTIFACT_KEY.decode()} metadata, expected key {expected_key}"
             if key != expected_key.encode():
                 return f"written under key {key.decode(errors='replace')}, expected {expected_key}"
+            table = part.read()  # every page: its checksum is verified as it is read
             if expected_ids is None:
                 return None
             if id_column not in schema.names:
                 return f"has no {id_column} column"
-            ids = part.read(columns=[id_column]).column(id_column).to_numpy()
+            ids = table.column(id_column).to_numpy()
     except _UNREADABLE as e:
         return f"unreadable ({_short(e)})"
     expected = np.asarray(expected_ids).reshape(-1)

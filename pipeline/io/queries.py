@@ -118,7 +118,7 @@ def write_query_part(table: pa.Table, path: Path, n_train: int) -> None:
     bytes_per_query = max(1, table.nbytes // max(1, table.num_rows)) * n_train
     rows = n_train * max(1, ROW_GROUP_BYTES // bytes_per_query)
     with atomic_path(path) as tmp:
-        pq.write_table(table, tmp, row_group_size=rows)
+        pq.write_table(table, tmp, row_group_size=rows, write_page_checksum=True)
 
 
 def _matrix(table: pa.Table, n_train: int) -> tuple[np.ndarray, np.ndarray]:

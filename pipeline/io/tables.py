@@ -27,7 +27,7 @@ SCHEDULE_SCHEMA = pa.schema([("step", pa.int64()), ("sample_id", pa.int64()), ("
 
 def write_table(table: pa.Table, path: Path) -> None:
     with atomic_path(path) as tmp:
-        pq.write_table(table, tmp)
+        pq.write_table(table, tmp, write_page_checksum=True)  # CRC per page: a changed byte is found on read
 
 
 def write_schedule(path: Path, schedule: Schedule) -> None:
@@ -36,7 +36,7 @@ def write_schedule(path: Path, schedule: Schedule) -> None:
 
 
 def read_schedule(path: Path) -> Schedule:
-    table = pq.read_table(path)
+    table = pq.read_table(path, page_checksum_verification=True)
     return Schedule.from_rows(*(table[c].to_numpy() for c in ("step", "sample_id", "lr")))
 
 

@@ -55,7 +55,7 @@ def trajectory_problem(layout: RunLayout, seed: int, key: str) -> str | None:
     if summary.get("key") != key:
         return "trained under another key"
     try:
-        pq.ParquetFile(layout.schedule(seed)).close()
+        pq.read_table(layout.schedule(seed), page_checksum_verification=True)  # every page against its CRC
     except Exception:
         return f"{layout.schedule(seed).name} missing or unreadable"
     for step in summary.get("checkpoint_steps", []):
