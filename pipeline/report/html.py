@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
 import numpy as np
 
 from pipeline import ensembles, smoothness
+from pipeline.methods import REGISTRY
 from pipeline.io.files import atomic_path
 from pipeline.report import figures
 from pipeline.report.inputs import Ranking, Verify, mean_input_grads, read_manifest, read_rankings, read_verify
@@ -327,8 +328,9 @@ def _header(
         "<h1>Influence report</h1>",
         f'<p class="sub">Run directory: <code>{_e(run_dir.resolve())}</code></p>',
     ]
-    if any(_wording(m) is ERROR for m in methods):  # the verdict is about validation-error derivatives
+    if any(m in REGISTRY and REGISTRY[m].exact for m in methods):  # the verdict is about the exact derivative
         parts.append(_verdict_box(stages))
+    if any(_wording(m) is ERROR for m in methods):
         parts.append(_trust_note(stages, methods))
     if any(_wording(m) is ERROR for m in methods):
         parts.append(f'<p class="sign"><strong>{_e(SIGN_CONVENTION)}</strong></p>')
@@ -749,9 +751,12 @@ def _trust_note(stages: dict[str, Any], methods: Sequence[str]) -> str:
         choice, why = "trajectory", "training is smooth here, so the exact derivative of this run predicts removals."
     elif "trak" in methods:
         why = "it estimates the effect over training randomness, which is what retraining measures"
-        why += ", while training here is not smooth enough for the exact derivative to predict removals." if verdict in ("groups-only", "non-smooth") else (
-            "; the exact scores stay the derivative of this one run (add verify to check whether they predict removals)."
-        )
+        if verdict in ("groups-only", "non-smooth"):
+            why += ", while training here is not smooth enough for the exact derivative to predict removals."
+        elif "trajectory" in methods:
+            why += "; the exact scores stay the derivative of this one run (add verify to check whether they predict removals)."
+        else:
+            why += "."
         choice = "trak"
     elif verdict in ("groups-only", "non-smooth"):
         choice = "an ensemble over seeds"
