@@ -147,6 +147,7 @@ class TrakWorker:
         self.layout = RunLayout(settings.output_dir)
         self.scorer: Any = None  # kernels.trak.TrakScorer, built on first use
         self.seeds: dict[int, Any] = {}
+        self.directions: dict[tuple[int, int, bytes], Any] = {}  # (seed, checkpoint, weights) -> lifted direction
 
     def _seed(self, dataset: Dataset, seed: int) -> Any:
         """(recipe, scorer, states at the chosen checkpoints, final state) of `seed`."""
@@ -166,6 +167,14 @@ class TrakWorker:
             steps = chosen_steps(stored, s.influence.checkpoints)
             self.seeds[seed] = ([states[t] for t in steps], states[stored[-1]])
         return (self.scorer.recipe, self.scorer, *self.seeds[seed])
+
+    def _direction(self, seed: int, checkpoint: int, weights: np.ndarray) -> Any:
+        """P G^-1 phi_E of (seed, checkpoint), lifted once per worker (the projection is generated again to lift)."""
+        key = (seed, checkpoint, weights.tobytes())
+        if key not in self.directions:
+            self.directions = {k: v for k, v in self.directions.items() if k[0] != seed or k[1] != checkpoint}
+            self.directions[key] = self.scorer.projection.lift(weights, self.scorer.recipe.dtype)
+        return self.directions[key]
 
     def _batches(self, dataset: Dataset, start: int, stop: int, recipe: Any, x: dict[str, np.ndarray] | None = None, y: np.ndarray | None = None):
         from pipeline.kernels.training import as_inputs, as_targets
@@ -233,7 +242,7 @@ class TrakWorker:
             phi, slope = np.asarray(shard_features.phi[c], np.float64), shard_features.slope[c]
             influence += -slope * (phi @ kernel["weights"][c]) / n_checkpoints
             self_influence += trak_scores.self_influence(phi, slope, kernel["inverse"][c]) / n_checkpoints
-            direction = scorer.projection.lift(kernel["weights"][c], recipe.dtype)
+            direction = self._direction(seed, c, kernel["weights"][c])
             results = [scorer.directional(state, direction, x, y) for x, y in self._batches(dataset, start, stop, recipe)]
             grads.append([np.concatenate([r[1][k].numpy() for r in results]) for k in range(len(dataset.input_names))])
         input_grad = {name: sum(g[k] for g in grads) / n_checkpoints for k, name in enumerate(dataset.input_names)}
