@@ -266,7 +266,7 @@ def removal_sets(compared: dict[str, np.ndarray], n: int, ev: EvaluationSettings
                 out.append(("random", "harmful", k, stats.removal_mask(n, rng.choice(n, count, replace=False))))
                 continue
             out.append((method, "harmful", k, stats.removal_mask(n, stats.top(values, count))))
-            if method != "loss":
+            if method.split()[0] != "loss":  # "loss", "loss K=1", ...: no helpful side
                 out.append((method, "helpful", k, stats.removal_mask(n, stats.top(-values, count))))
     return out
 

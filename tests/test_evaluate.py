@@ -68,11 +68,13 @@ def test_evaluate_entry_point_writes_parquet_and_markdown(tmp_path, ray_session)
     assert value[("context", "-", "N", 0, None)] == 120
     # seed 0: all data, 3 LOO, 2 drops x 5 subsets; fresh: R = 2 seeds x (all data, 5 subsets, every removal)
     removals = {(r["method"], r["metric"]) for r in table if r["part"] == "removal" and not r["metric"].endswith("_se")}
-    assert removals == {(m, "delta_E_harmful") for m in ("trajectory K=1", "trajectory K=2", "loss", "random")} | {(m, "delta_E_helpful") for m in ("trajectory K=1", "trajectory K=2")}
+    harmful = ("trajectory K=1", "trajectory K=2", "loss K=1", "loss K=2", "random")  # every method on K seeds
+    assert removals == {(m, "delta_E_harmful") for m in harmful} | {(m, "delta_E_helpful") for m in ("trajectory K=1", "trajectory K=2")}
     assert value[("context", "-", "retrainings", 0, None)] == 1 + 3 + 2 * 5 + 2 * (1 + 5 + len(removals))
     assert value[("same_seed", "trajectory", "loo_pearson", 0, None)] > 0.9  # the exact derivative on the same schedule
     assert -1 <= value[("cross_seed", "trajectory K=2", "lds", 0, 0.5)] <= 1
     assert ("ensemble", "trajectory", "lds", 2, 0.5) in value and ("ensemble", "trajectory", "seconds", 2, None) in value
+    assert ("ensemble", "loss standardized", "lds", 2, 0.5) in value and ("ensemble_groups", "loss", "lds_mean", 1, 0.5) in value
     assert 0 <= value[("flips", "loss", "auc", 0, None)] <= 1
     assert value[("context", "-", "E_fresh_sd", 0, None)] > 0
 
