@@ -107,7 +107,7 @@ def test_per_class_is_the_mean_of_its_per_sample_queries_with_input_grads(ray_se
 @pytest.mark.parametrize(
     "influence,message",
     [
-        (InfluenceSettings(method="tracin", queries="per_sample"), "influence.queries=per_sample: needs influence.method=trajectory (got tracin)"),
+        (InfluenceSettings(method="tracin", queries="per_sample"), "influence.queries=per_sample: needs influence.method=trajectory or trak (got tracin)"),
         (InfluenceSettings(queries="all"), "influence.queries='all': unknown (known: mean, per_sample, per_class, groups)"),
         (InfluenceSettings(query_ids=(1,)), "influence.query_ids: needs influence.queries=per_sample, per_class or groups"),
         (InfluenceSettings(queries="per_sample", query_batch=0), "influence.query_batch=0: must be a positive integer"),

@@ -739,7 +739,7 @@ def test_layout_paths(tmp_path):
     assert layout.trajectory_arguments == tmp_path / "trajectory" / "_arguments.json"
     assert layout.score_arguments("tracin") == tmp_path / "scores" / "method=tracin" / "_arguments.json"
     assert layout.score_part("trajectory", 1, 2) == tmp_path / "scores" / "method=trajectory" / "seed=1" / "part-00002.parquet"
-    assert layout.derived_dirs == (tmp_path / "scores", tmp_path / "queries", tmp_path / "verify", tmp_path / "report")
+    assert layout.derived_dirs == (tmp_path / "scores", tmp_path / "features", tmp_path / "queries", tmp_path / "verify", tmp_path / "report")
     assert layout.result_files == (tmp_path / "ranking.parquet", tmp_path / "query_top.parquet")
 
 
