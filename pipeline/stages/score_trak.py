@@ -147,7 +147,7 @@ class TrakWorker:
         self.layout = RunLayout(settings.output_dir)
         self.scorer: Any = None  # kernels.trak.TrakScorer, built on first use
         self.seeds: dict[int, Any] = {}
-        self.directions: dict[tuple[int, int, bytes], Any] = {}  # (seed, checkpoint, weights) -> lifted direction
+        self.directions: dict[tuple[int, int], Any] = {}  # (seed, checkpoint) -> lifted direction
 
     def _seed(self, dataset: Dataset, seed: int) -> Any:
         """(recipe, scorer, states at the chosen checkpoints, final state) of `seed`."""
@@ -169,12 +169,11 @@ class TrakWorker:
         return (self.scorer.recipe, self.scorer, *self.seeds[seed])
 
     def _direction(self, seed: int, checkpoint: int, weights: np.ndarray) -> Any:
-        """P G^-1 phi_E of (seed, checkpoint), lifted once per worker (the projection is generated again to lift)."""
-        key = (seed, checkpoint, weights.tobytes())
-        if key not in self.directions:
-            self.directions = {k: v for k, v in self.directions.items() if k[0] != seed or k[1] != checkpoint}
-            self.directions[key] = self.scorer.projection.lift(weights, self.scorer.recipe.dtype)
-        return self.directions[key]
+        """P G^-1 phi_E of (seed, checkpoint), lifted once per worker: an actor serves one score key, so the
+        weights of a (seed, checkpoint) never change during its life (lifting generates the projection again)."""
+        if (seed, checkpoint) not in self.directions:
+            self.directions[seed, checkpoint] = self.scorer.projection.lift(weights, self.scorer.recipe.dtype)
+        return self.directions[seed, checkpoint]
 
     def _batches(self, dataset: Dataset, start: int, stop: int, recipe: Any, x: dict[str, np.ndarray] | None = None, y: np.ndarray | None = None):
         from pipeline.kernels.training import as_inputs, as_targets
