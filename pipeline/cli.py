@@ -18,6 +18,7 @@ from typing import Any, Callable
 
 from hydra.errors import HydraException
 
+from pipeline.config import SCHEMA
 from pipeline.errors import first_line
 
 GRAMMAR = "https://hydra.cc/docs/advanced/override_grammar/basic"
@@ -80,11 +81,13 @@ def explain(exc: HydraException, config_dir: str, config_name: str, argv: list[s
 
 
 def _groups(loader: Any, parent: str) -> set[str]:
-    """Every config group below `parent` ("" for all), as paths: task, model, hydra/launcher, ..."""
+    """Every config group below `parent` ("" for all), as paths: task, model, hydra/launcher, ... (not the options'
+    schemas, config.SCHEMA, which the defaults choose and a user never names)."""
     found = set()
     for name in loader.list_groups(parent):
         path = f"{parent}/{name}" if parent else name
-        found |= {path, *_groups(loader, path)}
+        if path != SCHEMA:
+            found |= {path, *_groups(loader, path)}
     return found
 
 

@@ -1,7 +1,17 @@
 """Typed settings, validated once. The only module that reads a Hydra DictConfig.
 
-Every check raises `ConfigError` with a one-line message that names the setting, so the command line
-tells the user exactly which override to fix.
+The dataclasses below are the one definition of the configuration. Each field (made by `setting`) holds
+
+- its default, which Hydra composes from the ConfigStore (`register`): conf/ YAML files only select an option and
+  set what differs from these defaults;
+- its help text, from which scripts/settings_table.py writes the README's settings tables;
+- the rules its value must meet, checked by `validate` with a one-line ConfigError naming the setting (a section's
+  `together` holds the few rules that read several settings);
+- what it changes (`changes`: TRAJECTORY, SCORES, ...), from which io.arguments keys every artifact and
+  `Settings.result_hash` hashes the run's results.
+
+The options of a config group (model=cnn, influence=trak, ...) come from the registries (models.MODELS,
+methods.REGISTRY) or the tables below, with the settings each option reads: the keys that option composes.
 """
 
 from __future__ import annotations
@@ -9,188 +19,538 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, is_dataclass, replace
+from functools import cache
 from pathlib import Path
 from types import UnionType
-from typing import Any, Union, get_args, get_origin, get_type_hints
+from typing import (
+    Any,
+    Callable,
+    ClassVar,
+    Iterator,
+    Union,
+    get_args,
+    get_origin,
+    get_type_hints,
+)
 
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue
 
 from pipeline.errors import ConfigError
 from pipeline.io.states import parse_size
+from pipeline.kernels.optimizers import OPTIMIZERS as OPTIMIZER_KERNELS  # imports TensorFlow only to build one
+from pipeline.kernels.schedule import LR_SCHEDULES
 from pipeline.methods import REGISTRY
+from pipeline.models import MODELS
+from pipeline.stage_registry import STAGES
 
-STAGES = ("train", "score", "verify", "aggregate", "report")  # always run in this order
-DATA_SOURCES = ("digits", "synthetic", "mnist", "npz", "parquet")
-MODELS = ("logistic", "mlp", "cnn", "custom", "saved")
-OPTIMIZERS = ("sgd", "momentum", "adam")
-METHODS = tuple(REGISTRY)
-DTYPES = ("float32", "float64")
-ENSEMBLES = ("mean", "standardized", "rank")  # aggregate.ensemble
-FEATURE_DTYPES = ("float32", "float16")  # influence.feature_dtype
-QUERIES = ("mean", "per_sample", "per_class", "groups")  # influence.queries
+# The options of the config groups without a registry of their own: option -> the settings it reads.
+DATA_SOURCES = {  # data.source; every source reads DATA_COMMON too
+    "digits": (),
+    "synthetic": ("n_samples", "n_features", "n_classes", "n_informative"),
+    "mnist": (),
+    "npz": ("path", "inputs", "val_from"),
+    "parquet": ("path", "label_column", "feature_columns", "inputs", "split_column", "group_column"),
+}
+DATA_COMMON = ("val_fraction", "split_seed", "max_train")
+# optimizer.schedule's parameters as settings of their own (any other parameter: optimizer.schedule_args)
+SCHEDULE_SETTINGS = ("warmup_steps", "alpha", "decay_steps", "decay_rate", "staircase", "boundaries", "values", "schedule_args")
+# optimizer.name -> the settings it reads: its registry entry's Keras hyperparameters plus what every optimizer takes.
+OPTIMIZER_COMMON = ("lr", "weight_decay", "clipnorm", "clipvalue", "global_clipnorm", "schedule", *SCHEDULE_SETTINGS)
+OPTIMIZERS = {name: (*OPTIMIZER_COMMON, *spec.hyper) for name, spec in OPTIMIZER_KERNELS.items()}
 # Built-in per-sample losses of each task (kernels/task.py); any of them can train or be the objective E.
 TASK_LOSSES = {"classification": ("cross_entropy", "mse", "margin"), "regression": ("mse", "mae", "huber")}
 DEFAULT_LOSS = {"classification": "cross_entropy", "regression": "mse"}
+METHODS = tuple(REGISTRY)
+DTYPES = ("float32", "float64")
+ENSEMBLES = ("mean", "standardized", "rank")
+FEATURE_DTYPES = ("float32", "float16")
+QUERY_KINDS = ("mean", "per_sample", "per_class", "groups")  # influence.queries
+
+# What a setting changes (field metadata "changes"). io.arguments keys each artifact by the settings that change it;
+# Settings.result_hash (the config_hash of the manifest and the parts) hashes every setting that changes anything.
+DATA = "data"  # the loaded data, so the trajectory through its fingerprint
+TRAJECTORY = "trajectory"  # the recorded training runs: the trajectory key
+SCORES = "scores"  # a method's scores, when the method lists the setting (methods.Method.settings): the scores key
+FEATURES = "features"  # trak's stored features (features/method=trak/...): the features key
+QUERIES = "queries"  # the per-query scores: the queries key
+RESULTS = "results"  # the run's results outside every key: the method, which seeds run, how samples are batched
+ARTIFACTS = (DATA, TRAJECTORY, SCORES, FEATURES, QUERIES, RESULTS)
+
+
+# ------------------------------------------------------------------------------------------------- rules
 
 
 @dataclass(frozen=True)
-class TaskSettings:
-    name: str = "classification"  # classification (class-id targets) | regression (float targets)
+class Rule:
+    """What a value must be: `holds(value)`, or the setting is refused with `must` ("must be a positive integer")."""
+
+    holds: Callable[[Any], bool]
+    must: str
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def one_of(names: Any) -> Rule:
+    return Rule(lambda v: v in names, f"unknown (known: {', '.join(names)})")
+
+
+def at_least(n: int, why: str = "") -> Rule:
+    return Rule(lambda v: _is_int(v) and v >= n, f"must be an integer >= {n}{why}")
+
+
+def each(holds: Callable[[Any], bool], must: str, *, non_empty: bool = False, increasing: bool = False) -> Rule:
+    """A list whose every item holds (a non-empty one; one in increasing order)."""
+
+    def test(values: Any) -> bool:
+        listed = isinstance(values, tuple) and (len(values) > 0 or not non_empty)
+        return listed and all(holds(v) for v in values) and (not increasing or list(values) == sorted(values))
+
+    return Rule(test, must)
+
+
+POSITIVE_INT = Rule(lambda v: _is_int(v) and v > 0, "must be a positive integer")
+NON_NEGATIVE_INT = Rule(lambda v: _is_int(v) and v >= 0, "must be a non-negative integer")
+POSITIVE = Rule(lambda v: _is_number(v) and v > 0, "must be a positive number")
+NON_NEGATIVE = Rule(lambda v: _is_number(v) and v >= 0, "must be a number >= 0")
+FRACTION = Rule(lambda v: _is_number(v) and 0 < v < 1, "must be in (0, 1)")
+BELOW_ONE = Rule(lambda v: _is_number(v) and 0 <= v < 1, "must be in [0, 1)")
+NOT_EMPTY = Rule(bool, "must not be empty")
+DISTINCT = Rule(lambda v: len(set(v)) == len(v), "contains duplicates")
+POSITIVE_INTS = each(lambda v: _is_int(v) and v > 0, "must be positive integers")
+FRACTIONS = each(lambda v: _is_number(v) and 0 < v < 1, "must be a non-empty list of fractions in (0, 1)", non_empty=True)
+IDS = each(lambda v: _is_int(v) and v >= 0, "must be a non-empty list of non-negative integers", non_empty=True)
+SIZE = Rule(lambda v: parse_size(v) is not None, "must be a size such as 2GB, 512MiB or a number of bytes")
+FUNCTION = Rule(lambda v: ":" in str(v), "must be 'package.module:function'")
+
+
+def setting(
+    default: Any, help: str, *rules: Rule, changes: tuple[str, ...] | None = None, keyed_at_default: bool = True
+) -> Any:
+    """A field of a settings section: its default, its help text, the rules its value must meet (in order; a
+    setting that may be null is refused only when set) and what it changes (None: the section's CHANGES).
+    keyed_at_default=False leaves it out of the artifact keys while it holds its default (a setting added after runs
+    were recorded, whose default is what those runs did: they keep their keys and resume)."""
+    metadata: dict[str, Any] = {"help": help, "rules": rules, "keyed_at_default": keyed_at_default}
+    if changes is not None:
+        metadata["changes"] = changes
+    return field(default=default, metadata=metadata)
+
+
+class Section:
+    """A section of the settings: a frozen dataclass whose fields are made by `setting`."""
+
+    CHANGES: ClassVar[tuple[str, ...]] = ()  # what every field changes, unless the field says otherwise
+
+    def validate(self, prefix: str, settings: Settings | None = None) -> None:
+        """Every field against its own rules, in field order, then the rules that read several settings."""
+        nullable = _nullable(type(self))
+        for f in fields(self):  # type: ignore[arg-type]
+            value = getattr(self, f.name)
+            if value is None and nullable[f.name]:
+                continue
+            for rule in f.metadata.get("rules", ()):
+                or_null = " or null" if nullable[f.name] else ""
+                _check(rule.holds(value), f"{prefix}.{f.name}={_shown(value)}: {rule.must}{or_null}")
+        self.together(settings)
+
+    def together(self, settings: Settings | None) -> None:
+        """The rules that read more than one setting (ConfigError); none unless a section says."""
+
+
+# ---------------------------------------------------------------------------------------------- sections
 
 
 @dataclass(frozen=True)
-class DataSettings:
-    source: str = "digits"
-    path: str | None = None
-    # input order (npz: names of x_train.<name> arrays) or name -> columns (parquet); null: as in the file
-    inputs: Any = None
-    val_fraction: float = 0.2
-    split_seed: int = 0
-    max_train: int | None = None
-    # synthetic
-    n_samples: int = 2000
-    n_features: int = 20
-    n_classes: int = 3
-    n_informative: int = 10
-    # npz
-    val_from: str = "test"  # npz without x_val: "test" (use x_test/y_test) or "split" (hold out from train)
-    # parquet
-    label_column: str = "label"
-    feature_columns: tuple[str, ...] | None = None
-    split_column: str | None = None
-    group_column: str | None = None  # integer group ids of the validation rows (influence.queries=groups)
+class TaskSettings(Section):
+    CHANGES = (TRAJECTORY,)
+    name: str = setting(
+        "classification",
+        "classification: class-id targets, losses cross_entropy, mse (on one-hot), margin; "
+        "regression: float targets [n] or [n, k], losses mse, mae, huber",
+        one_of(TASK_LOSSES),
+    )
 
 
 @dataclass(frozen=True)
-class ModelSettings:
-    name: str = "mlp"
-    hidden: tuple[int, ...] = (64,)
-    activation: str = "tanh"
-    dropout: float = 0.0
-    batch_norm: bool = False
-    filters: tuple[int, ...] = (32, 64)
-    kernel_size: int = 3
-    builder: str | None = None
-    path: str | None = None  # model=saved: a .keras file
-    from_logits: bool = True
+class DataSettings(Section):
+    CHANGES = (DATA,)
+    source: str = setting("digits", "where the data comes from (the options of data=)", one_of(DATA_SOURCES))
+    path: str | None = setting(None, "the .npz or .parquet file")
+    inputs: Any = setting(
+        None,
+        "the model's inputs in order: names of x_train.<name> arrays (npz), or name -> columns (parquet); null: as in the file",
+        Rule(
+            lambda v: v is None or isinstance(v, (tuple, dict)),
+            "must be a list of names (npz) or a mapping name -> columns (parquet)",
+        ),
+    )
+    val_fraction: float = setting(
+        0.2, "share of the data held out for the validation objective (stratified for classes)", FRACTION
+    )
+    split_seed: int = setting(0, "seed of that split")
+    max_train: int | None = setting(None, "keep only the first N training rows; null: all", POSITIVE_INT)
+    n_samples: int = setting(2000, "samples generated", at_least(4))
+    n_features: int = setting(20, "features per sample", POSITIVE_INT)
+    n_classes: int = setting(3, "classes", at_least(2))
+    n_informative: int = setting(10, "informative features", POSITIVE_INT)
+    val_from: str = setting(
+        "test", "without x_val: test (x_test, y_test) or split (held out from train)", one_of(("test", "split"))
+    )
+    label_column: str = setting("label", "class ids or float targets (a list column for [n, k] targets)")
+    feature_columns: tuple[str, ...] | None = setting(
+        None, "one input from these columns; null: every numeric or list column but label and split"
+    )
+    split_column: str | None = setting(None, "a column of train / val; null: hold out data.val_fraction of the rows")
+    group_column: str | None = setting(None, "integer group ids; the validation rows' ids define influence.queries=groups")
 
 
 @dataclass(frozen=True)
-class OptimizerSettings:
-    name: str = "sgd"
-    lr: float = 0.1
-    momentum: float = 0.0
-    nesterov: bool = False
-    beta_1: float = 0.9
-    beta_2: float = 0.999
-    epsilon: float = 1e-7
+class ModelSettings(Section):
+    CHANGES = (TRAJECTORY,)
+    name: str = setting("mlp", "the model (the options of model=)", one_of(MODELS))
+    hidden: tuple[int, ...] = setting((64,), "widths of the hidden Dense layers", POSITIVE_INTS)
+    activation: str = setting("tanh", "activation of the hidden layers (any Keras activation: tanh, relu, ...)")
+    dropout: float = setting(0.0, "dropout rate (mlp: after each hidden layer; cnn: before the logits)", BELOW_ONE)
+    batch_norm: bool = setting(False, "BatchNormalization after each hidden Dense layer")
+    filters: tuple[int, ...] = setting((32, 64), "filters of each Conv-Pool block", POSITIVE_INTS)
+    kernel_size: int = setting(3, "convolution kernel size")
+    builder: str | None = setting(None, "package.module:function building the keras.Model", FUNCTION)
+    path: str | None = setting(None, "a .keras file")
+    from_logits: bool = setting(True, "false when the model ends in a softmax")
 
 
 @dataclass(frozen=True)
-class TrainSettings:
-    epochs: int = 10
-    batch_size: int = 32
-    seeds: tuple[int, ...] = (0,)
-    shuffle: bool = True
-    dtype: str = "float32"
-    loss: str | None = None  # null: the task's default (cross_entropy | mse)
-    checkpoint_every: int | None = None  # None: about sqrt(total steps)
+class OptimizerSettings(Section):
+    """Keras 3's optimizers (kernels/optimizers.OPTIMIZERS), weight decay, clipping and learning-rate schedules, bit
+    for bit. Settings added with the recipes are left out of the trajectory key while at their defaults."""
+
+    CHANGES = (TRAJECTORY,)
+    name: str = setting("sgd", "the optimizer (the options of optimizer=)", one_of(OPTIMIZERS))
+    lr: float = setting(0.1, "learning rate (a schedule's base or peak value)", POSITIVE)
+    momentum: float = setting(0.0, "momentum", BELOW_ONE)
+    nesterov: bool = setting(False, "Nesterov momentum")
+    beta_1: float = setting(0.9, "decay of the first-moment estimate", BELOW_ONE)
+    beta_2: float = setting(0.999, "decay of the second-moment estimate", BELOW_ONE)
+    epsilon: float = setting(1e-7, "added to the root of the second moment", POSITIVE)
+    amsgrad: bool = setting(False, "AMSGrad: divide by the largest second moment so far", keyed_at_default=False)
+    rho: float = setting(0.9, "decay of the squared-gradient average", BELOW_ONE, keyed_at_default=False)
+    centered: bool = setting(False, "centred RMSprop (divide by the gradient's variance)", keyed_at_default=False)
+    initial_accumulator_value: float = setting(
+        0.1, "starting value of the squared-gradient accumulators", NON_NEGATIVE, keyed_at_default=False
+    )
+    weight_decay: float | None = setting(
+        None, "decoupled weight decay, w -= lr * weight_decay * w each step; null: the optimizer's Keras default "
+        "(adamw 0.004, others none)", NON_NEGATIVE, keyed_at_default=False
+    )
+    clipnorm: float | None = setting(None, "clip each gradient tensor to this norm", POSITIVE, keyed_at_default=False)
+    clipvalue: float | None = setting(None, "clip gradient entries to [-v, v]", POSITIVE, keyed_at_default=False)
+    global_clipnorm: float | None = setting(
+        None, "clip all gradients together to this global norm", POSITIVE, keyed_at_default=False
+    )
+    schedule: str = setting(
+        "constant",
+        f"the learning-rate schedule: {', '.join(LR_SCHEDULES)}, or package.module:Class (a Keras LearningRateSchedule)",
+        Rule(lambda v: v in LR_SCHEDULES or ":" in str(v), f"must be one of {', '.join(LR_SCHEDULES)} or 'package.module:Class'"),
+        keyed_at_default=False,
+    )
+    warmup_steps: int | None = setting(
+        None, "warmup_cosine: steps of linear warm-up to lr", NON_NEGATIVE_INT, keyed_at_default=False
+    )
+    alpha: float | None = setting(None, "cosine, warmup_cosine: final lr as a fraction of lr", keyed_at_default=False)
+    decay_steps: int | None = setting(None, "exponential: steps per decay_rate factor", POSITIVE_INT, keyed_at_default=False)
+    decay_rate: float | None = setting(None, "exponential: factor per decay_steps", POSITIVE, keyed_at_default=False)
+    staircase: bool | None = setting(None, "exponential: decay in whole steps of decay_steps", keyed_at_default=False)
+    boundaries: tuple[int, ...] | None = setting(
+        None, "piecewise: the steps where the rate changes", keyed_at_default=False
+    )
+    values: tuple[float, ...] | None = setting(
+        None, "piecewise: the learning rates, one more than boundaries", keyed_at_default=False
+    )
+    schedule_args: Any = setting(
+        None, "other parameters of the schedule as a mapping (one_cycle: pct_start, div_factor, final_div_factor; "
+        "a package.module:Class schedule: its constructor's)", keyed_at_default=False
+    )
+
+    def __post_init__(self) -> None:
+        """schedule_args is kept as sorted (name, value) pairs: hashable like every other setting."""
+        args = self.schedule_args
+        if isinstance(args, dict):
+            object.__setattr__(self, "schedule_args", tuple(sorted(args.items())))
+        elif args is not None and not (isinstance(args, tuple) and all(isinstance(a, tuple) and len(a) == 2 for a in args)):
+            raise ConfigError(f"optimizer.schedule_args={_shown(args)}: must be a mapping or null")
+
+    def schedule_params(self) -> dict[str, Any]:
+        """The schedule's parameters that are set: the schedule settings that are not null, and schedule_args."""
+        named = {k: getattr(self, k) for k in SCHEDULE_SETTINGS if k != "schedule_args" and getattr(self, k) is not None}
+        extra = dict(self.schedule_args or {})
+        return {**named, **{k: list(v) if isinstance(v, tuple) else v for k, v in extra.items()}}
+
+    def together(self, settings: Settings | None) -> None:
+        clips = [k for k in ("clipnorm", "clipvalue", "global_clipnorm") if getattr(self, k) is not None]
+        _check(len(clips) <= 1, f"optimizer.{clips[-1] if clips else ''}: set at most one of optimizer.clipnorm, "
+               f"optimizer.clipvalue and optimizer.global_clipnorm (got {', '.join(clips)})")
+        if self.schedule not in LR_SCHEDULES:
+            return
+        required, optional = LR_SCHEDULES[self.schedule]
+        label = lambda k: f"optimizer.{k}" if k in SCHEDULE_SETTINGS else f"optimizer.schedule_args.{k}"  # noqa: E731
+        params = self.schedule_params()
+        reads = ", ".join(label(k) for k in (*required, *optional)) or "none"
+        for name in params:
+            _check(name in required or name in optional,
+                   f"{label(name)}: not a parameter of optimizer.schedule={self.schedule} (it reads: {reads})")
+        for name in required:
+            _check(name in params, f"{label(name)}: required by optimizer.schedule={self.schedule}")
 
 
 @dataclass(frozen=True)
-class InfluenceSettings:
-    method: str = "trajectory"
-    objective: str | None = None  # null: the task's default (cross_entropy | mse)
-    steps: int = 1  # K, optimizer steps per sample for lookahead
-    output_weights: tuple[float, ...] | None = None  # sensitivity: weights of the model outputs (null: ones)
-    horizon: int | None = None  # truncated: steps differentiated, counted back from the end (null: one epoch)
-    shard_size: int = 1024  # training samples per Parquet part (sharded methods)
-    batch_size: int = 128  # samples per kernel call (sharded methods)
-    queries: str = "mean"  # mean (one objective E) | per_sample (one per validation sample) | per_class | groups (trajectory only)
-    query_ids: tuple[int, ...] | None = None  # validation sample ids (per_sample), classes (per_class) or group ids (groups); null: all
-    query_batch: int = 64  # queries carried by one reverse sweep (memory: query_batch x model state) and one part
-    query_input_grad: bool = False  # also dE_q/d x_i per query (memory: query_batch x N x input size)
-    query_top_k: int = 10  # harmful and helpful training samples per query in query_top.parquet
-    # exact sweeps: keep every training state when they fit this many bytes ("2GB", "512MiB"), so the
-    # reverse sweep reads them instead of replaying each segment (trajectory/seed=<s>/states.npy); null: replay
-    state_memory: str | None = None
-    # trak: projected gradients of the output function (features/method=trak/...)
-    proj_dim: int = 512  # k, dimensions of the random projection
-    proj_seed: int = 0  # seed of the projection (the same matrix on every worker)
-    checkpoints: int | None = None  # stored checkpoints featurized per seed, evenly spaced, ending at the last; null: 1
-    damping: float = 1e-6  # lambda of the kernel Phi^T Phi + lambda I, relative to its mean diagonal
-    feature_dtype: str = "float32"  # float32 | float16: how features are kept on disk
+class TrainSettings(Section):
+    CHANGES = (TRAJECTORY,)
+    epochs: int = setting(10, "passes over the training set", POSITIVE_INT)
+    batch_size: int = setting(32, "samples per step", POSITIVE_INT)
+    seeds: tuple[int, ...] = setting(
+        (0,), "one training run per seed (initial weights, data order)", IDS, DISTINCT, changes=(RESULTS,)
+    )
+    shuffle: bool = setting(True, "a new data order every epoch")
+    dtype: str = setting("float32", "float32 or float64 (float64 for tight finite-difference checks)", one_of(DTYPES))
+    loss: str | None = setting(
+        None, "the training loss: a built-in loss of the task or module:function; null: the task's default"
+    )
+    checkpoint_every: int | None = setting(None, "k: store the state every k steps; null: about sqrt(total steps)", POSITIVE_INT)
+    label_smoothing: float = setting(
+        0.0, "cross-entropy against (1 - s) one_hot + s / classes, as keras.losses.CategoricalCrossentropy "
+        "(training loss only; E stays unsmoothed)", BELOW_ONE, keyed_at_default=False
+    )
+
+    def together(self, settings: Settings | None) -> None:
+        if settings is not None:
+            _check_loss("train.loss", self.loss, settings.task.name)
+            smoothable = settings.task.name == "classification" and self.loss == "cross_entropy"
+            _check(not self.label_smoothing or smoothable,
+                   f"train.label_smoothing={self.label_smoothing}: needs train.loss=cross_entropy on a classification task")
 
 
 @dataclass(frozen=True)
-class VerifySettings:
-    n_gradcheck: int = 6
-    n_loo: int = 20
-    fd_step: float | None = None  # None: 1e-4 in float64, 1e-2 in float32
-    seed: int = 0
-    smoothness: bool = True  # finite-step ladder, perturbation growth and the verdict (exact method only)
-    n_smooth: int = 4  # single samples on the ladder
-    ladder: tuple[float, ...] = (1e-4, 1e-3, 1e-2, 1e-1, 1.0)  # s: weights moved from 1 to 1 - s (1 = removal)
-    group_fractions: tuple[float, ...] = (0.01, 0.05)  # random groups of these fractions of the training set
-    n_groups: int = 2  # groups per fraction
-    perturbation: float | None = None  # relative initial-weight perturbation; None: 1e-6 (float64), 1e-3 (float32)
-    n_float64: int = 200  # float32 runs: samples whose influence is compared with a float64 replay
+class InfluenceSettings(Section):
+    method: str = setting("trajectory", "how samples are scored (the options of influence=)", one_of(METHODS), changes=(RESULTS,))
+    objective: str | None = setting(
+        None,
+        "the validation objective E: a built-in loss of the task or module:function; null: the task's default",
+        changes=(SCORES, FEATURES, QUERIES),
+    )
+    steps: int = setting(1, "K: optimizer steps on sample i alone", POSITIVE_INT, changes=(SCORES,))
+    output_weights: tuple[float, ...] | None = setting(
+        None,
+        "w: one weight per model output; null: ones",
+        each(_is_number, "must be a non-empty list of numbers", non_empty=True),
+        changes=(SCORES,),
+    )
+    horizon: int | None = setting(
+        None, "steps differentiated, counted back from the end; null: one epoch", POSITIVE_INT, changes=(SCORES,)
+    )
+    shard_size: int = setting(1024, "training samples per Parquet part", POSITIVE_INT, changes=(RESULTS,))
+    batch_size: int = setting(
+        128, "samples per vectorized kernel call (trak: per per-sample gradient batch)", POSITIVE_INT, changes=(RESULTS,)
+    )
+    queries: str = setting(
+        "mean",
+        "mean (one objective E) or one objective per validation sample (per_sample), class (per_class) or group (groups)",
+        one_of(QUERY_KINDS),
+        changes=(QUERIES,),
+    )
+    query_ids: tuple[int, ...] | None = setting(
+        None, "validation sample ids, classes or group ids queried; null: all", IDS, DISTINCT, changes=(QUERIES,)
+    )
+    query_batch: int = setting(
+        64, "queries per reverse sweep and per part (memory: query_batch x model state)", POSITIVE_INT, changes=(RESULTS,)
+    )
+    query_input_grad: bool = setting(
+        False, "also dE_q/d x_i per query (memory: query_batch x N x input size)", changes=(QUERIES,)
+    )
+    query_top_k: int = setting(
+        10, "harmful and helpful training samples per query in query_top.parquet", POSITIVE_INT, changes=(RESULTS,)
+    )
+    state_memory: str | None = setting(
+        None,
+        "keep every training state when they fit this many bytes (2GB, 512MiB), so sweeps read them instead of "
+        "replaying; null: replay",
+        SIZE,
+        changes=(),  # where a sweep reads its states from, not what it computes
+    )
+    proj_dim: int = setting(512, "k: dimensions of the random projection", POSITIVE_INT, changes=(SCORES, FEATURES))
+    proj_seed: int = setting(
+        0, "seed of the projection (the same matrix on every worker)", NON_NEGATIVE_INT, changes=(SCORES, FEATURES)
+    )
+    checkpoints: int | None = setting(
+        None,
+        "checkpoints featurized per seed, evenly spaced, ending at the last; null: the final one",
+        POSITIVE_INT,
+        changes=(SCORES, FEATURES),
+    )
+    damping: float = setting(
+        1e-6, "lambda of the kernel Phi^T Phi + lambda I, relative to its mean diagonal", NON_NEGATIVE, changes=(SCORES,)
+    )
+    feature_dtype: str = setting(
+        "float32", "how features are kept on disk: float32 or float16", one_of(FEATURE_DTYPES), changes=(SCORES, FEATURES)
+    )
+
+    def together(self, settings: Settings | None) -> None:
+        method = REGISTRY[self.method]
+        if settings is not None:
+            _check_loss("influence.objective", self.objective, settings.task.name)
+        with_queries = " or ".join(name for name, m in REGISTRY.items() if m.queries)
+        _check(
+            self.queries == "mean" or method.queries,
+            f"influence.queries={self.queries}: needs influence.method={with_queries} (got {self.method})",
+        )
+        _check(
+            not (self.query_input_grad and method.features),
+            f"influence.query_input_grad=true: not available for influence.method={self.method} "
+            "(its queries are products of features)",
+        )
+        _check(
+            self.query_ids is None or self.queries != "mean",
+            "influence.query_ids: needs influence.queries=per_sample, per_class or groups",
+        )
 
 
 @dataclass(frozen=True)
-class ClusterSettings:
-    address: str | None = None
-    num_cpus: int | None = None
-    cpus_per_task: float = 1.0
-    gpus_per_task: float = 0.0
-    tf_threads: int = 1
-    max_retries: int = 2
-    dashboard: bool = False  # a local Ray starts its dashboard (on 127.0.0.1) only when asked
+class VerifySettings(Section):
+    n_gradcheck: int = setting(6, "samples checked by central finite differences of retraining", NON_NEGATIVE_INT)
+    n_loo: int = setting(20, "samples retrained with eps_i = 0 (leave-one-out)", NON_NEGATIVE_INT)
+    fd_step: float | None = setting(
+        None, "h, in eps_i and along a unit direction of x_i; null: 1e-4 (float64), 1e-2 (float32)", POSITIVE
+    )
+    seed: int = setting(0, "seed of the samples, directions and groups checked")
+    smoothness: bool = setting(
+        True, "does the derivative predict finite changes: the ladder, perturbation growth and verdict (exact method)"
+    )
+    n_smooth: int = setting(4, "single samples on the ladder", POSITIVE_INT)
+    ladder: tuple[float, ...] = setting(
+        (1e-4, 1e-3, 1e-2, 1e-1, 1.0),
+        "s: weights moved from 1 to 1 - s (1 = removal)",
+        each(lambda s: _is_number(s) and 0 < s <= 1, "must be increasing numbers in (0, 1]", non_empty=True, increasing=True),
+    )
+    group_fractions: tuple[float, ...] = setting(
+        (0.01, 0.05),
+        "random groups of these fractions of the training set",
+        each(lambda f: _is_number(f) and 0 < f < 1, "must be numbers in (0, 1)"),
+    )
+    n_groups: int = setting(2, "groups per fraction", NON_NEGATIVE_INT)
+    perturbation: float | None = setting(
+        None, "relative initial-weight perturbation; null: 1e-6 (float64), 1e-3 (float32)", POSITIVE
+    )
+    n_float64: int = setting(
+        200, "float32 runs: samples whose influence is compared with a float64 replay of the run", POSITIVE_INT
+    )
 
 
 @dataclass(frozen=True)
-class AggregateSettings:
-    # how ranking.parquet combines a method's seeds: mean (of the raw scores) | standardized (each seed divided
-    # by its root mean square first, so no seed dominates by scale) | rank (mean of each seed's centred ranks)
-    ensemble: str = "mean"
+class ClusterSettings(Section):
+    address: str | None = setting(
+        None, "null: a private local Ray on 127.0.0.1 with token authentication; auto: join the running cluster; ray://host:port"
+    )
+    num_cpus: int | None = setting(None, "CPUs of a local Ray; null: all", POSITIVE_INT)
+    cpus_per_task: float = setting(1.0, "CPUs per task and per actor", POSITIVE)
+    gpus_per_task: float = setting(0.0, "GPUs per task, requested only when the cluster reports GPUs", NON_NEGATIVE)
+    tf_threads: int = setting(1, "TF_NUM_INTRAOP_THREADS in every worker", POSITIVE_INT)
+    max_retries: int = setting(2, "retries of a task or shard whose worker, actor or node was lost", NON_NEGATIVE_INT)
+    dashboard: bool = setting(False, "a local Ray starts Ray's dashboard (on 127.0.0.1, behind the run's token)")
 
 
 @dataclass(frozen=True)
-class OutputSettings:
-    dir: str = "outputs/default"
-    overwrite: bool = False
+class AggregateSettings(Section):
+    ensemble: str = setting(
+        "mean",
+        "how ranking.parquet combines a method's seeds: mean, standardized (each seed divided by its root mean square "
+        "first) or rank (the mean of each seed's centred ranks)",
+        one_of(ENSEMBLES),
+    )
 
 
 @dataclass(frozen=True)
-class EvaluationSettings:
+class OutputSettings(Section):
+    dir: str = setting("outputs/default", "the run directory: a rerun resumes, other settings are refused", NOT_EMPTY)
+    overwrite: bool = setting(False, "true: other settings replace the run in output.dir (only what a run wrote is removed)")
+
+
+@dataclass(frozen=True)
+class EvaluationSettings(Section):
     """`python -m pipeline.evaluate`: sizes of one experiment's ground truth (conf/evaluate.yaml)."""
 
-    name: str = "experiment"
-    methods: tuple[str, ...] = ("trajectory", "truncated", "tracin", "loss")  # scored; `random` is always added
-    ensemble_sizes: tuple[int, ...] = (1, 2, 4, 8, 16)  # K: exact sweeps on seeds 0..K-1, scores averaged
-    truncated_epochs: int = 1  # influence.horizon of `truncated`, in epochs
-    n_loo: int = 20  # same-seed leave-one-out samples
-    same_seed_drops: tuple[float, ...] = (0.01, 0.05, 0.1, 0.5)  # LDS on seed 0's schedule: fractions removed
-    cross_seed_drops: tuple[float, ...] = (0.1, 0.5)  # LDS against targets averaged over R fresh seeds
-    n_subsets: int = 40  # random subsets per drop fraction
-    retrain_seeds: int = 16  # R: fresh seeds per cross-seed target and per removal
-    first_retrain_seed: int = 1000  # fresh seeds are first_retrain_seed + 0..R-1 (disjoint from the scored seeds)
-    removal_fractions: tuple[float, ...] = (0.01, 0.05, 0.1)  # k / N removed by each method
-    flip_fraction: float = 0.1
-    flip_seeds: int = 1  # scored seeds on the flipped data (scores averaged)
-    reliability_splits: int = 50  # random half splits of the R seeds averaged for the split-half reliability
-    seed: int = 0
-    scratch: str = "outputs/evaluation"  # run directories, one per experiment
-    results: str = "docs/results"  # <name>.parquet and <name>.md; docs/results.md gathers them
-    # scores of an outside reference on the same data (scripts/peers: model, sample_id, score with positive =
-    # helpful; seconds per model in <stem>_models.parquet), compared on the same targets; null: none
-    peer_scores: str | None = None
+    name: str = setting(
+        "experiment",
+        "file names of the results (docs/results/<name>.*)",
+        Rule(lambda v: bool(v) and "/" not in v, "must be a non-empty file name"),
+    )
+    methods: tuple[str, ...] = setting(
+        ("trajectory", "truncated", "tracin", "loss"),
+        "scored on seed 0 (the ensembles: on seeds 0..K-1); random is always added",
+        each(lambda m: m in METHODS, f"unknown method (known: {', '.join(METHODS)})"),
+    )
+    ensemble_sizes: tuple[int, ...] = setting(
+        (1, 2, 4, 8, 16),
+        "K: scores of seeds 0..K-1 averaged",
+        each(lambda k: _is_int(k) and k > 0, "must be increasing positive integers", non_empty=True, increasing=True),
+        DISTINCT,
+    )
+    truncated_epochs: int = setting(1, "influence.horizon of truncated, in epochs", POSITIVE_INT)
+    n_loo: int = setting(20, "same-seed leave-one-out samples (seed 0's schedule)", NON_NEGATIVE_INT)
+    same_seed_drops: tuple[float, ...] = setting((0.01, 0.05, 0.1, 0.5), "LDS on seed 0's schedule: fractions removed", FRACTIONS)
+    cross_seed_drops: tuple[float, ...] = setting(
+        (0.1, 0.5), "LDS against targets averaged over R fresh seeds: fractions removed", FRACTIONS
+    )
+    n_subsets: int = setting(40, "random subsets per drop fraction", POSITIVE_INT)
+    retrain_seeds: int = setting(
+        16,
+        "R: fresh seeds (initialisation and data order) per target and per removal",
+        at_least(2, " (the reliability splits the seeds in halves)"),
+    )
+    first_retrain_seed: int = setting(
+        1000, "fresh seeds are first_retrain_seed + 0..R-1, the same for every subset (never scored)"
+    )
+    removal_fractions: tuple[float, ...] = setting(
+        (0.01, 0.05, 0.1), "k / N removed by each method (most harmful; most helpful)", FRACTIONS
+    )
+    flip_fraction: float = setting(0.1, "labels flipped for the mislabel test", FRACTION)
+    flip_seeds: int = setting(1, "scored seeds on the flipped data (scores averaged)", POSITIVE_INT)
+    reliability_splits: int = setting(
+        50, "random half splits of the R seeds averaged for the split-half reliability", POSITIVE_INT
+    )
+    seed: int = setting(0, "seed of the subsets, flips, leave-one-out samples and random scores")
+    scratch: str = setting("outputs/evaluation", "run directories: <scratch>/<name>/{main,flipped}", NOT_EMPTY)
+    results: str = setting("docs/results", "<name>.parquet and <name>.md; docs/results.md gathers them", NOT_EMPTY)
+    peer_scores: str | None = setting(
+        None,
+        "scores of an outside reference on the same data (scripts/peers: model, sample_id, score with positive = helpful), "
+        "compared on the same targets; null: none",
+    )
+
+    def together(self, settings: Settings | None) -> None:
+        _check(
+            "trajectory" in self.methods,
+            "evaluation.methods: must include trajectory (the ensembles and the removal test use it)",
+        )
+        largest = max(self.ensemble_sizes[-1], self.flip_seeds)
+        _check(
+            _is_int(self.first_retrain_seed) and self.first_retrain_seed >= largest,
+            f"evaluation.first_retrain_seed={self.first_retrain_seed}: must be an integer >= the largest ensemble size "
+            "(fresh seeds are never scored)",
+        )
 
 
 @dataclass(frozen=True)
 class Settings:
+    """Every setting of a run. train.loss and influence.objective left null take the task's default loss when the
+    settings are made (__post_init__), so every Settings holds the losses it runs with."""
+
     task: TaskSettings = field(default_factory=TaskSettings)
     data: DataSettings = field(default_factory=DataSettings)
     model: ModelSettings = field(default_factory=ModelSettings)
@@ -201,22 +561,155 @@ class Settings:
     cluster: ClusterSettings = field(default_factory=ClusterSettings)
     output: OutputSettings = field(default_factory=OutputSettings)
     aggregate: AggregateSettings = field(default_factory=AggregateSettings)
-    stages: tuple[str, ...] = ("train", "score", "aggregate", "report")
+    stages: tuple[str, ...] = setting(
+        ("train", "score", "aggregate", "report"),
+        f"the stages to run, always in the order {', '.join(STAGES)}; add verify for the ground-truth checks",
+        each(lambda s: s in STAGES, f"must be a non-empty list of stages (known: {', '.join(STAGES)})", non_empty=True),
+    )
+
+    def __post_init__(self) -> None:
+        default = DEFAULT_LOSS.get(self.task.name)  # None for an unknown task, which validate refuses
+        if default is not None and self.train.loss is None:
+            object.__setattr__(self, "train", replace(self.train, loss=default))
+        if default is not None and self.influence.objective is None:
+            object.__setattr__(self, "influence", replace(self.influence, objective=default))
 
     @property
     def output_dir(self) -> Path:
         return Path(self.output.dir)
 
+    def sections(self) -> Iterator[tuple[str, Section]]:
+        """(name, section) in field order."""
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, Section):
+                yield f.name, value
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    def changing(self, artifact: str) -> dict[str, dict[str, Any]]:
+        """section -> {setting: value} of the settings that change `artifact` (one of ARTIFACTS), sections without
+        one left out; values as to_dict gives them."""
+        out = {}
+        for name, section in self.sections():
+            chosen = changed_by(type(section), artifact)
+            if chosen:
+                values = asdict(section)  # type: ignore[call-overload]
+                quiet = {f.name for f in fields(section) if _quiet_at_default(section, f)}  # type: ignore[arg-type]
+                out[name] = {k: values[k] for k in chosen if k not in quiet}
+        return out
+
     def result_hash(self) -> str:
-        """Hash of everything that changes the numbers (not cluster, output or stage choices)."""
-        relevant = {k: v for k, v in self.to_dict().items() if k in ("task", "data", "model", "optimizer", "train", "influence")}
-        del relevant["influence"]["state_memory"]  # where the sweep reads its states from, not what it computes
-        if isinstance(self.data.inputs, dict):  # its order is the model's input order: keep it out of sort_keys
-            relevant["data"] = {**relevant["data"], "inputs": [[k, v] for k, v in self.data.inputs.items()]}
+        """Hash of every setting that changes a result (any of ARTIFACTS); not cluster, output, verify, aggregate or
+        stage choices, nor influence.state_memory. A mapping keeps its order (data.inputs: the model's input order)."""
+        relevant: dict[str, dict[str, Any]] = {}
+        for artifact in ARTIFACTS:
+            for section, values in self.changing(artifact).items():
+                relevant.setdefault(section, {}).update(values)
+        relevant = {
+            s: {k: [[a, b] for a, b in v.items()] if isinstance(v, dict) else v for k, v in values.items()}
+            for s, values in relevant.items()
+        }
         return hashlib.sha256(json.dumps(relevant, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _quiet_at_default(section: Any, f: Any) -> bool:
+    """Whether field `f` of `section` is left out of the keys: keyed_at_default=False and holding its default."""
+    return not f.metadata.get("keyed_at_default", True) and getattr(section, f.name) == f.default
+
+
+def changed_by(cls: type, artifact: str) -> tuple[str, ...]:
+    """The settings of section `cls` that change `artifact` (field metadata "changes", else the section's CHANGES)."""
+    return tuple(f.name for f in fields(cls) if artifact in f.metadata.get("changes", cls.CHANGES))  # type: ignore[attr-defined]
+
+
+# --------------------------------------------------------------------------------------- from the DictConfig
+
+
+def settings_from_config(cfg: DictConfig) -> Settings:
+    """Convert the composed Hydra config into validated `Settings` (raises ConfigError)."""
+    hints = _hints(Settings)
+    parts: dict[str, Any] = {}
+    for f in fields(Settings):
+        if isinstance(f.default_factory, type) and issubclass(f.default_factory, Section):
+            parts[f.name] = _section(hints[f.name], cfg.get(f.name), f.name)
+    stages = cfg.get("stages")
+    parts["stages"] = _typed(
+        OmegaConf.to_container(stages, resolve=True) if stages is not None else [], hints["stages"], "stages"
+    )
+    settings = Settings(**parts)
+    validate(settings)
+    return settings
+
+
+def evaluation_from_config(cfg: DictConfig) -> EvaluationSettings:
+    """The `evaluation:` section as validated `EvaluationSettings` (raises ConfigError)."""
+    evaluation = _section(EvaluationSettings, cfg.get("evaluation"), "evaluation")
+    evaluation.validate("evaluation")
+    return evaluation
+
+
+def validate(s: Settings) -> None:
+    """Check every setting, section by section (data-dependent checks, such as the batch against the data's size,
+    happen at load time)."""
+    grouped = groups()
+    for name, section in s.sections():
+        section.validate(name, s)
+        if name in grouped:
+            option = getattr(section, grouped[name].selector)
+            for required in grouped[name].required.get(option, ()):
+                _check(bool(getattr(section, required)), f"{name}.{required}: required for {name}={option}")
+    field_of = {f.name: f for f in fields(Settings)}
+    for rule in field_of["stages"].metadata["rules"]:
+        _check(rule.holds(s.stages), f"stages={_shown(s.stages)}: {rule.must}")
+
+
+def with_task_defaults(settings: Settings) -> Settings:
+    """The settings as they run: train.loss and influence.objective hold the task's default when left null. Settings
+    fill them in when they are made (Settings.__post_init__), so this returns `settings` itself."""
+    return settings
+
+
+def _check_loss(setting_name: str, value: str | None, task: str) -> None:
+    """A built-in loss of the task, or 'module:function' (imported and checked in the workers)."""
+    if value is None or task not in TASK_LOSSES:
+        return
+    known = TASK_LOSSES[task]
+    if ":" in str(value):
+        module_name, _, attr = str(value).partition(":")
+        _check(bool(module_name) and attr.isidentifier(), f"{setting_name}={value!r}: expected 'package.module:function'")
+        return
+    other = next((t for t, names in TASK_LOSSES.items() if value in names and t != task), None)
+    hint = f"; {value} is a {other} loss (set task={other})" if other else ""
+    _check(
+        value in known, f"{setting_name}={value!r}: unknown for task={task} (known: {', '.join(known)}, or module:function){hint}"
+    )
+
+
+def _check(condition: bool, message: str) -> None:
+    if not condition:
+        raise ConfigError(message)
+
+
+@cache
+def _hints(cls: type) -> dict[str, Any]:
+    """Field name -> its type, for the fields of dataclass `cls`."""
+    hints = get_type_hints(cls)
+    return {f.name: hints[f.name] for f in fields(cls)}
+
+
+@cache
+def _nullable(cls: type) -> dict[str, bool]:
+    """Field name -> whether its type allows null."""
+    return {name: _options(hint)[0] for name, hint in _hints(cls).items()}
+
+
+def _options(hint: Any) -> tuple[bool, Any]:
+    """(nullable, the type besides None) of a field's type."""
+    options = get_args(hint) if get_origin(hint) in (Union, UnionType) else (hint,)
+    (kind,) = [option for option in options if option is not type(None)]
+    return len(options) > 1, kind
 
 
 def _section(cls: type, cfg: DictConfig | None, prefix: str) -> Any:
@@ -228,7 +721,7 @@ def _section(cls: type, cfg: DictConfig | None, prefix: str) -> Any:
         raise ConfigError(f"{exc.full_key}: required but not set (pass {exc.full_key}=...)") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{prefix}: expected a mapping, got {raw!r}")
-    types = get_type_hints(cls)
+    types = _hints(cls)
     unknown = sorted(set(raw) - set(types))
     if unknown:
         raise ConfigError(f"{prefix}.{unknown[0]}: unknown setting (known: {', '.join(sorted(types))})")
@@ -244,9 +737,8 @@ def _typed(value: Any, hint: Any, name: str) -> Any:
     """`value` as the setting `name` of dataclass type `hint`, or ConfigError naming it. Booleans are true/false
     only; an integer is taken for a float (1 and 1.0 are one config) and as the text of a string (Hydra reads
     output.dir=2024 as a number); lists become tuples; null only where the type allows it; `Any` is not checked."""
-    options = get_args(hint) if get_origin(hint) in (Union, UnionType) else (hint,)
-    (kind,) = [option for option in options if option is not type(None)]
-    nullable, listed = len(options) > 1, get_origin(kind) is tuple
+    nullable, kind = _options(hint)
+    listed = get_origin(kind) is tuple
     item = get_args(kind)[0] if listed else kind
     if item not in _KINDS:
         return tuple(value) if isinstance(value, list) else value
@@ -274,188 +766,72 @@ def _scalar(value: Any, kind: type) -> Any:
 
 
 def _shown(value: Any) -> str:
-    """A value as a message shows it: strings quoted, true/false/null as typed."""
-    return json.dumps(value) if value is None or isinstance(value, bool) else repr(value)
+    """A value as a message shows it: strings quoted, lists as lists, true/false/null as typed."""
+    if value is None or isinstance(value, bool):
+        return json.dumps(value)
+    return repr(list(value)) if isinstance(value, tuple) else repr(value)
 
 
-def _check(condition: bool, message: str) -> None:
-    if not condition:
-        raise ConfigError(message)
+# -------------------------------------------------------------------------------------------- Hydra's schema
+
+SCHEMA = "schema"  # the config group of the options' schemas: schema/<group>/<option> (conf/config.yaml)
 
 
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
+@dataclass(frozen=True)
+class Group:
+    """A config group that selects an option (model=cnn): the setting the option sets, and per option the settings
+    it reads and those of them it requires. `<group>=<option>` composes exactly the settings it reads, so a setting
+    the option does not read is refused as unknown, and a required one left unset names itself."""
+
+    selector: str
+    options: dict[str, tuple[str, ...]]
+    required: dict[str, tuple[str, ...]]
 
 
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+def groups() -> dict[str, Group]:
+    """Section name -> its Group, for the sections that a config group selects."""
+    sources = {name: (*reads, *DATA_COMMON) for name, reads in DATA_SOURCES.items()}
+    return {
+        "task": Group("name", {name: () for name in TASK_LOSSES}, {}),
+        "data": Group("source", sources, {name: ("path",) for name, reads in sources.items() if "path" in reads}),
+        "model": Group(
+            "name",
+            {name: m.settings for name, m in MODELS.items()},
+            {name: (m.source,) for name, m in MODELS.items() if m.source},
+        ),
+        "optimizer": Group("name", OPTIMIZERS, {}),
+        "influence": Group("method", {name: method.options for name, method in REGISTRY.items()}, {}),
+    }
 
 
-def settings_from_config(cfg: DictConfig) -> Settings:
-    """Convert the composed Hydra config into validated `Settings` (raises ConfigError)."""
-    stages = OmegaConf.to_container(cfg.get("stages"), resolve=True) if cfg.get("stages") is not None else []
-    _check(isinstance(stages, list) and len(stages) > 0, f"stages={stages!r}: must be a non-empty list")
-    for stage in stages:
-        _check(stage in STAGES, f"stages: unknown stage {stage!r} (known: {', '.join(STAGES)})")
-    settings = Settings(
-        task=_section(TaskSettings, cfg.get("task"), "task"),
-        data=_section(DataSettings, cfg.get("data"), "data"),
-        model=_section(ModelSettings, cfg.get("model"), "model"),
-        optimizer=_section(OptimizerSettings, cfg.get("optimizer"), "optimizer"),
-        train=_section(TrainSettings, cfg.get("train"), "train"),
-        influence=_section(InfluenceSettings, cfg.get("influence"), "influence"),
-        verify=_section(VerifySettings, cfg.get("verify"), "verify"),
-        cluster=_section(ClusterSettings, cfg.get("cluster"), "cluster"),
-        output=_section(OutputSettings, cfg.get("output"), "output"),
-        aggregate=_section(AggregateSettings, cfg.get("aggregate"), "aggregate"),
-        stages=tuple(stages),
-    )
-    validate(settings)
-    return with_task_defaults(settings)
+def defaults(cls: type, only: tuple[str, ...] | None = None) -> dict[str, Any]:
+    """The defaults of the `setting` fields of `cls` (those named in `only`, in field order) as plain YAML values."""
+
+    def plain(value: Any) -> Any:
+        return [plain(v) for v in value] if isinstance(value, tuple) else value
+
+    return {f.name: plain(f.default) for f in fields(cls) if only is None or f.name in only}
 
 
-def evaluation_from_config(cfg: DictConfig) -> EvaluationSettings:
-    """The `evaluation:` section as validated `EvaluationSettings` (raises ConfigError)."""
-    e = _section(EvaluationSettings, cfg.get("evaluation"), "evaluation")
-    fractions = lambda values: isinstance(values, tuple) and len(values) > 0 and all(_is_number(f) and 0 < f < 1 for f in values)  # noqa: E731
-    _check(bool(e.name) and "/" not in e.name, f"evaluation.name={e.name!r}: must be a non-empty file name")
-    _check(isinstance(e.methods, tuple) and all(m in METHODS for m in e.methods), f"evaluation.methods={list(e.methods)}: unknown method (known: {', '.join(METHODS)})")
-    _check("trajectory" in e.methods, "evaluation.methods: must include trajectory (the ensembles and the removal test use it)")
-    sizes = e.ensemble_sizes
-    _check(isinstance(sizes, tuple) and len(sizes) > 0 and all(_is_int(k) and k > 0 for k in sizes) and list(sizes) == sorted(set(sizes)), f"evaluation.ensemble_sizes={list(sizes)}: must be increasing positive integers")
-    for name in ("truncated_epochs", "n_subsets", "flip_seeds", "reliability_splits"):
-        _check(_is_int(getattr(e, name)) and getattr(e, name) > 0, f"evaluation.{name}={getattr(e, name)}: must be a positive integer")
-    _check(_is_int(e.retrain_seeds) and e.retrain_seeds >= 2, f"evaluation.retrain_seeds={e.retrain_seeds}: must be an integer >= 2 (the reliability splits the seeds in halves)")
-    _check(_is_int(e.first_retrain_seed) and e.first_retrain_seed >= max(sizes[-1], e.flip_seeds), f"evaluation.first_retrain_seed={e.first_retrain_seed}: must be an integer >= the largest ensemble size (fresh seeds are never scored)")
-    _check(_is_int(e.n_loo) and e.n_loo >= 0, f"evaluation.n_loo={e.n_loo}: must be a non-negative integer")
-    for name in ("same_seed_drops", "cross_seed_drops", "removal_fractions"):
-        _check(fractions(getattr(e, name)), f"evaluation.{name}={list(getattr(e, name))}: must be a non-empty list of fractions in (0, 1)")
-    _check(_is_number(e.flip_fraction) and 0 < e.flip_fraction < 1, f"evaluation.flip_fraction={e.flip_fraction}: must be in (0, 1)")
-    _check(bool(e.scratch) and bool(e.results), "evaluation.scratch, evaluation.results: must not be empty")
-    return e
+def register() -> None:
+    """Store the defaults in Hydra's ConfigStore: `settings` (the sections no group selects, and stages),
+    `schema/<group>/<option>` (the settings an option reads, with the option's name; what it requires as ???) and
+    `evaluation_settings`.
+
+    The nodes are plain (untyped) on purpose: OmegaConf's typed nodes would turn output.overwrite=no into false and
+    name a wrong type in an error of many lines; `settings_from_config` checks every value against its field's type
+    with a one-line message instead."""
+    from hydra.core.config_store import ConfigStore
+
+    store, grouped, hints = ConfigStore.instance(), groups(), _hints(Settings)
+    sections = [name for name, hint in hints.items() if is_dataclass(hint) and name not in grouped]
+    store.store(name="settings", node={**{name: defaults(hints[name]) for name in sections}, **defaults(Settings, ("stages",))})
+    for name, group in grouped.items():
+        for option, reads in group.options.items():
+            required = {setting: "???" for setting in group.required.get(option, ())}  # Hydra's "required" value
+            node = {**defaults(hints[name], (group.selector, *reads)), group.selector: option, **required}
+            store.store(group=f"{SCHEMA}/{name}", name=option, node=node)
+    store.store(name="evaluation_settings", node={"evaluation": defaults(EvaluationSettings)})
 
 
-def with_task_defaults(settings: Settings) -> Settings:
-    """train.loss and influence.objective left null take the task's default loss."""
-    default = DEFAULT_LOSS[settings.task.name]
-    train = replace(settings.train, loss=settings.train.loss or default)
-    influence = replace(settings.influence, objective=settings.influence.objective or default)
-    return replace(settings, train=train, influence=influence)
-
-
-def _check_loss(setting: str, value: str | None, task: str) -> None:
-    """A built-in loss of the task, or 'module:function' (imported and checked in the workers)."""
-    if value is None:
-        return
-    known = TASK_LOSSES[task]
-    if ":" in str(value):
-        module_name, _, attr = str(value).partition(":")
-        _check(bool(module_name) and attr.isidentifier(), f"{setting}={value!r}: expected 'package.module:function'")
-        return
-    other = next((t for t, names in TASK_LOSSES.items() if value in names and t != task), None)
-    hint = f"; {value} is a {other} loss (set task={other})" if other else ""
-    _check(value in known, f"{setting}={value!r}: unknown for task={task} (known: {', '.join(known)}, or module:function){hint}")
-
-
-def validate(s: Settings) -> None:
-    """Check every setting on its own; data-dependent checks (batch vs. data size) happen at load time."""
-    d, m, o, t, i, v, c = s.data, s.model, s.optimizer, s.train, s.influence, s.verify, s.cluster
-    _check(s.task.name in TASK_LOSSES, f"task.name={s.task.name!r}: unknown (known: {', '.join(TASK_LOSSES)})")
-    _check(d.inputs is None or isinstance(d.inputs, (tuple, dict)), f"data.inputs={d.inputs!r}: must be a list of names (npz) or a mapping name -> columns (parquet)")
-    _check(d.source in DATA_SOURCES, f"data.source={d.source!r}: unknown (known: {', '.join(DATA_SOURCES)})")
-    if d.source in ("npz", "parquet"):
-        _check(bool(d.path), f"data.path: required for data={d.source}")
-    _check(_is_number(d.val_fraction) and 0 < d.val_fraction < 1, f"data.val_fraction={d.val_fraction}: must be in (0, 1)")
-    _check(d.max_train is None or (_is_int(d.max_train) and d.max_train > 0), f"data.max_train={d.max_train}: must be a positive integer or null")
-    _check(_is_int(d.n_samples) and d.n_samples >= 4, f"data.n_samples={d.n_samples}: must be an integer >= 4")
-    _check(_is_int(d.n_features) and d.n_features >= 1, f"data.n_features={d.n_features}: must be a positive integer")
-    _check(_is_int(d.n_classes) and d.n_classes >= 2, f"data.n_classes={d.n_classes}: must be an integer >= 2")
-    _check(_is_int(d.n_informative) and d.n_informative >= 1, f"data.n_informative={d.n_informative}: must be a positive integer")
-    _check(d.val_from in ("test", "split"), f"data.val_from={d.val_from!r}: must be 'test' or 'split'")
-
-    _check(m.name in MODELS, f"model.name={m.name!r}: unknown (known: {', '.join(MODELS)})")
-    _check(isinstance(m.hidden, tuple) and all(_is_int(h) and h > 0 for h in m.hidden), f"model.hidden={list(m.hidden)}: must be positive integers")
-    _check(isinstance(m.filters, tuple) and all(_is_int(f) and f > 0 for f in m.filters), f"model.filters={list(m.filters)}: must be positive integers")
-    _check(_is_number(m.dropout) and 0 <= m.dropout < 1, f"model.dropout={m.dropout}: must be in [0, 1)")
-    if m.name == "custom":
-        _check(bool(m.builder) and ":" in str(m.builder), f"model.builder={m.builder!r}: model=custom needs 'package.module:function'")
-    if m.name == "saved":
-        _check(bool(m.path), "model.path: required for model=saved (a .keras file)")
-
-    _check(o.name in OPTIMIZERS, f"optimizer.name={o.name!r}: unknown (known: {', '.join(OPTIMIZERS)})")
-    _check(_is_number(o.lr) and o.lr > 0, f"optimizer.lr={o.lr}: must be a positive number")
-    _check(_is_number(o.momentum) and 0 <= o.momentum < 1, f"optimizer.momentum={o.momentum}: must be in [0, 1)")
-    _check(_is_number(o.beta_1) and 0 <= o.beta_1 < 1, f"optimizer.beta_1={o.beta_1}: must be in [0, 1)")
-    _check(_is_number(o.beta_2) and 0 <= o.beta_2 < 1, f"optimizer.beta_2={o.beta_2}: must be in [0, 1)")
-    _check(_is_number(o.epsilon) and o.epsilon > 0, f"optimizer.epsilon={o.epsilon}: must be positive")
-
-    _check(_is_int(t.epochs) and t.epochs > 0, f"train.epochs={t.epochs}: must be a positive integer")
-    _check(_is_int(t.batch_size) and t.batch_size > 0, f"train.batch_size={t.batch_size}: must be a positive integer")
-    _check(isinstance(t.seeds, tuple) and len(t.seeds) > 0 and all(_is_int(x) and x >= 0 for x in t.seeds), f"train.seeds={list(t.seeds)}: must be a non-empty list of non-negative integers")
-    _check(len(set(t.seeds)) == len(t.seeds), f"train.seeds={list(t.seeds)}: contains duplicates")
-    _check(t.dtype in DTYPES, f"train.dtype={t.dtype!r}: unknown (known: {', '.join(DTYPES)})")
-    _check_loss("train.loss", t.loss, s.task.name)
-    _check(t.checkpoint_every is None or (_is_int(t.checkpoint_every) and t.checkpoint_every > 0), f"train.checkpoint_every={t.checkpoint_every}: must be a positive integer or null")
-
-    _check(i.method in METHODS, f"influence.method={i.method!r}: unknown (known: {', '.join(METHODS)})")
-    _check(_is_int(i.steps) and i.steps > 0, f"influence.steps={i.steps}: must be a positive integer")
-    _check(_is_int(i.shard_size) and i.shard_size > 0, f"influence.shard_size={i.shard_size}: must be a positive integer")
-    _check(_is_int(i.batch_size) and i.batch_size > 0, f"influence.batch_size={i.batch_size}: must be a positive integer")
-    _check_loss("influence.objective", i.objective, s.task.name)
-    _check(i.horizon is None or (_is_int(i.horizon) and i.horizon > 0), f"influence.horizon={i.horizon}: must be a positive integer or null")
-    _check(i.queries in QUERIES, f"influence.queries={i.queries!r}: unknown (known: {', '.join(QUERIES)})")
-    with_queries = [name for name, m in REGISTRY.items() if m.queries]
-    _check(
-        i.queries == "mean" or REGISTRY[i.method].queries,
-        f"influence.queries={i.queries}: needs influence.method={' or '.join(with_queries)} (got {i.method})",
-    )
-    _check(
-        not (i.query_input_grad and REGISTRY[i.method].features),
-        f"influence.query_input_grad=true: not available for influence.method={i.method} (its queries are products of features)",
-    )
-    _check(_is_int(i.proj_dim) and i.proj_dim > 0, f"influence.proj_dim={i.proj_dim}: must be a positive integer")
-    _check(_is_int(i.proj_seed) and i.proj_seed >= 0, f"influence.proj_seed={i.proj_seed}: must be a non-negative integer")
-    _check(
-        i.checkpoints is None or (_is_int(i.checkpoints) and i.checkpoints > 0),
-        f"influence.checkpoints={i.checkpoints}: must be a positive integer or null",
-    )
-    _check(_is_number(i.damping) and i.damping >= 0, f"influence.damping={i.damping}: must be a number >= 0")
-    _check(i.feature_dtype in FEATURE_DTYPES, f"influence.feature_dtype={i.feature_dtype!r}: unknown (known: {', '.join(FEATURE_DTYPES)})")
-    _check(
-        i.query_ids is None or (isinstance(i.query_ids, tuple) and len(i.query_ids) > 0 and all(_is_int(q) and q >= 0 for q in i.query_ids)),
-        f"influence.query_ids={i.query_ids}: must be a non-empty list of non-negative integers or null",
-    )
-    _check(i.query_ids is None or len(set(i.query_ids)) == len(i.query_ids), f"influence.query_ids={list(i.query_ids or ())}: contains duplicates")
-    _check(i.query_ids is None or i.queries != "mean", "influence.query_ids: needs influence.queries=per_sample, per_class or groups")
-    _check(_is_int(i.query_batch) and i.query_batch > 0, f"influence.query_batch={i.query_batch}: must be a positive integer")
-    _check(_is_int(i.query_top_k) and i.query_top_k > 0, f"influence.query_top_k={i.query_top_k}: must be a positive integer")
-    _check(
-        i.state_memory is None or parse_size(i.state_memory) is not None,
-        f"influence.state_memory={i.state_memory!r}: must be a size such as 2GB, 512MiB or a number of bytes, or null",
-    )
-    _check(
-        i.output_weights is None or (isinstance(i.output_weights, tuple) and len(i.output_weights) > 0 and all(_is_number(w) for w in i.output_weights)),
-        f"influence.output_weights={i.output_weights}: must be a non-empty list of numbers or null",
-    )
-
-    _check(_is_int(v.n_gradcheck) and v.n_gradcheck >= 0, f"verify.n_gradcheck={v.n_gradcheck}: must be a non-negative integer")
-    _check(_is_int(v.n_loo) and v.n_loo >= 0, f"verify.n_loo={v.n_loo}: must be a non-negative integer")
-    _check(v.fd_step is None or (_is_number(v.fd_step) and v.fd_step > 0), f"verify.fd_step={v.fd_step}: must be positive or null")
-    _check(_is_int(v.n_smooth) and v.n_smooth >= 1, f"verify.n_smooth={v.n_smooth}: must be a positive integer")
-    _check(_is_int(v.n_groups) and v.n_groups >= 0, f"verify.n_groups={v.n_groups}: must be a non-negative integer")
-    _check(
-        isinstance(v.ladder, tuple) and len(v.ladder) > 0 and all(_is_number(x) and 0 < x <= 1 for x in v.ladder) and list(v.ladder) == sorted(v.ladder),
-        f"verify.ladder={v.ladder}: must be increasing numbers in (0, 1]",
-    )
-    _check(isinstance(v.group_fractions, tuple) and all(_is_number(f) and 0 < f < 1 for f in v.group_fractions), f"verify.group_fractions={v.group_fractions}: must be numbers in (0, 1)")
-    _check(v.perturbation is None or (_is_number(v.perturbation) and v.perturbation > 0), f"verify.perturbation={v.perturbation}: must be positive or null")
-    _check(_is_int(v.n_float64) and v.n_float64 >= 1, f"verify.n_float64={v.n_float64}: must be a positive integer")
-
-    _check(_is_number(c.cpus_per_task) and c.cpus_per_task > 0, f"cluster.cpus_per_task={c.cpus_per_task}: must be positive")
-    _check(_is_number(c.gpus_per_task) and c.gpus_per_task >= 0, f"cluster.gpus_per_task={c.gpus_per_task}: must be >= 0")
-    _check(c.num_cpus is None or (_is_int(c.num_cpus) and c.num_cpus > 0), f"cluster.num_cpus={c.num_cpus}: must be a positive integer or null")
-    _check(_is_int(c.tf_threads) and c.tf_threads > 0, f"cluster.tf_threads={c.tf_threads}: must be a positive integer")
-    _check(_is_int(c.max_retries) and c.max_retries >= 0, f"cluster.max_retries={c.max_retries}: must be a non-negative integer")
-    _check(bool(s.output.dir), "output.dir: must not be empty")
-    ensemble = s.aggregate.ensemble
-    _check(ensemble in ENSEMBLES, f"aggregate.ensemble={ensemble!r}: unknown (known: {', '.join(ENSEMBLES)})")
+register()

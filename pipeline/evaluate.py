@@ -42,8 +42,9 @@ from pipeline.evaluation.retrain import fresh_objective
 from pipeline.io.files import read_json
 from pipeline.io.layout import RunLayout
 from pipeline.io.tables import read_parts
+from pipeline.methods import REGISTRY
 from pipeline.run import CONFIG_DIR, INTERRUPTED, execute, one_line
-from pipeline.stages.verify import objective_after_training
+from pipeline.runtime import objective_after_training
 
 INSPECTED = (0.1, 0.2, 0.3)  # flipped labels: shares of the data inspected, highest scores first
 
@@ -71,7 +72,7 @@ def score_runs(settings: Settings, methods: tuple[str, ...], n_seeds: int, horiz
     layout, scores = RunLayout(out), {}
     seeds = tuple(range(n_seeds))
     for method in methods:
-        influence = replace(settings.influence, method=method, horizon=horizon if method == "truncated" else None)
+        influence = replace(settings.influence, method=method, horizon=horizon if "horizon" in REGISTRY[method].settings else None)
         run = replace(settings, influence=influence, train=replace(settings.train, seeds=seeds), output=replace(settings.output, dir=str(out), overwrite=True), stages=("train", "score"))
         execute(run)
         tables = [read_parts(layout.score_parts(method, s)).sort_by("sample_id") for s in seeds]
@@ -266,7 +267,8 @@ def removal_sets(compared: dict[str, np.ndarray], n: int, ev: EvaluationSettings
                 out.append(("random", "harmful", k, stats.removal_mask(n, rng.choice(n, count, replace=False))))
                 continue
             out.append((method, "harmful", k, stats.removal_mask(n, stats.top(values, count))))
-            if method.split()[0] != "loss":  # "loss", "loss K=1", ...: no helpful side
+            scored = REGISTRY.get(method.split()[0])  # "loss", "loss K=1", ...; None: an outside reference
+            if scored is None or scored.signed:  # a ranking score (loss) has no helpful side
                 out.append((method, "helpful", k, stats.removal_mask(n, stats.top(-values, count))))
     return out
 

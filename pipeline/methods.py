@@ -8,16 +8,18 @@
 - features (`trak`): a map-reduce on the same pool (stages.score_trak): shards write projected features,
   the kernel is reduced over shards and inverted once per seed, then shards are scored.
 
-Kernels import TensorFlow lazily (this module is imported by config validation on the driver).
+Kernels import TensorFlow lazily, and this module imports nothing of the pipeline: config validation reads it
+on the driver.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable
+from typing import Any, Callable
 
-if TYPE_CHECKING:
-    from pipeline.stages.score_sharded import SeedRun
+# A kernel's argument: runtime.seed.SeedRun, one trained seed as a worker loads it. Named, not imported (not even for
+# type checking): config validates against this registry and the runtime imports config, so an import closes a circle.
+SeedRun = Any
 
 ScoreFn = Callable[[Any, Any], tuple[Any, Any]]
 
@@ -32,6 +34,18 @@ class Method:
     kernel: Callable[["SeedRun"], ScoreFn] | None = None  # sharded methods only
     features: bool = False  # True: the features map-reduce of stages.score_trak
     queries: bool = False  # True: influence.queries per_sample / per_class / groups are supported
+    # what its scores are about: "validation" (a derivative of the validation objective E, or an estimate of one),
+    # "training loss" (a ranking by the final model's loss) or "output" (the trained model's output w . f(x))
+    measures: str = "validation"
+    signed: bool = True  # False: a ranking score (larger = more suspicious), with no helpful side
+
+    @property
+    def options(self) -> tuple[str, ...]:
+        """The influence.* settings that apply to this method: the keys `influence=<name>` composes (config.register)."""
+        run = ("state_memory",) if self.sweep else ("shard_size", "batch_size")  # kept states; shards and kernel batches
+        queries = ("query_ids", "query_batch", *(() if self.features else ("query_input_grad",)), "query_top_k")
+        own = tuple(s for s in self.settings if s != "objective")
+        return ("method", "objective", *own, *run, "queries", *(queries if self.queries else ()))
 
 
 def _lookahead(run: "SeedRun") -> ScoreFn:
@@ -65,9 +79,9 @@ REGISTRY: dict[str, Method] = {
         Method("truncated", True, False, ("objective", "horizon"), "dE/d eps_i and dE/d x_i through the last influence.horizon steps only"),
         Method("lookahead", False, False, ("objective", "steps"), "K more optimizer steps on sample i alone, then E", _lookahead),
         Method("tracin", False, False, ("objective",), "sum over checkpoints of -lr grad E . grad loss_i", _tracin),
-        Method("loss", False, False, (), "final training loss (ranking baseline)", _loss),
-        Method("saliency", False, False, (), "|d loss_i / d x_i| of the final model (ranking baseline)", _saliency),
-        Method("sensitivity", False, False, ("output_weights",), "d (w . output) / d x_i of the trained model", _sensitivity),
+        Method("loss", False, False, (), "final training loss (ranking baseline)", _loss, measures="training loss", signed=False),
+        Method("saliency", False, False, (), "|d loss_i / d x_i| of the final model (ranking baseline)", _saliency, measures="training loss", signed=False),
+        Method("sensitivity", False, False, ("output_weights",), "d (w . output) / d x_i of the trained model", _sensitivity, measures="output"),
         Method(
             "trak",
             False,

@@ -22,7 +22,7 @@ import hydra
 from omegaconf import DictConfig
 
 from pipeline import cli, cluster
-from pipeline.config import STAGES, Settings, settings_from_config, with_task_defaults
+from pipeline.config import Settings, settings_from_config
 from pipeline.data import Dataset, describe, load_dataset
 from pipeline.errors import ConfigError, DivergenceError, UserInputError
 from pipeline.io import arguments
@@ -31,10 +31,10 @@ from pipeline.io.fingerprint import fingerprint
 from pipeline.io.layout import RunLayout
 from pipeline.io.lock import RunLock, refuse_if_busy
 from pipeline.io.manifest import Manifest, foreign_entries
+from pipeline.stage_registry import STAGES, in_order
 from pipeline.stages import queries
 from pipeline.stages.context import RunContext
 
-RAY_STAGES = ("train", "score", "verify")
 CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 INTERRUPTED = "interrupted; rerun the same command to resume"
 
@@ -47,13 +47,13 @@ def data_fingerprint(dataset: Dataset) -> str:
 
 
 def execute(settings: Settings) -> dict[str, Any]:
-    """Run the configured stages (always in the order of config.STAGES); returns the manifest payload.
+    """Run the configured stages (always in the order of the stage registry); returns the manifest payload.
 
     Raises UserInputError for bad settings or data, DivergenceError for a blow-up, KeyboardInterrupt on
     Ctrl-C; the manifest then says failed or interrupted and no _SUCCESS is written. Every check that can
     refuse the run comes before output.dir is locked, written or cleared (see the module docstring).
     """
-    settings = with_task_defaults(_resolved(settings))
+    settings = _resolved(settings)
     layout = RunLayout(settings.output_dir)
     refuse_if_busy(layout.root)  # the quick checks first: a busy or foreign directory is refused at once
     _check_run_dir(layout, settings.output.overwrite)
@@ -64,7 +64,7 @@ def execute(settings: Settings) -> dict[str, Any]:
         queries.query_ids(settings, dataset)  # refuses ids the validation set does not have
     print(f"[data] {describe(dataset)}")
     data_key = data_fingerprint(dataset)
-    ray_context = _check_in_worker(settings, dataset) if set(settings.stages) & set(RAY_STAGES) else None
+    ray_context = _check_in_worker(settings, dataset) if any(STAGES[s].ray for s in settings.stages) else None
     with RunLock(layout.root):
         kept = _check_run_dir(layout, settings.output.overwrite)  # again, now that no other run of ours can change it
         if kept:
@@ -75,11 +75,12 @@ def execute(settings: Settings) -> dict[str, Any]:
         extra = {"data_fingerprint": data_key, "trajectory_key": context.trajectory_key, "score_key": context.score_key, "queries_key": context.queries_key, "data": dataset.summary()}
         manifest = Manifest.open(layout, settings, extra)
         try:
-            for stage in (s for s in STAGES if s in settings.stages):
+            for stage in in_order(settings.stages):
                 began = time.perf_counter()
-                details = _stage_module(stage).run(context)
-                manifest.record_stage(stage, time.perf_counter() - began, details)
-                _print_stage(stage, details)
+                details = stage.run(context)
+                manifest.record_stage(stage.name, time.perf_counter() - began, details)
+                for line in stage.lines(details):
+                    print(line)
         except KeyboardInterrupt:
             manifest.finish("interrupted", error=INTERRUPTED)
             raise
@@ -125,12 +126,12 @@ def _check_run_dir(layout: RunLayout, overwrite: bool) -> list[str]:
 
 def _check_in_worker(settings: Settings, dataset: Dataset) -> tuple[dict[str, Any], Any]:
     """Start (or join) Ray and check, in one short task, what only a worker can (TensorFlow): the model builds, the
-    user's losses work and the method's settings fit the model (stages.recipes.check_run). Returns (task options,
+    user's losses work and the method's settings fit the model (runtime.recipes.check_run). Returns (task options,
     dataset reference) for the stages; a UserInputError of the task is raised as itself, not wrapped by Ray."""
     import ray
     from ray.exceptions import RayTaskError
 
-    from pipeline.stages.recipes import check_run
+    from pipeline.runtime import check_run
 
     cluster.connect(settings.cluster)
     options = cluster.task_options(settings.cluster, cluster.gpus_in_cluster())
@@ -164,51 +165,6 @@ def _claim_artifacts(settings: Settings, dataset: Dataset, data_key: str, layout
     arguments.claim(layout.root, layout.score_arguments(method), scores, what, overwrite, [layout.method_dir(method)])
     queries_key = queries.claim(settings, dataset, layout, trajectory_key)
     return RunContext(settings, dataset, layout, trajectory_key, arguments.key_of(scores), queries_key=queries_key)
-
-
-def _stage_module(stage: str) -> Any:
-    from pipeline.stages import aggregate, report, score, train, verify
-
-    return {"train": train, "score": score, "verify": verify, "aggregate": aggregate, "report": report}[stage]
-
-
-def _print_stage(stage: str, details: dict[str, Any]) -> None:
-    if stage == "train":
-        for seed, s in details["seeds"].items():
-            accuracy = f", val_accuracy={s['val_accuracy']:.3f}" if s.get("val_accuracy") is not None else ""
-            print(f"[train] seed={seed}: {s['n_steps']} steps in {s['seconds']:.1f}s, val_loss={s['val_loss']:.4g}{accuracy}")
-    elif stage == "score":
-        for seed, s in details["seeds"].items():
-            timing = f" in {s['seconds']:.1f}s ({s['seconds_over_training']:.2f}x training), E={s['objective_value']:.5g}" if "seconds_over_training" in s else ""
-            timing = f" in {s['seconds']:.1f} worker-seconds" if "seconds" in s and not timing else timing
-            replay = ", states kept from training (no replay)" if s.get("replayed") is False and "seconds" in s else ""
-            print(f"[score] seed={seed}: {details['method']} on {s['n_samples']} samples in {s['parts']} parts{timing}{replay}")
-        for seed, s in details.get("queries", {}).get("seeds", {}).items():
-            rate = f", {s['queries_per_second']:.3g} queries/s per worker" if s.get("queries_per_second") else ""
-            print(f"[queries] seed={seed}: {s['n_queries']} {s['queries']} queries in {s['parts']} parts ({s['parts_computed']} computed in {s['seconds']:.1f}s{rate})")
-    elif stage == "aggregate":
-        agreement = ", ".join(f"{m}: {'one seed' if v is None else f'{v:.3f}'}" for m, v in details["seed_agreement"].items())
-        print(f"[aggregate] {details['rows']} ranked rows; seed agreement (Spearman) {agreement}")
-        if "query_top" in details:
-            print(f"[aggregate] query_top.parquet: {details['query_top']['rows']} rows (top {details['query_top']['k']} harmful and helpful per query)")
-    elif stage == "report":
-        print(f"[report] {details['path']}")
-    else:
-        for kind, g in details["gradcheck"].items():
-            print(f"[verify] gradcheck {kind}: median relative error {g['median_relative_error']:.2e}, max {g['max_relative_error']:.2e} (n={g['n']}, h={details['fd_step']:g})")
-        loo = details["loo"]
-        print(f"[verify] leave-one-out (n={loo['n']}): pearson {loo['pearson']:.4f}, spearman {loo['spearman']:.4f}, kendall {loo['kendall']:.4f}")
-        if "queries" in details:
-            q, g = details["queries"], details["queries"]["gradcheck"].get("eps")
-            grad = f"gradcheck median relative error {g['median_relative_error']:.2e} (n={g['n']}), " if g else ""
-            print(f"[verify] {q['queries']} queries {q['query_ids']}: {grad}leave-one-out pearson {q['loo']['pearson']:.4f}, sign agreement {q['loo']['sign_agreement']:.3f} (n={q['loo']['n']})")
-        if "smoothness" in details:
-            smooth = details["smoothness"]
-            ranges = ", ".join(f"{kind} up to s={ladder['linear_up_to']}" for kind, ladder in {"single": smooth["single"], **smooth["groups"]}.items())
-            print(f"[verify] smoothness: {smooth['verdict']} (linear {ranges}; initial perturbation grew {smooth['perturbation_growth']:.3g}x)")
-            if smooth.get("float64_replay"):
-                r = smooth["float64_replay"]
-                print(f"[verify] float32 vs a float64 replay (n={r['n']}): median relative error {r['median_relative_error']:.2e}, spearman {r['spearman']:.4f}")
 
 
 def one_line(exc: BaseException) -> str:

@@ -77,7 +77,7 @@ def measure(epochs: int, sizes: list[int], loop_sizes: list[int], repeats: int) 
     from pipeline.kernels.training import Recipe, as_inputs, as_targets, make_batches, train
     from pipeline.kernels.trajectory import ReverseSweep
     from pipeline.models import build_model
-    from pipeline.stages.recipes import functional_optimizer
+    from pipeline.runtime.recipes import functional_optimizer
 
     data = load_dataset(DataSettings())
     task = make_task("classification", "cross_entropy", "cross_entropy")

@@ -55,7 +55,7 @@ def _throughput(settings, dataset_ref, method: str, workers: int, n_samples: int
     from pipeline.config import with_task_defaults
     from pipeline.io.layout import RunLayout
     from pipeline.io.parts import split
-    from pipeline.stages.score_sharded import ShardScorer
+    from pipeline.runtime import ShardScorer
 
     settings = with_task_defaults(replace(settings, influence=replace(settings.influence, method=method)))
     options = task_options(settings.cluster, 0.0)

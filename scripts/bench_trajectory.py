@@ -43,7 +43,7 @@ def _problem(name: str, n_synthetic: int, optimizer_name: str):
     from pipeline.kernels.task import make_task
     from pipeline.kernels.training import Recipe, as_inputs, as_targets, make_batches
     from pipeline.models import build_model
-    from pipeline.stages.recipes import functional_optimizer
+    from pipeline.runtime.recipes import functional_optimizer
 
     if name == "digits":
         data = load_dataset(DataSettings())

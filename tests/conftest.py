@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any, Callable
 
 import pytest
 
@@ -54,3 +55,36 @@ def float64_keras():
     yield
     keras.config.set_floatx(floatx)
     keras.config.set_dtype_policy(policy)
+
+
+@pytest.fixture
+def kill_at_shard(monkeypatch) -> Callable[[int | None], None]:
+    """kill_at_shard(n): from now on in this test, a sharded method's actor exits abruptly (os._exit, as if its
+    machine died) the first time it starts shard n of a seed, once per run directory (a marker file
+    .killed-seed=<s>-shard=<n> there remembers it); kill_at_shard(None) stops it.
+
+    Test-only fault injection: the actor class the score stage starts (pipeline.runtime.ShardScorer) is replaced in
+    this process by a subclass defined here, which Ray ships to the actor processes by value (cloudpickle), so
+    production code carries no hook."""
+    from pipeline import runtime
+
+    production = runtime.ShardScorer
+
+    def install(shard: int | None) -> None:
+        monkeypatch.setattr(runtime, "ShardScorer", production if shard is None else _dying_scorer(production, shard))
+
+    return install
+
+
+def _dying_scorer(base: type, shard: int) -> type:
+    """`base` (the ShardScorer actor class) whose score() calls os._exit(1) the first time it gets `shard`."""
+
+    class ShardScorer(base):  # type: ignore[misc, valid-type]
+        def score(self, dataset: Any, seed: int, number: int, start: int, stop: int) -> Any:
+            marker = self.body.layout.root / f".killed-seed={seed}-shard={number}"
+            if number == shard and not marker.exists():
+                marker.write_text("")
+                os._exit(1)
+            return super().score(dataset, seed, number, start, stop)
+
+    return ShardScorer

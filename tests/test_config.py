@@ -11,13 +11,18 @@ from typing import get_type_hints
 
 import pytest
 from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
 
 from pipeline.config import (
+    DATA_SOURCES,
     DEFAULT_LOSS,
     METHODS,
+    OPTIMIZERS,
     TASK_LOSSES,
+    AggregateSettings,
     ClusterSettings,
     DataSettings,
+    EvaluationSettings,
     InfluenceSettings,
     ModelSettings,
     OptimizerSettings,
@@ -26,12 +31,16 @@ from pipeline.config import (
     TaskSettings,
     TrainSettings,
     VerifySettings,
+    defaults,
+    groups,
     settings_from_config,
     validate,
     with_task_defaults,
 )
 from pipeline.errors import ConfigError
 from pipeline.methods import REGISTRY
+from pipeline.models import MODELS
+from pipeline.stage_registry import STAGES, in_order
 
 ROOT = Path(__file__).resolve().parent.parent
 CONF_DIR = str(ROOT / "conf")
@@ -248,11 +257,15 @@ def test_an_unknown_loss_gets_no_task_hint():
     assert "set task=" not in str(info.value) and "module:function" in str(info.value)
 
 
-def test_with_task_defaults_on_hand_built_settings():
-    s = with_task_defaults(Settings(task=TaskSettings("regression")))
+def test_hand_built_settings_take_the_task_defaults_when_made():
+    s = Settings(task=TaskSettings("regression"))
     assert s.train.loss == "mse" and s.influence.objective == "mse"
-    s = with_task_defaults(Settings(train=TrainSettings(loss="margin")))
+    s = Settings(train=TrainSettings(loss="margin"))
     assert s.train.loss == "margin" and s.influence.objective == "cross_entropy"
+    assert with_task_defaults(s) is s  # nothing left to fill in
+    s = replace(s, influence=InfluenceSettings(method="tracin"))  # a new section is filled in too
+    assert s.influence.objective == "cross_entropy"
+    assert Settings(task=TaskSettings("ranking")).train.loss is None  # an unknown task is validate's to refuse
 
 
 def test_validate_checks_hand_built_settings():
@@ -306,7 +319,12 @@ INVALID = [
     (["train.dtype=float16"], "train.dtype"),
     (["data.source=imagenet"], "data.source"),
     (["model.name=transformer"], "model.name"),
-    (["optimizer.name=rmsprop"], "optimizer.name"),
+    (["optimizer.name=adadelta"], "optimizer.name"),
+    (["optimizer.weight_decay=-0.1"], "optimizer.weight_decay"),
+    (["optimizer.clipnorm=1.0", "optimizer.global_clipnorm=1.0"], "optimizer.global_clipnorm"),
+    (["optimizer.schedule=cosines"], "optimizer.schedule"),
+    (["optimizer.schedule=warmup_cosine"], "optimizer.warmup_steps"),
+    (["optimizer.schedule=cosine", "optimizer.decay_rate=0.5"], "optimizer.decay_rate"),
     (["train.seeds=[1,2,1]"], "train.seeds"),
     (["train.seeds=[]"], "train.seeds"),
     (["train.seeds=[-1]"], "train.seeds"),
@@ -337,7 +355,7 @@ INVALID = [
     (["data=npz", "data.path=x.npz", "data.inputs=3"], "data.inputs"),
     (["data.source=cifar"], "data.source"),
     (["+train.foo=1"], "train.foo"),
-    (["+optimizer.weight_decay=0.1"], "optimizer.weight_decay"),
+    (["+optimizer.decay=0.1"], "optimizer.decay"),
     (["stages=[train,bogus]"], "stages"),
     (["stages=[]"], "stages"),
     (["model=custom"], "model.builder"),
@@ -546,3 +564,93 @@ def test_cli_refuses_a_bad_boolean_before_touching_a_finished_run(tmp_path):
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert proc.stderr.strip() == "error: output.overwrite='no': must be true or false"
     assert [p.name for p in run.iterdir()] == ["_SUCCESS"]
+
+
+# ------------------------------------------------------------------------------ one definition of the settings
+
+SECTIONS = {f.name: f.default_factory for f in fields(Settings) if is_dataclass(f.default_factory)}
+
+
+def test_every_setting_has_a_help_text():
+    for cls in (*SECTIONS.values(), EvaluationSettings):
+        for f in fields(cls):
+            assert f.metadata.get("help"), f"{cls.__name__}.{f.name}"
+    assert next(f for f in fields(Settings) if f.name == "stages").metadata["help"]
+
+
+def test_the_options_of_a_group_are_those_of_its_registry_and_its_files():
+    options = {name: set(group.options) for name, group in groups().items()}
+    assert options == {"task": set(TASK_LOSSES), "data": set(DATA_SOURCES), "model": set(MODELS), "optimizer": set(OPTIMIZERS), "influence": set(REGISTRY)}
+    for name, names in options.items():
+        assert {p.stem for p in (ROOT / "conf" / name).glob("*.yaml")} == names, name
+
+
+def test_every_setting_of_a_grouped_section_is_read_by_an_option():
+    for name, group in groups().items():
+        settings = {f.name for f in fields(SECTIONS[name])}
+        read = set().union(*map(set, group.options.values()))
+        assert read <= settings and settings == read | {group.selector}, name
+        assert all(set(required) <= set(group.options[option]) for option, required in group.required.items())
+
+
+def test_group_files_set_only_what_differs_from_the_defaults():
+    for name, group in groups().items():
+        for option, reads in group.options.items():
+            values = OmegaConf.to_container(OmegaConf.load(ROOT / "conf" / name / f"{option}.yaml")) or {}
+            schema = defaults(SECTIONS[name])
+            for key, value in values.items():
+                assert key in reads, f"{name}/{option}.yaml: {key} is not read by {name}={option}"
+                assert value != schema[key], f"{name}/{option}.yaml: {key}={value} restates the default"
+    for path in ROOT.glob("conf/*.yaml"):  # the primary configs set no setting to its default either
+        values = OmegaConf.to_container(OmegaConf.load(path))
+        for section, settings in values.items():
+            if section in ("defaults", "hydra"):
+                continue
+            cls = SECTIONS.get(section, EvaluationSettings)
+            assert all(v != defaults(cls)[k] for k, v in settings.items()), path
+
+
+@pytest.mark.parametrize("overrides,section", [(["model=cnn"], "model"), (["optimizer=adam"], "optimizer"), (["influence=trak"], "influence"), (["data=npz", "data.path=d.npz"], "data")])
+def test_an_option_composes_exactly_the_settings_it_reads(overrides, section):
+    cfg = make_cfg(*overrides)
+    group = groups()[section]
+    option = overrides[0].split("=")[1]
+    assert set(cfg[section]) == {group.selector, *group.options[option]}
+    assert list(cfg[section]) == [f.name for f in fields(SECTIONS[section]) if f.name in cfg[section]]  # in field order
+
+
+def test_sections_without_a_group_compose_every_setting():
+    cfg = make_cfg()
+    for name in ("train", "verify", "aggregate", "cluster", "output"):
+        assert OmegaConf.to_container(cfg[name]) == defaults(SECTIONS[name]), name
+    assert list(cfg.stages) == list(Settings().stages)
+
+
+def test_an_option_that_requires_a_setting_names_it():
+    for overrides, setting in ((["model=custom"], "model.builder"), (["model=saved"], "model.path"), (["data=npz"], "data.path"), (["data=parquet"], "data.path")):
+        with pytest.raises(ConfigError, match=rf"^{re.escape(setting)}: required but not set \(pass {re.escape(setting)}=\.\.\.\)$"):
+            make_settings(*overrides)
+    with pytest.raises(ConfigError, match=r"^model\.builder: required for model=custom$"):
+        validate(Settings(model=ModelSettings(name="custom")))
+
+
+def test_a_setting_the_option_does_not_read_is_refused_by_hydra():
+    from hydra.errors import ConfigCompositionException
+
+    with pytest.raises(ConfigCompositionException, match="optimizer.momentum"):
+        make_cfg("optimizer=adam", "optimizer.momentum=0.9")
+    assert make_settings("optimizer=momentum", "optimizer.momentum=0.5").optimizer.momentum == 0.5
+
+
+def test_stages_come_from_the_stage_registry():
+    assert list(STAGES) == ["train", "score", "verify", "aggregate", "report"]
+    assert [s.name for s in in_order(("report", "train", "verify"))] == ["train", "verify", "report"]
+    assert {name for name, stage in STAGES.items() if stage.ray} == {"train", "score", "verify"}
+    assert make_settings("stages=[report,train]").stages == ("report", "train")  # as given; run in registry order
+    with pytest.raises(ConfigError, match=r"^stages=\['train', 'bogus'\]: must be a non-empty list of stages \(known: train, score"):
+        make_settings("stages=[train,bogus]")
+
+
+def test_aggregate_ensemble_is_checked():
+    with pytest.raises(ConfigError, match=r"^aggregate\.ensemble='median': unknown \(known: mean, standardized, rank\)$"):
+        validate(Settings(aggregate=AggregateSettings(ensemble="median")))

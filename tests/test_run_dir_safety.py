@@ -187,7 +187,7 @@ SILENT_BUILDER = "def silent(input_shape, num_classes):\n    raise KeyError()\n"
      ("raising_builder:silent", "raised KeyError")],
 )
 def test_check_run_names_a_builder_that_raises(tmp_path, monkeypatch, digits_subset, builder, line):
-    from pipeline.stages.recipes import check_run
+    from pipeline.runtime.recipes import check_run
 
     (tmp_path / "raising_builder.py").write_text(RAISING_BUILDER + "\n\n" + SILENT_BUILDER)
     monkeypatch.syspath_prepend(str(tmp_path))

@@ -12,7 +12,6 @@ import pytest
 import ray
 
 from pipeline.config import ClusterSettings, InfluenceSettings, Settings
-from pipeline.stages.score_sharded import KILL_AT_SHARD_ENV
 from pipeline.run import execute
 
 from test_pipeline_run import N, small_settings
@@ -46,7 +45,7 @@ def _in_process_tracin(root, settings):
     from pipeline.io.tables import read_schedule
     from pipeline.kernels.per_sample import SampleScorer
     from pipeline.kernels.training import as_inputs
-    from pipeline.stages.recipes import recipe_for
+    from pipeline.runtime.recipes import recipe_for
 
     settings = with_task_defaults(settings)
     data = load_dataset(settings.data)
@@ -81,10 +80,10 @@ def test_other_sharded_methods_cover_every_sample(ray_session, tmp_path, method)
         assert np.all(influence >= 0)
 
 
-def test_killed_worker_is_retried_and_the_run_completes(ray_session, tmp_path, monkeypatch):
+def test_killed_worker_is_retried_and_the_run_completes(ray_session, tmp_path, kill_at_shard):
     reference_dir = tmp_path / "reference"
     execute(sharded_settings(reference_dir))
-    monkeypatch.setenv(KILL_AT_SHARD_ENV, "2")
+    kill_at_shard(2)
     run_dir = tmp_path / "killed"
     execute(sharded_settings(run_dir, cluster=ClusterSettings(max_retries=2)))
     assert (run_dir / ".killed-seed=0-shard=2").exists()  # the actor really died once
@@ -92,8 +91,8 @@ def test_killed_worker_is_retried_and_the_run_completes(ray_session, tmp_path, m
     assert (run_dir / "_SUCCESS").exists()
 
 
-def test_failed_run_resumes_without_redoing_finished_shards(ray_session, tmp_path, monkeypatch):
-    monkeypatch.setenv(KILL_AT_SHARD_ENV, "3")
+def test_failed_run_resumes_without_redoing_finished_shards(ray_session, tmp_path, kill_at_shard):
+    kill_at_shard(3)
     settings = sharded_settings(tmp_path, cluster=ClusterSettings(max_retries=0))
     with pytest.raises(ray.exceptions.RayActorError):
         execute(settings)
@@ -103,7 +102,7 @@ def test_failed_run_resumes_without_redoing_finished_shards(ray_session, tmp_pat
     finished = {p.name: p.stat().st_mtime_ns for p in parts.glob("part-*.parquet")}
     assert "part-00003.parquet" not in finished
 
-    monkeypatch.delenv(KILL_AT_SHARD_ENV)
+    kill_at_shard(None)
     execute(replace(settings, cluster=ClusterSettings(max_retries=2)))  # cluster settings are not part of any key
     assert all((parts / name).stat().st_mtime_ns == stamp for name, stamp in finished.items())  # skipped, not rewritten
     _scores(tmp_path)  # every sample exactly once

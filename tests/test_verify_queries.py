@@ -13,7 +13,9 @@ import pyarrow.parquet as pq
 from pipeline import metrics
 from pipeline.config import with_task_defaults
 from pipeline.run import execute
-from pipeline.stages.verify import Perturbation, fd_step, objective_after_training, retrained_objective, retrained_objectives
+from pipeline.runtime.jobs import Perturbation
+from pipeline.runtime.verify import objective_after_training, retrained_objective, retrained_objectives
+from pipeline.stages.verify import fd_step
 
 from test_pipeline_run import N
 from test_queries import QUERY_IDS, query_settings

@@ -11,6 +11,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline.config import Settings
+from pipeline.methods import REGISTRY
+from pipeline.models import MODELS
 
 SCHEMA = pa.schema(
     [
@@ -27,7 +29,7 @@ SCHEMA = pa.schema(
 # (measured earlier on this machine with dattri, 512-dim projection, 25-seed targets): K final models -> LDS.
 TRAK = {"mnist_seed000": {1: 0.41, 5: 0.54, 10: 0.60, 20: 0.67}}
 OBJECTIVES = {"cross_entropy": "cross-entropy", "mse": "mean squared error", "margin": "margin loss", "mae": "mean absolute error", "huber": "Huber loss"}
-VALIDATION_BASED = ("trajectory", "truncated", "tracin", "lookahead", "trak")
+VALIDATION_BASED = tuple(name for name, method in REGISTRY.items() if method.measures == "validation")
 PEER = "dattri TRAK"  # the outside reference (scripts/peers), when evaluation.peer_scores is set
 
 
@@ -68,7 +70,7 @@ def table(header: list[str], lines: list[list[str]]) -> list[str]:
 
 def describe(settings: Settings) -> str:
     m, o, t = settings.model, settings.optimizer, settings.train
-    model = m.builder if m.name == "custom" else f"{m.name} {list(m.hidden) if m.name == 'mlp' else list(m.filters) if m.name == 'cnn' else ''} {m.activation if m.name != 'logistic' else ''}".strip()
+    model = MODELS[m.name].describe(m)
     return f"data={settings.data.source}, model={model}, {o.name} lr={o.lr:g}, {t.epochs} epochs of batch {t.batch_size}, {t.dtype}"
 
 

@@ -12,7 +12,7 @@ def fresh_objective(settings: Settings, dataset: Dataset, seed: int, eps: np.nda
     """Train from seed `seed`'s own initialisation on its own schedule (data order) with sample weights
     eps [N] (0 removes a sample); returns E. Nothing is read from or written to a run directory."""
     from pipeline.kernels.training import as_inputs, as_targets, make_batches, train
-    from pipeline.stages.recipes import recipe_for, schedule_for
+    from pipeline.runtime.recipes import recipe_for, schedule_for
 
     recipe = recipe_for(settings, dataset, seed)
     schedule = schedule_for(settings, dataset, seed)

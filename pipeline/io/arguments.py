@@ -2,8 +2,13 @@
 scores were computed from, so one output.dir can hold one training scored many ways, and a rerun with
 other settings is refused instead of mixing results.
 
-- trajectory key: (data fingerprint, task, model, optimizer, train without seeds): trajectory/_arguments.json
+- trajectory key: (data fingerprint, the settings that change the trajectory: task, model, optimizer, train without
+  seeds): trajectory/_arguments.json
 - scores key: (trajectory key, method, the method's own influence.* settings): scores/method=<m>/_arguments.json
+- features key: (trajectory key, method, the settings that change the features): kept with trak's features
+
+Which settings those are is said once, by the settings' own fields (config: field metadata "changes") and, for a
+method's own settings, by its registry entry (methods.Method.settings).
 """
 
 from __future__ import annotations
@@ -13,7 +18,14 @@ import json
 from pathlib import Path
 from typing import Any
 
-from pipeline.config import Settings
+from pipeline.config import (
+    FEATURES,
+    QUERIES,
+    TRAJECTORY,
+    InfluenceSettings,
+    Settings,
+    changed_by,
+)
 from pipeline.errors import ConfigError
 from pipeline.io.files import read_json, remove, write_json
 from pipeline.methods import REGISTRY
@@ -25,10 +37,9 @@ def key_of(arguments: dict[str, Any]) -> str:
 
 
 def trajectory_arguments(settings: Settings, data_fingerprint: str) -> dict[str, Any]:
-    """Everything the recorded training runs depend on. Seeds are separate runs, so they are left out."""
-    config = settings.to_dict()
-    train = {k: v for k, v in config["train"].items() if k != "seeds"}
-    return {"data_fingerprint": data_fingerprint, "task": config["task"], "model": config["model"], "optimizer": config["optimizer"], "train": train}
+    """Everything the recorded training runs depend on: the data and, by section, the settings that change the
+    trajectory (seeds are separate runs, so they are not among them)."""
+    return {"data_fingerprint": data_fingerprint, **settings.changing(TRAJECTORY)}
 
 
 def score_arguments(settings: Settings, trajectory_key: str, method: str | None = None) -> dict[str, Any]:
@@ -36,6 +47,17 @@ def score_arguments(settings: Settings, trajectory_key: str, method: str | None 
     method = method or settings.influence.method
     influence = settings.to_dict()["influence"]
     return {"trajectory_key": trajectory_key, "method": method, "influence": {k: influence[k] for k in REGISTRY[method].settings}}
+
+
+def features_key(settings: Settings, trajectory_key: str) -> str:
+    """Key of a features method's stored features: the trajectory, the method and the settings that change the
+    features (not influence.damping: the kernel is reduced again for another damping, the features are reused)."""
+    influence = settings.to_dict()["influence"]
+    return key_of({"trajectory_key": trajectory_key, "method": settings.influence.method, **{k: influence[k] for k in FEATURE_SETTINGS}})
+
+
+FEATURE_SETTINGS = changed_by(InfluenceSettings, FEATURES)  # influence.* the features depend on
+QUERY_SETTINGS = changed_by(InfluenceSettings, QUERIES)  # influence.* the per-query scores depend on (io.queries)
 
 
 def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
@@ -50,7 +72,7 @@ def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
 def first_difference(stored: dict[str, Any], current: dict[str, Any]) -> str:
     """'setting: stored -> current' for the first setting (in sorted order) that differs."""
     a, b = _flatten(stored), _flatten(current)
-    same = lambda x, y: json.dumps(x, sort_keys=True) == json.dumps(y, sort_keys=True)  # noqa: E731  (1 != 1.0 != True)
+    same = lambda x, y: json.dumps(x, sort_keys=True) == json.dumps(y, sort_keys=True)
     for name in sorted(set(a) | set(b)):
         if not same(a.get(name, "<unset>"), b.get(name, "<unset>")):
             return f"{name}={a.get(name, '<unset>')} there, {b.get(name, '<unset>')} now"

@@ -9,8 +9,21 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
+
+# Learning-rate schedules by name (kernels/lr_schedules builds them as Keras objects):
+# name -> (required parameters, optional parameters with their defaults). Pure, so settings can be checked
+# against it without importing Keras.
+LR_SCHEDULES: dict[str, tuple[tuple[str, ...], dict[str, Any]]] = {
+    "constant": ((), {}),
+    "cosine": ((), {"alpha": 0.0}),
+    "warmup_cosine": (("warmup_steps",), {"alpha": 0.0, "initial_learning_rate": 0.0}),
+    "piecewise": (("boundaries", "values"), {}),
+    "exponential": (("decay_steps", "decay_rate"), {"staircase": False}),
+    "one_cycle": ((), {"pct_start": 0.3, "div_factor": 25.0, "final_div_factor": 1e4}),
+}
 
 
 @dataclass(frozen=True)
@@ -45,8 +58,12 @@ class Schedule:
         return cls(index=index, size=size, lr=step_lr)
 
 
-def make_schedule(n_train: int, batch_size: int, epochs: int, shuffle: bool, seed: int, lr: float) -> Schedule:
-    """Batches of `batch_size` over `epochs` passes of range(n_train), as `model.fit(shuffle=...)` makes them."""
+def make_schedule(
+    n_train: int, batch_size: int, epochs: int, shuffle: bool, seed: int, lr: float | np.ndarray
+) -> Schedule:
+    """Batches of `batch_size` over `epochs` passes of range(n_train), as `model.fit(shuffle=...)` makes them.
+
+    lr: one learning rate for every step, or [n_steps] per-step learning rates (lr_schedules.learning_rates)."""
     per_epoch = math.ceil(n_train / batch_size)
     index = np.full((epochs * per_epoch, batch_size), -1, dtype=np.int64)
     size = np.zeros(epochs * per_epoch, dtype=np.int32)
@@ -56,7 +73,10 @@ def make_schedule(n_train: int, batch_size: int, epochs: int, shuffle: bool, see
             batch = order[b * batch_size : (b + 1) * batch_size]
             index[epoch * per_epoch + b, : batch.size] = batch
             size[epoch * per_epoch + b] = batch.size
-    return Schedule(index=index, size=size, lr=np.full(size.shape, lr, dtype=np.float64))
+    step_lr = np.full(size.shape, lr, dtype=np.float64) if np.ndim(lr) == 0 else np.array(lr, dtype=np.float64)
+    if step_lr.shape != size.shape:
+        raise ValueError(f"lr: {step_lr.shape} learning rates for a schedule of {size.shape[0]} steps")
+    return Schedule(index=index, size=size, lr=step_lr)
 
 
 def checkpoint_steps(n_steps: int, every: int | None) -> list[int]:

@@ -42,14 +42,24 @@ def _log_probabilities(outputs: tf.Tensor, from_logits: bool) -> tf.Tensor:
     return tf.math.log(tf.clip_by_value(outputs, _PROB_EPSILON, 1 - _PROB_EPSILON))
 
 
-def cross_entropy(from_logits: bool) -> PerSample:
-    """-log softmax(outputs)[label], as keras.losses.sparse_categorical_crossentropy."""
+def cross_entropy(from_logits: bool, label_smoothing: float = 0.0) -> PerSample:
+    """-log softmax(outputs)[label], as keras.losses.sparse_categorical_crossentropy. With label_smoothing s > 0,
+    keras.losses.CategoricalCrossentropy(label_smoothing=s) on one-hot labels: the target is (1 - s) one_hot + s / k
+    over the k classes, so the loss is (1 - s)(-log p_label) + s * mean over classes of (-log p_c)."""
 
     def loss(outputs: tf.Tensor, labels: tf.Tensor) -> tf.Tensor:
         z = _log_probabilities(outputs, from_logits)
         return tf.reduce_logsumexp(z, axis=-1) - tf.gather(z, tf.cast(labels, tf.int32), axis=1, batch_dims=1)
 
-    return loss
+    def smoothed(outputs: tf.Tensor, labels: tf.Tensor) -> tf.Tensor:
+        z = _log_probabilities(outputs, from_logits)
+        k = tf.shape(z)[-1]
+        target = tf.one_hot(tf.cast(labels, tf.int32), k, dtype=z.dtype) * tf.constant(1 - label_smoothing, z.dtype)
+        target = target + tf.constant(label_smoothing, z.dtype) / tf.cast(k, z.dtype)
+        log_p = z - tf.reduce_logsumexp(z, axis=-1, keepdims=True)
+        return -tf.reduce_sum(target * log_p, axis=-1)
+
+    return smoothed if label_smoothing else loss
 
 
 def one_hot_squared_error(outputs: tf.Tensor, labels: tf.Tensor) -> tf.Tensor:
@@ -137,5 +147,12 @@ class Task:
         return tf.reduce_mean(tf.cast(correct, tf.float64))
 
 
-def make_task(kind: str, loss: str, objective: str, from_logits: bool = True) -> Task:
-    return Task(kind, resolve(kind, loss, from_logits), resolve(kind, objective, from_logits), from_logits)
+def make_task(kind: str, loss: str, objective: str, from_logits: bool = True, label_smoothing: float = 0.0) -> Task:
+    """The task's losses; label_smoothing smooths the training loss only (it must then be cross_entropy)."""
+    if label_smoothing:
+        if kind != "classification" or loss != "cross_entropy":
+            raise ValueError(f"label smoothing needs the cross_entropy loss of classification (got {kind} {loss})")
+        training: PerSample = cross_entropy(from_logits, label_smoothing)
+    else:
+        training = resolve(kind, loss, from_logits)
+    return Task(kind, training, resolve(kind, objective, from_logits), from_logits)

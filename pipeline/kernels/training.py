@@ -9,6 +9,7 @@ seed, optimizer buffers); every function takes it and returns the next one, noth
 
 from __future__ import annotations
 
+import functools
 import inspect
 from typing import Any, Callable, NamedTuple, Sequence
 
@@ -278,8 +279,29 @@ def _moments_without_stop_gradient(x: tf.Tensor, axes, keepdims: bool = False) -
     return mean, variance
 
 
-def use_twice_differentiable_batch_norm() -> None:
-    """Make Keras' TensorFlow BatchNormalization statistics differentiable twice (idempotent)."""
+KERAS_MOMENTS = "keras.src.backend.tensorflow.nn._compute_moments"  # what the patch replaces (a Keras internal)
+KERAS_MOMENTS_PARAMETERS = ("x", "axes", "keepdims")  # its signature in the Keras the patch was written for
+KERAS_WRITTEN_FOR = "3.15"  # pyproject pins keras>=3.15,<3.16
+
+
+@functools.cache
+def use_twice_differentiable_batch_norm() -> Callable[..., Any]:
+    """Make Keras' TensorFlow BatchNormalization statistics differentiable twice: Keras' moments helper is replaced
+    by _moments_without_stop_gradient, once per process (later calls return at once). Returns Keras' original.
+
+    RuntimeError when the helper is missing or its signature changed (a Keras other than KERAS_WRITTEN_FOR): the
+    patch would otherwise silently do nothing, and second derivatives through BatchNorm would be wrong."""
+    import keras
     from keras.src.backend.tensorflow import nn as keras_tf_nn
 
+    original = getattr(keras_tf_nn, "_compute_moments", None)
+    parameters = tuple(inspect.signature(original).parameters) if callable(original) else None
+    if parameters != KERAS_MOMENTS_PARAMETERS:
+        found = "is missing" if parameters is None else f"takes {parameters}"
+        raise RuntimeError(
+            f"Keras {keras.__version__}: {KERAS_MOMENTS} {found}, expected {KERAS_MOMENTS_PARAMETERS} as in Keras "
+            f"{KERAS_WRITTEN_FOR}; pipeline.kernels.training patches it so that BatchNorm has second derivatives. "
+            "Install the pinned Keras, or review the patch against this version"
+        )
     keras_tf_nn._compute_moments = _moments_without_stop_gradient
+    return original

@@ -1,58 +1,74 @@
-"""Keras model builders: logistic, mlp, cnn, custom (an import path `module:function`) and saved (a .keras file).
+"""The model registry: every `model.name` with its builder and the model.* settings it reads. Built in: logistic,
+mlp, cnn; the user's own: custom (an import path `module:function`) and saved (a .keras file).
 
 Every model takes the dataset's inputs (one, or several passed as a list in input order) and returns
 `output_width` outputs: class scores (logits unless `model.from_logits=false`) or regression outputs.
-Imports Keras, so call it only inside workers.
+Keras is imported inside the builders, so the registry is read by config validation on the driver and the
+models are built only inside workers. The builders take the model section of the settings (config.ModelSettings);
+this module does not import config, which validates against it.
 """
 
 from __future__ import annotations
 
 import importlib
 import inspect
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
-from pipeline.config import ModelSettings
 from pipeline.errors import ConfigError
 
+# (model settings, input name -> sample shape, task, output width, seed) -> keras.Model; imports Keras itself
+Builder = Callable[[Any, dict[str, tuple[int, ...]], str, int, int], Any]
 
-def build_model(
-    settings: ModelSettings, input_shapes: dict[str, tuple[int, ...]], task: str, output_width: int, dtype: str, seed: int
-) -> Any:
-    """Build the configured model with weights initialised from `seed`, in floating dtype `dtype`.
 
-    input_shapes: name -> sample shape, in input order; output_width: num_classes or output_dim.
-    """
+@dataclass(frozen=True)
+class Model:
+    name: str
+    build: Builder
+    settings: tuple[str, ...]  # the model.* settings it reads: the keys `model=<name>` composes (config.register)
+    description: str
+    source: str | None = None  # the model.* setting that names the user's model (required; errors name it); None: built in
+    summary: tuple[str, ...] = ()  # settings a one-line summary shows after the name (evaluation.markdown)
+
+    def setting(self, settings: Any) -> tuple[str, Any]:
+        """(setting, value) that errors about this model name: model.builder=..., model.path=... or model=<name>."""
+        return (f"model.{self.source}", getattr(settings, self.source)) if self.source else ("model", self.name)
+
+    def describe(self, settings: Any) -> str:
+        """One line: the user's builder or file, or the name and the summary settings (`mlp [64, 64] relu`)."""
+        if self.source:
+            return str(getattr(settings, self.source))
+        shown = [str(list(v)) if isinstance(v, tuple) else str(v) for v in (getattr(settings, k) for k in self.summary)]
+        return " ".join([self.name, *shown])
+
+
+def build_model(settings: Any, input_shapes: dict[str, tuple[int, ...]], task: str, output_width: int, dtype: str, seed: int) -> Any:
+    """Build the configured model (settings: config.ModelSettings) with weights initialised from `seed`, in floating
+    dtype `dtype`. input_shapes: name -> sample shape, in input order; output_width: num_classes or output_dim."""
     import keras
 
+    model = MODELS[settings.name]
     previous_floatx, previous_policy = keras.config.floatx(), keras.config.dtype_policy()
     keras.config.set_floatx(dtype)
     keras.config.set_dtype_policy(dtype)
     try:
         keras.utils.set_random_seed(seed)
-        if settings.name == "custom":
-            model = _custom(settings, input_shapes, task, output_width)
-        elif settings.name == "saved":
-            model = _saved(settings)
-        else:
-            if len(input_shapes) != 1:
-                raise ConfigError(f"model={settings.name}: takes one input, the data has {len(input_shapes)} ({', '.join(input_shapes)}); use model=custom")
-            builders = {"logistic": _logistic, "mlp": _mlp, "cnn": _cnn}
-            model = builders[settings.name](settings, next(iter(input_shapes.values())), output_width, seed)
+        built = model.build(settings, input_shapes, task, output_width, seed)
     finally:
         keras.config.set_floatx(previous_floatx)
         keras.config.set_dtype_policy(previous_policy)
-    _check_model(model, settings, input_shapes, output_width, dtype)
-    return model
+    _check_model(built, model.setting(settings), input_shapes, output_width, dtype)
+    return built
 
 
-def _check_model(model: Any, settings: ModelSettings, input_shapes: dict[str, tuple[int, ...]], output_width: int, dtype: str) -> None:
-    """One call on a zero batch creates the variables of subclassed models and checks the output width and dtype."""
+def _check_model(model: Any, named: tuple[str, Any], input_shapes: dict[str, tuple[int, ...]], output_width: int, dtype: str) -> None:
+    """One call on a zero batch creates the variables of subclassed models and checks the output width and dtype;
+    errors name the setting that chose the model (`named`: model=mlp, model.builder=..., model.path=...)."""
+    setting, source = named
     zeros = [np.zeros((2, *shape), dtype=dtype) for shape in input_shapes.values()]
-    source = settings.builder if settings.name == "custom" else settings.path if settings.name == "saved" else settings.name
-    setting = {"custom": "model.builder", "saved": "model.path"}.get(settings.name, "model")
     try:
         outputs = model(zeros[0] if len(zeros) == 1 else zeros, training=False)
     except Exception as exc:
@@ -67,23 +83,30 @@ def _check_model(model: Any, settings: ModelSettings, input_shapes: dict[str, tu
         raise ConfigError(f"{setting}={source}: the model's variables are {model.trainable_variables[0].dtype}, train.dtype is {dtype}")
 
 
+def _one_input(s: Any, input_shapes: dict[str, tuple[int, ...]]) -> tuple[int, ...]:
+    """The sample shape of the only input; a built-in model takes one."""
+    if len(input_shapes) != 1:
+        raise ConfigError(f"model={s.name}: takes one input, the data has {len(input_shapes)} ({', '.join(input_shapes)}); use model=custom")
+    return next(iter(input_shapes.values()))
+
+
 def _flat_input(keras: Any, input_shape: tuple[int, ...]) -> tuple[Any, Any]:
     inputs = keras.Input(shape=input_shape)
     x = keras.layers.Flatten()(inputs) if len(input_shape) > 1 else inputs
     return inputs, x
 
 
-def _logistic(s: ModelSettings, input_shape: tuple[int, ...], n_outputs: int, seed: int) -> Any:
+def _logistic(s: Any, input_shapes: dict[str, tuple[int, ...]], task: str, n_outputs: int, seed: int) -> Any:
     import keras
 
-    inputs, x = _flat_input(keras, input_shape)
+    inputs, x = _flat_input(keras, _one_input(s, input_shapes))
     return keras.Model(inputs, keras.layers.Dense(n_outputs, name="logits")(x), name="logistic")
 
 
-def _mlp(s: ModelSettings, input_shape: tuple[int, ...], n_outputs: int, seed: int) -> Any:
+def _mlp(s: Any, input_shapes: dict[str, tuple[int, ...]], task: str, n_outputs: int, seed: int) -> Any:
     import keras
 
-    inputs, x = _flat_input(keras, input_shape)
+    inputs, x = _flat_input(keras, _one_input(s, input_shapes))
     for i, width in enumerate(s.hidden):
         x = keras.layers.Dense(width, name=f"dense_{i}")(x)
         if s.batch_norm:
@@ -94,9 +117,10 @@ def _mlp(s: ModelSettings, input_shape: tuple[int, ...], n_outputs: int, seed: i
     return keras.Model(inputs, keras.layers.Dense(n_outputs, name="logits")(x), name="mlp")
 
 
-def _cnn(s: ModelSettings, input_shape: tuple[int, ...], n_outputs: int, seed: int) -> Any:
+def _cnn(s: Any, input_shapes: dict[str, tuple[int, ...]], task: str, n_outputs: int, seed: int) -> Any:
     import keras
 
+    input_shape = _one_input(s, input_shapes)
     if len(input_shape) != 3:
         raise ConfigError(f"model=cnn needs image data (height, width, channels); this data has input shape {input_shape}")
     inputs = keras.Input(shape=input_shape)
@@ -110,7 +134,7 @@ def _cnn(s: ModelSettings, input_shape: tuple[int, ...], n_outputs: int, seed: i
     return keras.Model(inputs, keras.layers.Dense(n_outputs, name="logits")(x), name="cnn")
 
 
-def _custom(s: ModelSettings, input_shapes: dict[str, tuple[int, ...]], task: str, output_width: int) -> Any:
+def _custom(s: Any, input_shapes: dict[str, tuple[int, ...]], task: str, output_width: int, seed: int) -> Any:
     """Call the user's builder with the keyword arguments it declares, out of input_shape (one input) or
     input_shapes (name -> shape), and num_classes (classification) or output_dim (regression)."""
     import keras
@@ -136,7 +160,7 @@ def _custom(s: ModelSettings, input_shapes: dict[str, tuple[int, ...]], task: st
     return model
 
 
-def _saved(s: ModelSettings) -> Any:
+def _saved(s: Any, input_shapes: dict[str, tuple[int, ...]], task: str, output_width: int, seed: int) -> Any:
     """A user's saved model (.keras): its architecture, and its weights as the initial state."""
     import keras
 
@@ -148,3 +172,15 @@ def _saved(s: ModelSettings) -> Any:
     except Exception as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ConfigError(f"model.path={s.path}: not a loadable Keras model ({first})") from None
+
+
+MODELS: dict[str, Model] = {
+    m.name: m
+    for m in (
+        Model("logistic", _logistic, (), "multinomial logistic regression: one Dense layer producing logits"),
+        Model("mlp", _mlp, ("hidden", "activation", "dropout", "batch_norm"), "Dense layers of model.hidden units, then logits", summary=("hidden", "activation")),
+        Model("cnn", _cnn, ("filters", "kernel_size", "activation", "dropout"), "Conv-Pool per model.filters, Dropout, Dense logits", summary=("filters", "activation")),
+        Model("custom", _custom, ("builder", "from_logits"), "any Keras model a function `package.module:function` builds", source="builder"),
+        Model("saved", _saved, ("path", "from_logits"), "a model saved with model.save(FILE.keras): its architecture and initial weights", source="path"),
+    )
+}

@@ -6,8 +6,8 @@ A query q has the objective E_q: one validation sample's objective (per_sample),
 validation samples of class q (per_class) or of group q (groups: dataset.g_val). Its influence on training
 sample i is dE_q/d eps_i, the mean over seeds: positive = harmful (more weight on i raises E_q).
 
-The model's outputs need TensorFlow: `validation_outputs` imports it when it is called, which happens only for
-runs with queries, so importing the report stays free of TensorFlow.
+The model's outputs are read from the file the queries' stage wrote in a worker (io.predictions): the report reads
+files only and never imports TensorFlow.
 """
 
 from __future__ import annotations
@@ -20,13 +20,13 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from pipeline.io.layout import RunLayout
+from pipeline.io.predictions import predictions_path, read_predictions
 
 if TYPE_CHECKING:
     from pipeline.data import Dataset
 
 QUERIES_SHOWN = 6  # queries with a block of their own: misclassified (largest error) first, then by query_id
 TOP_SHOWN = 5  # most harmful and most helpful training samples shown per query
-PREDICT_CHUNK = 1024  # validation rows per forward pass
 DIRECTIONS = ("harmful", "helpful")  # query_top.parquet's direction values
 
 
@@ -68,7 +68,8 @@ class Queries:
 
 def read_queries(run_dir: Path, manifest: dict[str, Any], dataset: Dataset) -> Queries | None:
     """The queries section's content, or None when the run has no queries (influence.queries=mean in the manifest,
-    or no query_top.parquet). Predicts every validation row some query uses, to put the worst queries first."""
+    or no query_top.parquet). Reads the predictions of every validation row a query uses, to put the worst queries
+    first."""
     influence = (manifest.get("config") or {}).get("influence") or {}
     kind = influence.get("queries", "mean")
     path = RunLayout(run_dir).query_top
@@ -132,9 +133,14 @@ def read_top(path: Path, query_ids: np.ndarray, n_train: int) -> dict[int, dict[
     """query_id -> direction -> {rank, sample_id, influence} [<= TOP_SHOWN] in rank order, for query_ids only
     (read with a filter: only the row groups that hold them)."""
     table = pq.read_table(path, filters=[("query_id", "in", [int(q) for q in query_ids])])
-    columns = {name: table[name].to_numpy(zero_copy_only=False) for name in ("query_id", "rank", "sample_id", "influence", "direction")}
+    columns = {
+        name: table[name].to_numpy(zero_copy_only=False)
+        for name in ("query_id", "rank", "sample_id", "influence", "direction")
+    }
     if columns["sample_id"].size and int(columns["sample_id"].max()) >= n_train:
-        raise ValueError(f"the dataset has {n_train} training samples but {path} has sample_id {int(columns['sample_id'].max())}")
+        raise ValueError(
+            f"the dataset has {n_train} training samples but {path} has sample_id {int(columns['sample_id'].max())}"
+        )
     out: dict[int, dict[str, dict[str, np.ndarray]]] = {}
     for q in query_ids:
         out[int(q)] = {}
@@ -145,32 +151,30 @@ def read_top(path: Path, query_ids: np.ndarray, n_train: int) -> dict[int, dict[
     return out
 
 
-def validation_outputs(run_dir: Path, manifest: dict[str, Any], dataset: Dataset, seed: int, rows: np.ndarray) -> np.ndarray:
+def validation_outputs(
+    run_dir: Path, manifest: dict[str, Any], dataset: Dataset, seed: int, rows: np.ndarray
+) -> np.ndarray:
     """[len(rows), k] outputs of seed's trained model (its last checkpoint) on validation rows `rows`, inference
-    mode, as float64. The model is rebuilt from the settings manifest.json records."""
-    from omegaconf import OmegaConf
-
-    from pipeline.config import settings_from_config
-    from pipeline.errors import ConfigError
-    from pipeline.io.checkpoints import StoredStates, retrain_hint
-    from pipeline.io.files import read_json
-    from pipeline.kernels.training import as_inputs
-    from pipeline.stages.recipes import recipe_for
-
+    mode, as float64: read from the predictions the queries' stage wrote (io.predictions), which must be those of
+    the queries in query_top.parquet (the same queries key) and have the dataset's k outputs per row."""
     layout = RunLayout(run_dir)
-    try:
-        settings = settings_from_config(OmegaConf.create(manifest["config"]))
-    except (ConfigError, KeyError) as exc:
-        raise ValueError(f"{layout.manifest}: its config does not read back as settings ({exc})") from None
-    summary = layout.train_summary(seed)
-    if not summary.exists():
-        raise ValueError(f"{summary}: missing; the queries section needs seed {seed}'s trained model (add train to stages)")
-    steps = read_json(summary)["checkpoint_steps"]
-    recipe = recipe_for(settings, dataset, seed)
-    state = StoredStates(lambda step: layout.checkpoint(seed, step), steps, recipe, retrain_hint(seed))[max(steps)]
-    chunks = []
-    for start in range(0, rows.size, PREDICT_CHUNK):
-        x = as_inputs([a[rows[start : start + PREDICT_CHUNK]] for a in dataset.x_val.values()], recipe.dtype)
-        outputs, _ = recipe.forward(state.trainable, state.non_trainable, x, training=False)
-        chunks.append(np.asarray(outputs, np.float64))
-    return np.concatenate(chunks).reshape(rows.size, -1)
+    method = manifest["config"]["influence"]["method"]
+    path = predictions_path(layout, method, seed)
+    if not path.exists():
+        raise ValueError(
+            f"{path}: missing; the queries section needs seed {seed}'s predictions (rerun with score in stages)"
+        )
+    stored, outputs, key = read_predictions(path)
+    expected = (pq.read_schema(layout.query_top).metadata or {}).get(b"artifact_key", b"").decode()
+    if key != expected:
+        raise ValueError(
+            f"{path}: written for other queries (key {key}, query_top.parquet has {expected}); "
+            "rerun with score in stages"
+        )
+    width = dataset.num_classes if dataset.task == "classification" else dataset.output_dim
+    if outputs.shape[1] != width:
+        raise ValueError(f"{path}: holds {outputs.shape[1]} outputs per row but the dataset's model has {width}")
+    where = np.minimum(np.searchsorted(stored, rows), max(stored.size - 1, 0))
+    if stored.size == 0 or not np.array_equal(stored[where], rows):
+        raise ValueError(f"{path}: lacks validation rows the queries use; rerun with score in stages")
+    return outputs[where]

@@ -1,2 +1,3 @@
-"""Orchestration, one module per stage. Driver-side functions submit Ray tasks; the task bodies import
-TensorFlow (inside the worker) and call the kernels. No math here."""
+"""Orchestration, one module per stage, run by the driver: plan the work, submit Ray tasks and actors, check and
+record what they wrote. The task bodies and actor classes live in pipeline.runtime and are named here through its
+handles (`runtime.score_seed`, ...), so no stage module imports TensorFlow or a kernel that does. No math here."""

@@ -63,7 +63,9 @@ def run(context: RunContext) -> dict[str, Any]:
     layout, settings, dataset = context.layout, context.settings, context.dataset
     methods = scored_methods(layout, context.trajectory_key)
     if settings.influence.method not in methods:
-        raise ConfigError(f"stages: aggregate needs {settings.influence.method} scores in {layout.root}; add score to stages")
+        raise ConfigError(
+            f"stages: aggregate needs {settings.influence.method} scores in {layout.root}; add score to stages"
+        )
     rankings, agreement, pairs, scales = [], {}, {}, {}
     rule = settings.aggregate.ensemble
     for method in methods:
@@ -71,14 +73,20 @@ def run(context: RunContext) -> dict[str, Any]:
         if method == settings.influence.method and not set(settings.train.seeds) <= set(seeds):
             missing = sorted(set(settings.train.seeds) - set(seeds))
             raise ConfigError(f"stages: aggregate needs {method} scores of seed {missing[0]}; add score to stages")
-        scores = read_scores(layout, method, seeds, dataset.n_train).sort_by([("seed", "ascending"), ("sample_id", "ascending")])
+        scores = read_scores(layout, method, seeds, dataset.n_train).sort_by(
+            [("seed", "ascending"), ("sample_id", "ascending")]
+        )
         per_seed = scores["influence"].to_numpy().reshape(len(seeds), -1)
         rankings.append(rank(scores, method, ensembles.combine(per_seed, rule)))
         agreement[method] = metrics.mean_pairwise_spearman(per_seed)
         pairs[method] = ensembles.pairwise_spearman(per_seed, list(seeds))
         scales[method] = {str(seed): float(v) for seed, v in zip(seeds, ensembles.scale(per_seed))}
     ranking = with_targets(pa.concat_tables(rankings), dataset)
-    metadata = {"sign_convention": SIGN_CONVENTION, "package_version": __version__, "trajectory_key": context.trajectory_key}
+    metadata = {
+        "sign_convention": SIGN_CONVENTION,
+        "package_version": __version__,
+        "trajectory_key": context.trajectory_key,
+    }
     write_table(ranking.replace_schema_metadata(metadata), layout.ranking)
     details = {
         "rows": ranking.num_rows,
@@ -105,8 +113,12 @@ def rank(scores: pa.Table, method: str, ensemble: np.ndarray) -> pa.Table:
             ("train_loss", "mean"),
         ]
     )
-    grouped = grouped.rename_columns(["sample_id", "influence_mean", "influence_std", "n_seeds", "input_grad_norm_mean", "train_loss_mean"])
-    grouped = grouped.append_column("influence_ensemble", pa.array(ensemble[grouped["sample_id"].to_numpy()], pa.float64()))
+    grouped = grouped.rename_columns(
+        ["sample_id", "influence_mean", "influence_std", "n_seeds", "input_grad_norm_mean", "train_loss_mean"]
+    )
+    grouped = grouped.append_column(
+        "influence_ensemble", pa.array(ensemble[grouped["sample_id"].to_numpy()], pa.float64())
+    )
     grouped = grouped.sort_by([("influence_ensemble", "descending"), ("sample_id", "ascending")])
     grouped = grouped.add_column(0, "method", pa.array([method] * grouped.num_rows, pa.string()))
     return grouped.append_column("rank", pa.array(np.arange(1, grouped.num_rows + 1), pa.int64()))

@@ -1,20 +1,19 @@
-"""Stage `report`: report/index.html built from the run's Parquet outputs and manifest (with influence.queries, also
-from the first seed's final checkpoint, which predicts the queries' validation samples).
+"""Stage `report`: report/index.html built from the run's files only: its Parquet outputs, the manifest and, with
+influence.queries, the first seed's predictions of the queries' validation rows (written by stages.queries).
 
 It runs last and only after every earlier stage succeeded, so the page states the run as succeeded
-(the manifest still says "running" while the page is written)."""
+(the manifest still says "running" while the page is written). Driver side; no TensorFlow."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from pipeline.errors import ConfigError
+from pipeline.report import write_report
 from pipeline.stages.context import RunContext
 
 
 def run(context: RunContext) -> dict[str, Any]:
-    from pipeline.report import write_report
-
     layout = context.layout
     if not layout.ranking.exists():
         raise ConfigError(f"stages: report needs {layout.ranking}; add aggregate to stages")

@@ -11,11 +11,13 @@
   non-smooth (pipeline.smoothness).
 - per query (influence.queries != mean): for a few queries q (QUERIES_CHECKED, chosen at random) and training
   samples i (the random samples above plus, per query, those with the largest |influence_q,i|), the same
-  gradcheck in eps_i and leave-one-out on E_q = sum_v W[q, v] objective_v (stages.queries.query_weights).
+  gradcheck in eps_i and leave-one-out on E_q = sum_v W[q, v] objective_v (runtime.jobs.query_weights).
   A retraining returns the objective of every validation sample, so one retraining serves the mean checks
   and every chosen query: the queries add only the retrainings of their largest-|influence| samples.
 Writes verify/gradcheck.parquet, verify/loo.parquet, verify/smoothness.parquet and, per query,
 verify/query_gradcheck.parquet and verify/query_loo.parquet; returns the summary figures for the manifest.
+
+Driver side; the retrainings are the tasks of runtime.verify, each given a runtime.jobs.Perturbation.
 """
 
 from __future__ import annotations
@@ -27,25 +29,16 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline import cluster, metrics, smoothness
+from pipeline import cluster, metrics, runtime, smoothness
 from pipeline.config import Settings
 from pipeline.data import Dataset
 from pipeline.errors import ConfigError, DataError
-from pipeline.io.layout import RunLayout
 from pipeline.io.queries import batches, parts_to_compute
 from pipeline.io.tables import input_grads, read_parts, write_table
 from pipeline.methods import REGISTRY
+from pipeline.runtime.jobs import Perturbation, query_weights
 from pipeline.stages.context import RunContext
-from pipeline.stages.queries import query_ids, query_weights
-
-@dataclass(frozen=True)
-class Perturbation:
-    """One retraining: sample weights eps[ids] = weight (None: unchanged), and features of sample ids[0]
-    moved by dx (name -> [*shape], None: unchanged)."""
-
-    ids: tuple[int, ...] = ()
-    weight: float | None = None
-    dx: dict[str, np.ndarray] | None = None
+from pipeline.stages.queries import query_ids
 
 
 def fd_step(settings: Settings) -> float:
@@ -81,7 +74,10 @@ class _SeedPlan:
         for i, u in zip(self.grad_ids, self.directions):
             out += [(("eps", i, 1), Perturbation((i,), 1 + h)), (("eps", i, -1), Perturbation((i,), 1 - h))]
             for name, direction in u.items():
-                out += [(("x", i, name, 1), Perturbation((i,), dx={name: h * direction})), (("x", i, name, -1), Perturbation((i,), dx={name: -h * direction}))]
+                out += [
+                    (("x", i, name, 1), Perturbation((i,), dx={name: h * direction})),
+                    (("x", i, name, -1), Perturbation((i,), dx={name: -h * direction})),
+                ]
         for i in self.query_grad_ids:
             out += [(("eps", i, 1), Perturbation((i,), 1 + h)), (("eps", i, -1), Perturbation((i,), 1 - h))]
         out += [(("loo", i), Perturbation((i,), 0.0)) for i in (*self.loo_ids, *self.query_loo_ids)]
@@ -97,20 +93,26 @@ def run(context: RunContext) -> dict[str, Any]:
     for seed in settings.train.seeds:
         parts = layout.score_parts(method, seed)
         if not parts:
-            raise ConfigError(f"stages: verify needs the {method} scores of seed {seed} in {layout.root}; add score to stages")
+            raise ConfigError(
+                f"stages: verify needs the {method} scores of seed {seed} in {layout.root}; add score to stages"
+            )
         grad_ids, directions, loo_ids = _choose(settings, dataset, seed)
         if not REGISTRY[method].exact:  # only the exact method is a derivative of this retraining
             grad_ids, directions = [], []
         plan = _SeedPlan(seed, read_parts(parts).sort_by("sample_id"), grad_ids, directions, loo_ids)
         if chosen is not None:
             plan.query_influence = _query_influence(context, seed, chosen)
-            plan.query_grad_ids = _largest(plan.query_influence, _per_query(settings.verify.n_gradcheck, chosen.size), exclude=grad_ids)
-            plan.query_loo_ids = _largest(plan.query_influence, _per_query(settings.verify.n_loo, chosen.size), exclude=loo_ids)
+            plan.query_grad_ids = _largest(
+                plan.query_influence, _per_query(settings.verify.n_gradcheck, chosen.size), exclude=grad_ids
+            )
+            plan.query_loo_ids = _largest(
+                plan.query_influence, _per_query(settings.verify.n_loo, chosen.size), exclude=loo_ids
+            )
         plans.append(plan)
 
     keyed = [(plan.seed, key, p) for plan in plans for key, p in plan.perturbations(h)]
     calls = [(settings, context.dataset_ref, seed, p) for seed, _, p in keyed]
-    results = cluster.run_tasks(retrained_objectives, calls, context.task_options, desc="verify (retrainings)")
+    results = cluster.run_tasks(runtime.retrained_objectives, calls, context.task_options, desc="verify (retrainings)")
     retrained = {(seed, key): result for (seed, key, _), result in zip(keyed, results)}
 
     gradcheck_rows, loo_rows, summary = [], [], {}
@@ -120,10 +122,20 @@ def run(context: RunContext) -> dict[str, Any]:
         influence = plan.scores["influence"].to_numpy()
         input_grad = input_grads(plan.scores)
         for i, u in zip(plan.grad_ids, plan.directions):
-            gradcheck_rows.append((seed, i, "eps", influence[i], metrics.central_difference(mean[("eps", i, 1)], mean[("eps", i, -1)], h)))
+            gradcheck_rows.append(
+                (seed, i, "eps", influence[i], metrics.central_difference(mean[("eps", i, 1)], mean[("eps", i, -1)], h))
+            )
             for name, direction in u.items():
                 predicted = float(np.sum(input_grad[name][i].astype(np.float64) * direction))
-                gradcheck_rows.append((seed, i, x_kind(name, dataset), predicted, metrics.central_difference(mean[("x", i, name, 1)], mean[("x", i, name, -1)], h)))
+                gradcheck_rows.append(
+                    (
+                        seed,
+                        i,
+                        x_kind(name, dataset),
+                        predicted,
+                        metrics.central_difference(mean[("x", i, name, 1)], mean[("x", i, name, -1)], h),
+                    )
+                )
         for i in plan.loo_ids:
             loo_rows.append((seed, i, -influence[i], mean[("loo", i)] - mean["base"]))
         summary[str(seed)] = {"objective": mean["base"]}
@@ -137,7 +149,9 @@ def run(context: RunContext) -> dict[str, Any]:
         details["queries"] = _query_checks(context, chosen, plans, retrained, h)
     if settings.verify.smoothness and REGISTRY[method].exact:
         seed, scores = plans[0].seed, plans[0].scores
-        details["smoothness"] = _smoothness(context, seed, scores["influence"].to_numpy(), summary[str(seed)]["objective"])
+        details["smoothness"] = _smoothness(
+            context, seed, scores["influence"].to_numpy(), summary[str(seed)]["objective"]
+        )
     return details
 
 
@@ -169,29 +183,57 @@ def _query_influence(context: RunContext, seed: int, chosen: np.ndarray) -> np.n
     them only (filter on query_id, pushed down to the parts' row groups of whole queries)."""
     settings, layout, dataset = context.settings, context.layout, context.dataset
     method, n_train = settings.influence.method, dataset.n_train
-    needed = [(number, ids) for number, ids in batches(query_ids(settings, dataset), settings.influence.query_batch) if np.isin(ids, chosen).any()]
+    needed = [
+        (number, ids)
+        for number, ids in batches(query_ids(settings, dataset), settings.influence.query_batch)
+        if np.isin(ids, chosen).any()
+    ]
     if parts_to_compute(layout, method, seed, needed, n_train, context.queries_key, repair=False):
-        raise ConfigError(f"stages: verify needs the {settings.influence.queries} query parts of seed {seed} in {layout.root}; add score to stages")
+        raise ConfigError(
+            f"stages: verify needs the {settings.influence.queries} query parts of seed {seed} in {layout.root}; "
+            "add score to stages"
+        )
     filters = [("query_id", "in", chosen.tolist())]
-    table = pa.concat_tables([pq.read_table(layout.query_part(method, seed, n), columns=["query_id", "sample_id", "influence"], filters=filters) for n, _ in needed])
+    table = pa.concat_tables(
+        [
+            pq.read_table(
+                layout.query_part(method, seed, n), columns=["query_id", "sample_id", "influence"], filters=filters
+            )
+            for n, _ in needed
+        ]
+    )
     table = table.sort_by([("query_id", "ascending"), ("sample_id", "ascending")])
-    if table.num_rows != chosen.size * n_train or not np.array_equal(table["sample_id"].to_numpy(), np.tile(np.arange(n_train), chosen.size)):
-        raise DataError(f"{layout.queries_dir(method, seed)}: the parts do not hold every sample once for queries {chosen.tolist()}")
+    if table.num_rows != chosen.size * n_train or not np.array_equal(
+        table["sample_id"].to_numpy(), np.tile(np.arange(n_train), chosen.size)
+    ):
+        raise DataError(
+            f"{layout.queries_dir(method, seed)}: the parts do not hold every sample once for queries {chosen.tolist()}"
+        )
     return table["influence"].to_numpy().reshape(chosen.size, n_train)
 
 
-def _query_checks(context: RunContext, chosen: np.ndarray, plans: list[_SeedPlan], retrained: dict[tuple[int, Any], tuple[float, np.ndarray]], h: float) -> dict[str, Any]:
+def _query_checks(
+    context: RunContext,
+    chosen: np.ndarray,
+    plans: list[_SeedPlan],
+    retrained: dict[tuple[int, Any], tuple[float, np.ndarray]],
+    h: float,
+) -> dict[str, Any]:
     """Per-query gradcheck and leave-one-out from the retrainings' per-validation-sample objectives: every
     chosen query at every sample retrained in eps. Writes verify/query_gradcheck.parquet and query_loo.parquet."""
     settings, dataset = context.settings, context.dataset
     rows, weights = query_weights(settings.influence.queries, dataset, chosen)
     gradcheck_rows, loo_rows = [], []
     for plan in plans:
-        objectives = {key: weights @ result[1][rows] for (s, key), result in retrained.items() if s == plan.seed}  # E_q [Q'] of each retraining
+        objectives = {
+            key: weights @ result[1][rows] for (s, key), result in retrained.items() if s == plan.seed
+        }  # E_q [Q'] of each retraining
         influence = plan.query_influence
         for i in sorted({*plan.grad_ids, *plan.query_grad_ids}):
             measured = metrics.central_difference(objectives[("eps", i, 1)], objectives[("eps", i, -1)], h)
-            gradcheck_rows += [(plan.seed, int(q), i, "eps", influence[k, i], measured[k]) for k, q in enumerate(chosen)]
+            gradcheck_rows += [
+                (plan.seed, int(q), i, "eps", influence[k, i], measured[k]) for k, q in enumerate(chosen)
+            ]
         base = objectives["base"]
         for i in sorted({*plan.loo_ids, *plan.query_loo_ids}):
             change = objectives[("loo", i)] - base
@@ -205,7 +247,10 @@ def _query_checks(context: RunContext, chosen: np.ndarray, plans: list[_SeedPlan
         "queries": settings.influence.queries,
         "query_ids": chosen.tolist(),
         "gradcheck": _gradcheck_summary(gradcheck),
-        "loo": {**_loo_summary(loo), "sign_agreement": float(np.mean(np.sign(predicted) == np.sign(actual))) if predicted.size else float("nan")},
+        "loo": {
+            **_loo_summary(loo),
+            "sign_agreement": float(np.mean(np.sign(predicted) == np.sign(actual))) if predicted.size else float("nan"),
+        },
     }
 
 
@@ -215,18 +260,37 @@ def _smoothness(context: RunContext, seed: int, influence: np.ndarray, base: flo
     settings, dataset = context.settings, context.dataset
     v = settings.verify
     rng = np.random.default_rng([v.seed, seed, 1])
-    units: list[tuple[str, tuple[int, ...]]] = [("single", (int(i),)) for i in rng.choice(dataset.n_train, min(v.n_smooth, dataset.n_train), replace=False)]
+    units: list[tuple[str, tuple[int, ...]]] = [
+        ("single", (int(i),)) for i in rng.choice(dataset.n_train, min(v.n_smooth, dataset.n_train), replace=False)
+    ]
     for fraction in v.group_fractions:
         size = max(1, int(round(fraction * dataset.n_train)))
-        units += [(f"group {fraction:g}", tuple(int(i) for i in rng.choice(dataset.n_train, size, replace=False))) for _ in range(v.n_groups)]
+        units += [
+            (f"group {fraction:g}", tuple(int(i) for i in rng.choice(dataset.n_train, size, replace=False)))
+            for _ in range(v.n_groups)
+        ]
     calls = [(settings, context.dataset_ref, seed, Perturbation(ids, 1.0 - s)) for _, ids in units for s in v.ladder]
     scale = v.perturbation if v.perturbation is not None else (1e-6 if settings.train.dtype == "float64" else 1e-3)
-    responses = iter(cluster.run_tasks(retrained_objective, calls, context.task_options, desc="verify (smoothness ladder)"))
-    growth = cluster.run_tasks(perturbation_growth, [(settings, context.dataset_ref, seed, scale)], context.task_options, desc="verify (perturbation growth)")[0]
+    responses = iter(
+        cluster.run_tasks(runtime.retrained_objective, calls, context.task_options, desc="verify (smoothness ladder)")
+    )
+    growth = cluster.run_tasks(
+        runtime.perturbation_growth,
+        [(settings, context.dataset_ref, seed, scale)],
+        context.task_options,
+        desc="verify (perturbation growth)",
+    )[0]
     replay = None
     if settings.train.dtype == "float32":
-        replay64 = cluster.run_tasks(float64_influence, [(settings, context.dataset_ref, seed)], context.task_options, desc="verify (float64 replay)")[0]
-        replay = _agreement(influence, replay64, rng.choice(dataset.n_train, min(v.n_float64, dataset.n_train), replace=False))
+        replay64 = cluster.run_tasks(
+            runtime.float64_influence,
+            [(settings, context.dataset_ref, seed)],
+            context.task_options,
+            desc="verify (float64 replay)",
+        )[0]
+        replay = _agreement(
+            influence, replay64, rng.choice(dataset.n_train, min(v.n_float64, dataset.n_train), replace=False)
+        )
 
     floor = 100 * float(np.finfo(settings.train.dtype).eps) * max(abs(base), 1.0)
     rows, deviations = [], {}
@@ -236,7 +300,10 @@ def _smoothness(context: RunContext, seed: int, influence: np.ndarray, base: flo
         predicted = -np.asarray(v.ladder) * total
         deviation = smoothness.relative_deviation(actual, predicted, floor)
         deviations.setdefault(kind, []).append(deviation)
-        rows += [(seed, kind, len(ids), float(s), float(p), float(a), float(d)) for s, p, a, d in zip(v.ladder, predicted, actual, deviation)]
+        rows += [
+            (seed, kind, len(ids), float(s), float(p), float(a), float(d))
+            for s, p, a, d in zip(v.ladder, predicted, actual, deviation)
+        ]
     ladders = {kind: smoothness.ladder_summary(v.ladder, np.array(d)) for kind, d in deviations.items()}
     result: dict[str, Any] = {
         "seed": seed,
@@ -249,7 +316,14 @@ def _smoothness(context: RunContext, seed: int, influence: np.ndarray, base: flo
     }
     result["verdict"] = smoothness.verdict(result["single"], result["groups"])
     result["explanation"] = smoothness.explanation(result, settings.to_dict())
-    table = pa.table(dict(zip(("seed", "unit", "size", "step", "predicted_change", "actual_change", "relative_deviation"), (list(c) for c in zip(*rows)))))
+    table = pa.table(
+        dict(
+            zip(
+                ("seed", "unit", "size", "step", "predicted_change", "actual_change", "relative_deviation"),
+                (list(c) for c in zip(*rows)),
+            )
+        )
+    )
     write_table(table, context.layout.verify_dir / "smoothness.parquet")
     return result
 
@@ -265,65 +339,9 @@ def _agreement(float32: np.ndarray, float64: np.ndarray, ids: np.ndarray) -> dic
     }
 
 
-def float64_influence(settings: Settings, dataset: Dataset, seed: int) -> np.ndarray:
-    """Ray task body: the trajectory influence [N] of a float64 replay of a float32 run: its stored initial state
-    cast to float64, trained on its stored schedule, swept in float64."""
-    from dataclasses import replace
-
-    import tensorflow as tf
-
-    from pipeline.io.checkpoints import StoredStates, retrain_hint
-    from pipeline.io.files import read_json
-    from pipeline.io.tables import read_schedule
-    from pipeline.kernels.training import as_inputs, as_targets, make_batches, train
-    from pipeline.kernels.trajectory import ReverseSweep
-    from pipeline.stages.recipes import recipe_for
-
-    layout = RunLayout(settings.output_dir)
-    schedule = read_schedule(layout.schedule(seed))
-    recipe32 = recipe_for(settings, dataset, seed)
-    initial32 = StoredStates(lambda step: layout.checkpoint(seed, step), [0], recipe32, retrain_hint(seed))[0]
-    settings64 = replace(settings, train=replace(settings.train, dtype="float64"))
-    recipe = recipe_for(settings64, dataset, seed)
-    cast = lambda t: tf.cast(t, tf.float64) if t.dtype.is_floating else t  # noqa: E731  (seed state stays integer)
-    initial = recipe.unflatten([cast(t) for t in recipe32.flatten(initial32)])
-    steps = read_json(layout.train_summary(seed))["checkpoint_steps"]
-    batches = make_batches(list(dataset.x_train.values()), dataset.y_train, schedule, "float64", recipe.task)
-    states: dict[int, Any] = {}
-    train(recipe, initial, batches, steps, states.__setitem__)
-    x_val, y_val = as_inputs(list(dataset.x_val.values()), "float64"), as_targets(dataset.y_val, recipe.task, "float64")
-    return ReverseSweep(recipe).run(states, steps, batches, x_val, y_val).influence
-
-
-def perturbation_growth(settings: Settings, dataset: Dataset, seed: int, scale: float) -> float:
-    """Ray task body: retrain from the stored initial weights moved by a random relative perturbation of size
-    `scale` (||d theta_0|| = scale ||theta_0||); returns (||d theta_T|| / ||theta_T||) / scale."""
-    import tensorflow as tf
-
-    from pipeline.io.checkpoints import StoredStates, retrain_hint
-    from pipeline.io.tables import read_schedule
-    from pipeline.kernels.training import TrainState, make_batches, train
-    from pipeline.stages.recipes import recipe_for
-
-    layout = RunLayout(settings.output_dir)
-    schedule = read_schedule(layout.schedule(seed))
-    recipe = recipe_for(settings, dataset, seed)
-    initial = StoredStates(lambda step: layout.checkpoint(seed, step), [0], recipe, retrain_hint(seed))[0]
-    rng = np.random.default_rng(seed)
-    flat = np.concatenate([w.numpy().ravel() for w in initial.trainable])
-    noise = [rng.normal(size=w.shape) for w in initial.trainable]
-    norm = np.sqrt(sum(float(np.sum(z * z)) for z in noise))
-    moved = [w + tf.constant(z * scale * np.linalg.norm(flat) / norm, w.dtype) for w, z in zip(initial.trainable, noise)]
-    batches = make_batches(list(dataset.x_train.values()), dataset.y_train, schedule, settings.train.dtype, recipe.task)
-    finals = []
-    for start in (initial, TrainState(moved, initial.non_trainable, initial.optimizer)):
-        out: dict[int, Any] = {}
-        train(recipe, start, batches, [0, schedule.n_steps], out.__setitem__)
-        finals.append(np.concatenate([w.numpy().ravel() for w in out[schedule.n_steps].trainable]).astype(np.float64))
-    return float(np.linalg.norm(finals[1] - finals[0]) / np.linalg.norm(finals[0]) / scale)
-
-
-def _choose(settings: Settings, dataset: Dataset, seed: int) -> tuple[list[int], list[dict[str, np.ndarray]], list[int]]:
+def _choose(
+    settings: Settings, dataset: Dataset, seed: int
+) -> tuple[list[int], list[dict[str, np.ndarray]], list[int]]:
     """Samples for gradcheck (with one unit direction per input, on the sample's nonzero features) and
     for leave-one-out."""
     v = settings.verify
@@ -340,64 +358,6 @@ def _choose(settings: Settings, dataset: Dataset, seed: int) -> tuple[list[int],
             per_input[name] = u / np.linalg.norm(u)
         directions.append(per_input)
     return grad_ids, directions, loo_ids
-
-
-def retrained_objective(settings: Settings, dataset: Dataset, seed: int, perturbation: Perturbation) -> float:
-    """Ray task body: retrain with one perturbation (see Perturbation); returns the validation objective."""
-    return objective_after_training(settings, dataset, seed, *_perturbed(settings, dataset, perturbation))
-
-
-def retrained_objectives(settings: Settings, dataset: Dataset, seed: int, perturbation: Perturbation) -> tuple[float, np.ndarray]:
-    """Ray task body: retrain with one perturbation; returns (E exactly as retrained_objective computes it,
-    the objective of every validation sample [V] float64), so one retraining serves every query."""
-    from pipeline.kernels.training import as_inputs, as_targets
-
-    recipe, final = _retrained(settings, dataset, seed, *_perturbed(settings, dataset, perturbation))
-    x_val, y_val = as_inputs(list(dataset.x_val.values()), recipe.dtype), as_targets(dataset.y_val, recipe.task, recipe.dtype)
-    outputs, _ = recipe.forward(final.trainable, final.non_trainable, x_val, training=False)
-    per_sample = recipe.task.objective(outputs, y_val).numpy().astype(np.float64)
-    return float(recipe.evaluate(final, x_val, y_val)["objective"]), per_sample
-
-
-def _perturbed(settings: Settings, dataset: Dataset, perturbation: Perturbation) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-    """(sample weights eps [N], training inputs name -> [N, *shape]) of one perturbation."""
-    eps = np.ones(dataset.n_train)
-    x = dict(dataset.x_train)
-    if perturbation.weight is not None:
-        eps[list(perturbation.ids)] = perturbation.weight
-    for name, dx in (perturbation.dx or {}).items():
-        x[name] = x[name].astype(settings.train.dtype)  # a copy, in the training precision
-        x[name][perturbation.ids[0]] += dx
-    return eps, x
-
-
-def objective_after_training(settings: Settings, dataset: Dataset, seed: int, eps: np.ndarray, x: dict[str, np.ndarray] | None = None) -> float:
-    """Retrain seed `seed` from its stored initial state on its stored schedule with sample weights
-    eps [N] (0 removes a sample) and inputs x (name -> [N, *shape]; default: the dataset's); returns E."""
-    from pipeline.kernels.training import as_inputs, as_targets
-
-    recipe, final = _retrained(settings, dataset, seed, eps, x)
-    x_val, y_val = as_inputs(list(dataset.x_val.values()), recipe.dtype), as_targets(dataset.y_val, recipe.task, recipe.dtype)
-    return float(recipe.evaluate(final, x_val, y_val)["objective"])
-
-
-def _retrained(settings: Settings, dataset: Dataset, seed: int, eps: np.ndarray, x: dict[str, np.ndarray] | None = None) -> tuple[Any, Any]:
-    """(recipe, final state) of seed `seed` retrained from its stored initial state on its stored schedule
-    with sample weights eps [N] and inputs x (default: the dataset's)."""
-    from pipeline.io.checkpoints import StoredStates, retrain_hint
-    from pipeline.io.tables import read_schedule
-    from pipeline.kernels.training import make_batches, train
-    from pipeline.stages.recipes import recipe_for
-
-    layout = RunLayout(settings.output_dir)
-    schedule = read_schedule(layout.schedule(seed))
-    recipe = recipe_for(settings, dataset, seed)
-    initial = StoredStates(lambda step: layout.checkpoint(seed, step), [0], recipe, retrain_hint(seed))[0]
-    x = dataset.x_train if x is None else x
-    train_batches = make_batches(list(x.values()), dataset.y_train, schedule, settings.train.dtype, recipe.task, eps)
-    final = {}
-    train(recipe, initial, train_batches, [0, schedule.n_steps], final.__setitem__)
-    return recipe, final[schedule.n_steps]
 
 
 def _gradcheck_table(rows: list[tuple], per_query: bool = False) -> pa.Table:
@@ -436,7 +396,11 @@ def _gradcheck_summary(table: pa.Table) -> dict[str, Any]:
     for kind in dict.fromkeys(kinds):
         errors = np.array([e for k, e in zip(kinds, table["relative_error"].to_numpy()) if k == kind])
         if errors.size:
-            out[kind] = {"n": int(errors.size), "median_relative_error": float(np.median(errors)), "max_relative_error": float(errors.max())}
+            out[kind] = {
+                "n": int(errors.size),
+                "median_relative_error": float(np.median(errors)),
+                "max_relative_error": float(errors.max()),
+            }
     return out
 
 

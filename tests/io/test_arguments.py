@@ -10,6 +10,10 @@ import re
 import pytest
 
 from pipeline.config import (
+    FEATURES,
+    QUERIES,
+    SCORES,
+    TRAJECTORY,
     ClusterSettings,
     InfluenceSettings,
     ModelSettings,
@@ -19,9 +23,19 @@ from pipeline.config import (
     TaskSettings,
     TrainSettings,
     VerifySettings,
+    changed_by,
 )
 from pipeline.errors import ConfigError
-from pipeline.io.arguments import claim, first_difference, key_of, score_arguments, trajectory_arguments
+from pipeline.io.arguments import (
+    FEATURE_SETTINGS,
+    QUERY_SETTINGS,
+    claim,
+    features_key,
+    first_difference,
+    key_of,
+    score_arguments,
+    trajectory_arguments,
+)
 from pipeline.io.files import read_json, write_json
 from pipeline.methods import REGISTRY
 
@@ -325,3 +339,47 @@ def test_claim_settings_unrelated_to_the_arguments_do_not_matter(run):
         task=TaskSettings(),
     )
     assert claim(run, path, trajectory_arguments(other, FINGERPRINT), "a trajectory", False, []) is True
+
+
+
+# ------------------------------------------------------------------ which settings change which artifact, said once
+
+
+def test_the_trajectory_key_holds_the_settings_whose_fields_say_they_change_it():
+    arguments = trajectory_arguments(_settings(), FINGERPRINT)
+    for section in (TaskSettings, ModelSettings, OptimizerSettings, TrainSettings):
+        name = section.__name__.removesuffix("Settings").lower()
+        assert tuple(arguments[name]) == changed_by(section, TRAJECTORY)
+    assert changed_by(TrainSettings, TRAJECTORY) == tuple(f.name for f in dataclasses.fields(TrainSettings) if f.name != "seeds")
+    for section in (InfluenceSettings, VerifySettings, ClusterSettings, OutputSettings):
+        assert changed_by(section, TRAJECTORY) == ()
+
+
+def test_a_methods_own_settings_are_settings_that_change_scores():
+    scores = set(changed_by(InfluenceSettings, SCORES))
+    assert set().union(*(m.settings for m in REGISTRY.values())) == scores  # each listed by some method
+    features = [m for m in REGISTRY.values() if m.features]
+    assert all(set(FEATURE_SETTINGS) <= set(m.settings) for m in features)  # features change that method's scores
+    assert FEATURE_SETTINGS == changed_by(InfluenceSettings, FEATURES) == ("objective", "proj_dim", "proj_seed", "checkpoints", "feature_dtype")
+    assert QUERY_SETTINGS == changed_by(InfluenceSettings, QUERIES) == ("objective", "queries", "query_ids", "query_input_grad")
+
+
+def test_a_method_measures_validation_error_exactly_when_its_scores_depend_on_the_objective():
+    for method in REGISTRY.values():
+        assert (method.measures == "validation") == ("objective" in method.settings), method.name
+        assert method.measures in ("validation", "training loss", "output")
+    assert [m.name for m in REGISTRY.values() if not m.signed] == ["loss", "saliency"]
+
+
+def test_the_keys_elsewhere_follow_these_definitions():
+    """io.queries and stages.score_trak key the per-query scores and trak's features; their settings are these."""
+    import importlib
+
+    from pipeline.io.queries import query_arguments
+
+    settings = _settings(influence=InfluenceSettings(method="trak", objective="cross_entropy"))
+    assert tuple(query_arguments(settings, "t" * 16)["influence"]) == QUERY_SETTINGS
+    score_trak = importlib.import_module("pipeline.stages.score_trak")
+    assert getattr(score_trak, "features_key", features_key)(settings, "t" * 16) == features_key(settings, "t" * 16)
+    assert features_key(_with(settings, "influence", damping=0.5), "t" * 16) == features_key(settings, "t" * 16)  # not damping
+    assert features_key(_with(settings, "influence", proj_dim=64), "t" * 16) != features_key(settings, "t" * 16)

@@ -7,6 +7,8 @@ import json
 import re
 import subprocess
 import sys
+from html.parser import HTMLParser
+from importlib import resources
 from pathlib import Path
 
 import numpy as np
@@ -417,6 +419,66 @@ def test_config_text_is_escaped(tmp_path):
     assert "a&lt;b&gt;:f" in page and "p&lt;q&gt;" in page
     assert "a<b>" not in page and "p<q>" not in page
 
+
+
+def test_script_in_the_data_is_escaped(tmp_path):
+    """A <script> in the data's names or the manifest's error shows as text, escaped wherever the page shows it."""
+    evil = "<script>alert(1)</script>"
+    data = make_dataset(f"d{evil}", "regression", {evil: np.ones((N, 1))}, np.arange(N, dtype=float),
+                        {evil: np.ones((5, 1))}, np.zeros(5))
+    run = make_run(tmp_path / "run", data, verify=False, status="failed")
+    manifest = json.loads((run / "manifest.json").read_text())
+    manifest["error"] = f"boom {evil}"
+    (run / "manifest.json").write_text(json.dumps(manifest))
+    page = write_report(run, data).read_text()
+    assert "<script" not in page.lower()
+    escaped = "&lt;script&gt;alert(1)&lt;/script&gt;"
+    assert f"<th>dataset</th><td>d{escaped}</td>" in page and f"<th>input</th><td>{escaped}: 1</td>" in page
+    assert f"failed</span> — boom {escaped}" in page
+    table = section(page, "Most harmful training samples")
+    assert f"Input <code>{escaped}</code>: the sample's values" in table and f"dE/d({escaped})" in table
+    assert table_header(table)[-1] == escaped
+
+
+class Elements(HTMLParser):
+    """A page's start tags, their attributes and the text of its <style> elements."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.tags: list[str] = []
+        self.attributes: list[tuple[str, str | None]] = []
+        self.style: list[str] = []
+        self.in_style = False
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.tags.append(tag)
+        self.attributes += attrs
+        self.in_style = tag == "style"
+
+    def handle_endtag(self, tag: str) -> None:
+        self.in_style = False
+
+    def handle_data(self, data: str) -> None:
+        if self.in_style:
+            self.style.append(data)
+
+
+def test_page_is_self_contained(tmp_path):
+    """One file: the package's report.css inline, figures as data URIs, no scripts, nothing loaded from elsewhere."""
+    data = image_data()
+    run = make_run(tmp_path / "run", data, methods=("trajectory", "loss"))
+    elements = Elements()
+    elements.feed(write_report(run, data).read_text())
+    loading = {"script", "link", "iframe", "frame", "object", "embed", "base", "audio", "video", "source"}
+    assert not loading & set(elements.tags)
+    names = [name for name, _ in elements.attributes]
+    assert "href" not in names and not any(name.startswith("on") for name in names)
+    sources = [value for name, value in elements.attributes if name in ("src", "srcset", "poster", "action", "data")]
+    assert len(sources) == elements.tags.count("img") == 2 * 3 + 2
+    assert all(value and value.startswith("data:image/png;base64,") for value in sources)
+    css = resources.files("pipeline.report").joinpath("report.css").read_text()
+    assert elements.tags.count("style") == 1 and "".join(elements.style).strip() == css.strip()
+    assert "@import" not in css and "url(" not in css
 
 def test_rewrite_replaces_the_report(tmp_path):
     data = image_data()

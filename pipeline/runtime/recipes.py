@@ -1,31 +1,53 @@
-"""Settings -> kernel objects (task, model, functional optimizer, recipe, schedule, batches). Runs in workers."""
+"""Settings -> kernel objects (task, model, functional optimizer, Recipe, schedule), and check_run, the Ray task
+the driver runs once before it claims output.dir. Runs in workers (imports TensorFlow and Keras)."""
 
 from __future__ import annotations
 
 import functools
-from typing import Any
+import math
 
+import keras
 import numpy as np
+import tensorflow as tf
 
+from pipeline.cluster import configure_tensorflow
 from pipeline.config import ModelSettings, OptimizerSettings, Settings, TrainSettings
 from pipeline.data import Dataset
 from pipeline.errors import ConfigError, UserInputError, first_line
+from pipeline.kernels import optimizers
+from pipeline.kernels.lr_schedules import learning_rates, make_schedule_object
+from pipeline.kernels.optimizers import FunctionalOptimizer
 from pipeline.kernels.schedule import Schedule, make_schedule
+from pipeline.kernels.task import make_task
+from pipeline.kernels.training import Recipe, as_inputs, as_targets
+from pipeline.models import build_model
 
 
 def schedule_for(settings: Settings, dataset: Dataset, seed: int) -> Schedule:
-    t = settings.train
-    return make_schedule(dataset.n_train, t.batch_size, t.epochs, t.shuffle, seed, settings.optimizer.lr)
+    """The batches of one seed and the learning rate of every step: optimizer.lr, or optimizer.schedule's value at
+    each step exactly as Keras evaluates it (a bad schedule parameter is a ConfigError naming its setting)."""
+    t, o = settings.train, settings.optimizer
+    if o.schedule == "constant":
+        return make_schedule(dataset.n_train, t.batch_size, t.epochs, t.shuffle, seed, o.lr)
+    n_steps = t.epochs * math.ceil(dataset.n_train / t.batch_size)
+    try:
+        rates = learning_rates(make_schedule_object(o.schedule, o.lr, n_steps, **o.schedule_params()), n_steps)
+    except ValueError as exc:
+        raise ConfigError(f"optimizer.schedule={o.schedule}: {exc}" if ":" in o.schedule else f"optimizer.{exc}") from None
+    return make_schedule(dataset.n_train, t.batch_size, t.epochs, t.shuffle, seed, rates)
 
 
-def functional_optimizer(settings: OptimizerSettings) -> Any:
-    from pipeline.kernels import optimizers
-
-    if settings.name == "adam":
-        return optimizers.adam(settings.beta_1, settings.beta_2, settings.epsilon)
-    if settings.name == "momentum":
-        return optimizers.momentum(settings.momentum, settings.nesterov)
-    return optimizers.sgd()
+def functional_optimizer(settings: OptimizerSettings) -> FunctionalOptimizer:
+    """optimizer.name's registry entry with its Keras hyperparameters, weight decay and clipping."""
+    spec = optimizers.OPTIMIZERS[settings.name]
+    return optimizers.build(
+        settings.name,
+        weight_decay=settings.weight_decay,
+        clipnorm=settings.clipnorm,
+        clipvalue=settings.clipvalue,
+        global_clipnorm=settings.global_clipnorm,
+        **{name: getattr(settings, name) for name in spec.hyper},
+    )
 
 
 def output_width(dataset: Dataset) -> int:
@@ -43,9 +65,10 @@ def output_weights(settings: Settings, dataset: Dataset) -> tuple[float, ...]:
 
 
 def check_run(settings: Settings, dataset: Dataset) -> None:
-    """Ray task body run before output.dir is claimed: builds the first seed's model and checks it and the user's
-    losses (recipe_for) and influence.output_weights. A custom builder that raises is one ConfigError naming it."""
+    """Ray task body run before output.dir is claimed: builds the first seed's learning-rate schedule and model and
+    checks them, the user's losses (recipe_for) and influence.output_weights. A custom builder that raises is one ConfigError naming it."""
     output_weights(settings, dataset)
+    schedule_for(settings, dataset, settings.train.seeds[0])
     try:
         recipe_for(settings, dataset, settings.train.seeds[0])
     except UserInputError:
@@ -57,7 +80,7 @@ def check_run(settings: Settings, dataset: Dataset) -> None:
         raise ConfigError(f"model.builder={settings.model.builder} raised {type(exc).__name__}{detail}") from None
 
 
-def recipe_for(settings: Settings, dataset: Dataset, seed: int) -> Any:
+def recipe_for(settings: Settings, dataset: Dataset, seed: int) -> Recipe:
     """The Recipe of one seed; its model's variables hold the seed's initial weights.
 
     Cached per worker process, so the tasks of a run that a worker executes reuse one model and its
@@ -87,52 +110,36 @@ def _cached_recipe(
     input_shapes: tuple[tuple[str, tuple[int, ...]], ...],
     width: int,
     seed: int,
-) -> Any:
-    from pipeline.cluster import configure_tensorflow
-    from pipeline.kernels.task import make_task
-    from pipeline.kernels.training import Recipe
-    from pipeline.models import build_model
-
+) -> Recipe:
     configure_tensorflow()
     try:
-        losses = make_task(task, str(train.loss), objective, model.from_logits)
+        losses = make_task(task, str(train.loss), objective, model.from_logits, train.label_smoothing)
     except (ImportError, AttributeError) as exc:
         raise ConfigError(f"train.loss={train.loss} / influence.objective={objective}: cannot import ({exc})") from None
     keras_model = build_model(model, dict(input_shapes), task, width, train.dtype, seed)
+    _refuse_mixed_precision(keras_model, train.dtype)
     return Recipe(keras_model, functional_optimizer(optimizer), losses)
 
 
-def kept_states(settings: Settings, layout: Any, seed: int, recipe: Any, n_steps: int) -> Any:
-    """Where a sweep of `seed` gets its states: io.states.StoredRun over the states kept from training
-    (influence.state_memory), or None to replay from checkpoints; prints one line when kept states were
-    asked for but cannot be read or trusted, or when a segment read later does not match its digest.
-    layout: io.layout.RunLayout; recipe: kernels.training.Recipe."""
-    from pipeline.io.states import open_states
-
-    if settings.influence.state_memory is None:
-        return None
-    path = layout.states(seed)
-
-    def tell(why: str) -> None:
-        print(f"[score] seed={seed}: {path.relative_to(layout.root)} {why}; replaying from the checkpoints")
-
-    run, problem = open_states(path, recipe.state_layout(), recipe.state_dtypes(), n_steps, tell)
-    if problem == "missing" and any(path.parent.glob(f".{path.name}.corrupt*")):
-        tell("missing (quarantined after a digest mismatch)")
-    elif problem == "missing":
-        tell("missing (trained without influence.state_memory, or over its budget)")
-    elif problem is not None:
-        tell(problem)
-    return run
+def _refuse_mixed_precision(model: keras.Model, dtype: str) -> None:
+    """ConfigError for a layer that computes in another dtype than train.dtype (mixed precision): the sweep's
+    derivatives are exact only when every layer computes in float32 or float64."""
+    for layer in model._flatten_layers(include_self=False):
+        compute = layer.dtype_policy.compute_dtype
+        if compute != dtype:
+            raise ConfigError(
+                f"model: layer {layer.name!r} computes in {compute} (dtype policy {layer.dtype_policy.name}); mixed "
+                f"precision is not supported, exact derivatives need every layer in train.dtype={dtype}"
+            )
 
 
-def _check_losses(settings: Settings, recipe: Any, dataset: Dataset) -> None:
+def _check_losses(settings: Settings, recipe: Recipe, dataset: Dataset) -> None:
     """User losses ('module:function') must give one finite value per sample and a second derivative."""
-    import tensorflow as tf
-
-    from pipeline.kernels.training import as_inputs, as_targets
-
-    user = [(name, value) for name, value in (("train.loss", settings.train.loss), ("influence.objective", settings.influence.objective)) if ":" in str(value)]
+    user = [
+        (name, value)
+        for name, value in (("train.loss", settings.train.loss), ("influence.objective", settings.influence.objective))
+        if ":" in str(value)
+    ]
     if not user or id(recipe) in _CHECKED:
         return
     rows = min(4, dataset.n_train)
@@ -157,11 +164,15 @@ def _check_losses(settings: Settings, recipe: Any, dataset: Dataset) -> None:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise ConfigError(f"{setting}={value}: not usable as a loss ({first})") from None
         if tuple(values.shape) != (rows,):
-            raise ConfigError(f"{setting}={value}: must return one value per sample (shape [{rows}]), got {tuple(values.shape)}")
+            raise ConfigError(
+                f"{setting}={value}: must return one value per sample (shape [{rows}]), got {tuple(values.shape)}"
+            )
         if not np.all(np.isfinite(values.numpy())):
             raise ConfigError(f"{setting}={value}: gives NaN/inf on the first training samples")
         if all(g is None for g in second):
-            raise ConfigError(f"{setting}={value}: cannot be differentiated twice (the reverse sweep needs second derivatives)")
+            raise ConfigError(
+                f"{setting}={value}: cannot be differentiated twice (the reverse sweep needs second derivatives)"
+            )
     _CHECKED.add(id(recipe))
 
 
