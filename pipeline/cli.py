@@ -14,7 +14,8 @@ from __future__ import annotations
 import difflib
 import os
 import sys
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from hydra.errors import HydraException
 

@@ -11,13 +11,14 @@ import secrets
 import signal
 import sys
 from collections import deque
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager, suppress
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Sequence, TypeVar
+from typing import Any, TypeVar
 
 import ray
 from ray._private import ray_constants
-from ray._raylet import AuthenticationTokenLoader, Config
+from ray._raylet import AuthenticationTokenLoader, Config  # type: ignore[attr-defined]  # missing from ray's stub
 from ray.exceptions import NodeDiedError, ObjectLostError, RayActorError, WorkerCrashedError
 from tqdm import tqdm
 
@@ -174,10 +175,8 @@ def configure_tensorflow() -> None:
     import tensorflow as tf
 
     for gpu in tf.config.list_physical_devices("GPU"):
-        try:
+        with suppress(RuntimeError):  # already initialised in this worker: the setting is in force from before
             tf.config.experimental.set_memory_growth(gpu, True)
-        except RuntimeError:  # already initialised in this worker: the setting is in force from before
-            pass
 
 
 def run_tasks(fn: Callable[..., T], calls: Iterable[tuple], options: dict[str, Any], desc: str) -> list[T]:

@@ -19,15 +19,14 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field, fields, is_dataclass, replace
 from functools import cache
 from pathlib import Path
 from types import UnionType
 from typing import (
     Any,
-    Callable,
     ClassVar,
-    Iterator,
     Union,
     get_args,
     get_origin,
@@ -55,7 +54,16 @@ DATA_SOURCES = {  # data.source; every source reads DATA_COMMON too
 }
 DATA_COMMON = ("val_fraction", "split_seed", "max_train")
 # optimizer.schedule's parameters as settings of their own (any other parameter: optimizer.schedule_args)
-SCHEDULE_SETTINGS = ("warmup_steps", "alpha", "decay_steps", "decay_rate", "staircase", "boundaries", "values", "schedule_args")
+SCHEDULE_SETTINGS = (
+    "warmup_steps",
+    "alpha",
+    "decay_steps",
+    "decay_rate",
+    "staircase",
+    "boundaries",
+    "values",
+    "schedule_args",
+)
 # optimizer.name -> the settings it reads: its registry entry's Keras hyperparameters plus what every optimizer takes.
 OPTIMIZER_COMMON = ("lr", "weight_decay", "clipnorm", "clipvalue", "global_clipnorm", "schedule", *SCHEDULE_SETTINGS)
 OPTIMIZERS = {name: (*OPTIMIZER_COMMON, *spec.hyper) for name, spec in OPTIMIZER_KERNELS.items()}
@@ -125,7 +133,9 @@ BELOW_ONE = Rule(lambda v: _is_number(v) and 0 <= v < 1, "must be in [0, 1)")
 NOT_EMPTY = Rule(bool, "must not be empty")
 DISTINCT = Rule(lambda v: len(set(v)) == len(v), "contains duplicates")
 POSITIVE_INTS = each(lambda v: _is_int(v) and v > 0, "must be positive integers")
-FRACTIONS = each(lambda v: _is_number(v) and 0 < v < 1, "must be a non-empty list of fractions in (0, 1)", non_empty=True)
+FRACTIONS = each(
+    lambda v: _is_number(v) and 0 < v < 1, "must be a non-empty list of fractions in (0, 1)", non_empty=True
+)
 IDS = each(lambda v: _is_int(v) and v >= 0, "must be a non-empty list of non-negative integers", non_empty=True)
 SIZE = Rule(lambda v: parse_size(v) is not None, "must be a size such as 2GB, 512MiB or a number of bytes")
 FUNCTION = Rule(lambda v: ":" in str(v), "must be 'package.module:function'")
@@ -186,7 +196,8 @@ class DataSettings(Section):
     path: str | None = setting(None, "the .npz or .parquet file")
     inputs: Any = setting(
         None,
-        "the model's inputs in order: names of x_train.<name> arrays (npz), or name -> columns (parquet); null: as in the file",
+        "the model's inputs in order: names of x_train.<name> arrays (npz), or name -> columns (parquet); null: as "
+        "in the file",
         Rule(
             lambda v: v is None or isinstance(v, (tuple, dict)),
             "must be a list of names (npz) or a mapping name -> columns (parquet)",
@@ -209,7 +220,9 @@ class DataSettings(Section):
         None, "one input from these columns; null: every numeric or list column but label and split"
     )
     split_column: str | None = setting(None, "a column of train / val; null: hold out data.val_fraction of the rows")
-    group_column: str | None = setting(None, "integer group ids; the validation rows' ids define influence.queries=groups")
+    group_column: str | None = setting(
+        None, "integer group ids; the validation rows' ids define influence.queries=groups"
+    )
 
 
 @dataclass(frozen=True)
@@ -247,8 +260,11 @@ class OptimizerSettings(Section):
         0.1, "starting value of the squared-gradient accumulators", NON_NEGATIVE, keyed_at_default=False
     )
     weight_decay: float | None = setting(
-        None, "decoupled weight decay, w -= lr * weight_decay * w each step; null: the optimizer's Keras default "
-        "(adamw 0.004, others none)", NON_NEGATIVE, keyed_at_default=False
+        None,
+        "decoupled weight decay, w -= lr * weight_decay * w each step; null: the optimizer's Keras default "
+        "(adamw 0.004, others none)",
+        NON_NEGATIVE,
+        keyed_at_default=False,
     )
     clipnorm: float | None = setting(None, "clip each gradient tensor to this norm", POSITIVE, keyed_at_default=False)
     clipvalue: float | None = setting(None, "clip gradient entries to [-v, v]", POSITIVE, keyed_at_default=False)
@@ -257,15 +273,21 @@ class OptimizerSettings(Section):
     )
     schedule: str = setting(
         "constant",
-        f"the learning-rate schedule: {', '.join(LR_SCHEDULES)}, or package.module:Class (a Keras LearningRateSchedule)",
-        Rule(lambda v: v in LR_SCHEDULES or ":" in str(v), f"must be one of {', '.join(LR_SCHEDULES)} or 'package.module:Class'"),
+        f"the learning-rate schedule: {', '.join(LR_SCHEDULES)}, or package.module:Class (a Keras "
+        "LearningRateSchedule)",
+        Rule(
+            lambda v: v in LR_SCHEDULES or ":" in str(v),
+            f"must be one of {', '.join(LR_SCHEDULES)} or 'package.module:Class'",
+        ),
         keyed_at_default=False,
     )
     warmup_steps: int | None = setting(
         None, "warmup_cosine: steps of linear warm-up to lr", NON_NEGATIVE_INT, keyed_at_default=False
     )
     alpha: float | None = setting(None, "cosine, warmup_cosine: final lr as a fraction of lr", keyed_at_default=False)
-    decay_steps: int | None = setting(None, "exponential: steps per decay_rate factor", POSITIVE_INT, keyed_at_default=False)
+    decay_steps: int | None = setting(
+        None, "exponential: steps per decay_rate factor", POSITIVE_INT, keyed_at_default=False
+    )
     decay_rate: float | None = setting(None, "exponential: factor per decay_steps", POSITIVE, keyed_at_default=False)
     staircase: bool | None = setting(None, "exponential: decay in whole steps of decay_steps", keyed_at_default=False)
     boundaries: tuple[int, ...] | None = setting(
@@ -275,8 +297,10 @@ class OptimizerSettings(Section):
         None, "piecewise: the learning rates, one more than boundaries", keyed_at_default=False
     )
     schedule_args: Any = setting(
-        None, "other parameters of the schedule as a mapping (one_cycle: pct_start, div_factor, final_div_factor; "
-        "a package.module:Class schedule: its constructor's)", keyed_at_default=False
+        None,
+        "other parameters of the schedule as a mapping (one_cycle: pct_start, div_factor, final_div_factor; "
+        "a package.module:Class schedule: its constructor's)",
+        keyed_at_default=False,
     )
 
     def __post_init__(self) -> None:
@@ -284,19 +308,26 @@ class OptimizerSettings(Section):
         args = self.schedule_args
         if isinstance(args, dict):
             object.__setattr__(self, "schedule_args", tuple(sorted(args.items())))
-        elif args is not None and not (isinstance(args, tuple) and all(isinstance(a, tuple) and len(a) == 2 for a in args)):
+        elif args is not None and not (
+            isinstance(args, tuple) and all(isinstance(a, tuple) and len(a) == 2 for a in args)
+        ):
             raise ConfigError(f"optimizer.schedule_args={_shown(args)}: must be a mapping or null")
 
     def schedule_params(self) -> dict[str, Any]:
         """The schedule's parameters that are set: the schedule settings that are not null, and schedule_args."""
-        named = {k: getattr(self, k) for k in SCHEDULE_SETTINGS if k != "schedule_args" and getattr(self, k) is not None}
+        named = {
+            k: getattr(self, k) for k in SCHEDULE_SETTINGS if k != "schedule_args" and getattr(self, k) is not None
+        }
         extra = dict(self.schedule_args or {})
         return {**named, **{k: list(v) if isinstance(v, tuple) else v for k, v in extra.items()}}
 
     def together(self, settings: Settings | None) -> None:
         clips = [k for k in ("clipnorm", "clipvalue", "global_clipnorm") if getattr(self, k) is not None]
-        _check(len(clips) <= 1, f"optimizer.{clips[-1] if clips else ''}: set at most one of optimizer.clipnorm, "
-               f"optimizer.clipvalue and optimizer.global_clipnorm (got {', '.join(clips)})")
+        _check(
+            len(clips) <= 1,
+            f"optimizer.{clips[-1] if clips else ''}: set at most one of optimizer.clipnorm, "
+            f"optimizer.clipvalue and optimizer.global_clipnorm (got {', '.join(clips)})",
+        )
         if self.schedule not in LR_SCHEDULES:
             return
         required, optional = LR_SCHEDULES[self.schedule]
@@ -304,8 +335,10 @@ class OptimizerSettings(Section):
         params = self.schedule_params()
         reads = ", ".join(label(k) for k in (*required, *optional)) or "none"
         for name in params:
-            _check(name in required or name in optional,
-                   f"{label(name)}: not a parameter of optimizer.schedule={self.schedule} (it reads: {reads})")
+            _check(
+                name in required or name in optional,
+                f"{label(name)}: not a parameter of optimizer.schedule={self.schedule} (it reads: {reads})",
+            )
         for name in required:
             _check(name in params, f"{label(name)}: required by optimizer.schedule={self.schedule}")
 
@@ -323,23 +356,33 @@ class TrainSettings(Section):
     loss: str | None = setting(
         None, "the training loss: a built-in loss of the task or module:function; null: the task's default"
     )
-    checkpoint_every: int | None = setting(None, "k: store the state every k steps; null: about sqrt(total steps)", POSITIVE_INT)
+    checkpoint_every: int | None = setting(
+        None, "k: store the state every k steps; null: about sqrt(total steps)", POSITIVE_INT
+    )
     label_smoothing: float = setting(
-        0.0, "cross-entropy against (1 - s) one_hot + s / classes, as keras.losses.CategoricalCrossentropy "
-        "(training loss only; E stays unsmoothed)", BELOW_ONE, keyed_at_default=False
+        0.0,
+        "cross-entropy against (1 - s) one_hot + s / classes, as keras.losses.CategoricalCrossentropy "
+        "(training loss only; E stays unsmoothed)",
+        BELOW_ONE,
+        keyed_at_default=False,
     )
 
     def together(self, settings: Settings | None) -> None:
         if settings is not None:
             _check_loss("train.loss", self.loss, settings.task.name)
             smoothable = settings.task.name == "classification" and self.loss == "cross_entropy"
-            _check(not self.label_smoothing or smoothable,
-                   f"train.label_smoothing={self.label_smoothing}: needs train.loss=cross_entropy on a classification task")
+            _check(
+                not self.label_smoothing or smoothable,
+                f"train.label_smoothing={self.label_smoothing}: needs train.loss=cross_entropy on a classification "
+                "task",
+            )
 
 
 @dataclass(frozen=True)
 class InfluenceSettings(Section):
-    method: str = setting("trajectory", "how samples are scored (the options of influence=)", one_of(METHODS), changes=(RESULTS,))
+    method: str = setting(
+        "trajectory", "how samples are scored (the options of influence=)", one_of(METHODS), changes=(RESULTS,)
+    )
     objective: str | None = setting(
         None,
         "the validation objective E: a built-in loss of the task or module:function; null: the task's default",
@@ -357,11 +400,15 @@ class InfluenceSettings(Section):
     )
     shard_size: int = setting(1024, "training samples per Parquet part", POSITIVE_INT, changes=(RESULTS,))
     batch_size: int = setting(
-        128, "samples per vectorized kernel call (trak: per per-sample gradient batch)", POSITIVE_INT, changes=(RESULTS,)
+        128,
+        "samples per vectorized kernel call (trak: per per-sample gradient batch)",
+        POSITIVE_INT,
+        changes=(RESULTS,),
     )
     queries: str = setting(
         "mean",
-        "mean (one objective E) or one objective per validation sample (per_sample), class (per_class) or group (groups)",
+        "mean (one objective E) or one objective per validation sample (per_sample), class (per_class) or group "
+        "(groups)",
         one_of(QUERY_KINDS),
         changes=(QUERIES,),
     )
@@ -369,7 +416,10 @@ class InfluenceSettings(Section):
         None, "validation sample ids, classes or group ids queried; null: all", IDS, DISTINCT, changes=(QUERIES,)
     )
     query_batch: int = setting(
-        64, "queries per reverse sweep and per part (memory: query_batch x model state)", POSITIVE_INT, changes=(RESULTS,)
+        64,
+        "queries per reverse sweep and per part (memory: query_batch x model state)",
+        POSITIVE_INT,
+        changes=(RESULTS,),
     )
     query_input_grad: bool = setting(
         False, "also dE_q/d x_i per query (memory: query_batch x N x input size)", changes=(QUERIES,)
@@ -395,10 +445,16 @@ class InfluenceSettings(Section):
         changes=(SCORES, FEATURES),
     )
     damping: float = setting(
-        1e-6, "lambda of the kernel Phi^T Phi + lambda I, relative to its mean diagonal", NON_NEGATIVE, changes=(SCORES,)
+        1e-6,
+        "lambda of the kernel Phi^T Phi + lambda I, relative to its mean diagonal",
+        NON_NEGATIVE,
+        changes=(SCORES,),
     )
     feature_dtype: str = setting(
-        "float32", "how features are kept on disk: float32 or float16", one_of(FEATURE_DTYPES), changes=(SCORES, FEATURES)
+        "float32",
+        "how features are kept on disk: float32 or float16",
+        one_of(FEATURE_DTYPES),
+        changes=(SCORES, FEATURES),
     )
 
     def together(self, settings: Settings | None) -> None:
@@ -436,7 +492,12 @@ class VerifySettings(Section):
     ladder: tuple[float, ...] = setting(
         (1e-4, 1e-3, 1e-2, 1e-1, 1.0),
         "s: weights moved from 1 to 1 - s (1 = removal)",
-        each(lambda s: _is_number(s) and 0 < s <= 1, "must be increasing numbers in (0, 1]", non_empty=True, increasing=True),
+        each(
+            lambda s: _is_number(s) and 0 < s <= 1,
+            "must be increasing numbers in (0, 1]",
+            non_empty=True,
+            increasing=True,
+        ),
     )
     group_fractions: tuple[float, ...] = setting(
         (0.01, 0.05),
@@ -455,7 +516,8 @@ class VerifySettings(Section):
 @dataclass(frozen=True)
 class ClusterSettings(Section):
     address: str | None = setting(
-        None, "null: a private local Ray on 127.0.0.1 with token authentication; auto: join the running cluster; ray://host:port"
+        None,
+        "null: a private local Ray on 127.0.0.1 with token authentication; auto: join the running cluster; ray://host:port",
     )
     num_cpus: int | None = setting(None, "CPUs of a local Ray; null: all", POSITIVE_INT)
     cpus_per_task: float = setting(1.0, "CPUs per task and per actor", POSITIVE)
@@ -478,7 +540,9 @@ class AggregateSettings(Section):
 @dataclass(frozen=True)
 class OutputSettings(Section):
     dir: str = setting("outputs/default", "the run directory: a rerun resumes, other settings are refused", NOT_EMPTY)
-    overwrite: bool = setting(False, "true: other settings replace the run in output.dir (only what a run wrote is removed)")
+    overwrite: bool = setting(
+        False, "true: other settings replace the run in output.dir (only what a run wrote is removed)"
+    )
 
 
 @dataclass(frozen=True)
@@ -503,7 +567,9 @@ class EvaluationSettings(Section):
     )
     truncated_epochs: int = setting(1, "influence.horizon of truncated, in epochs", POSITIVE_INT)
     n_loo: int = setting(20, "same-seed leave-one-out samples (seed 0's schedule)", NON_NEGATIVE_INT)
-    same_seed_drops: tuple[float, ...] = setting((0.01, 0.05, 0.1, 0.5), "LDS on seed 0's schedule: fractions removed", FRACTIONS)
+    same_seed_drops: tuple[float, ...] = setting(
+        (0.01, 0.05, 0.1, 0.5), "LDS on seed 0's schedule: fractions removed", FRACTIONS
+    )
     cross_seed_drops: tuple[float, ...] = setting(
         (0.1, 0.5), "LDS against targets averaged over R fresh seeds: fractions removed", FRACTIONS
     )
@@ -529,7 +595,8 @@ class EvaluationSettings(Section):
     results: str = setting("docs/results", "<name>.parquet and <name>.md; docs/results.md gathers them", NOT_EMPTY)
     peer_scores: str | None = setting(
         None,
-        "scores of an outside reference on the same data (scripts/peers: model, sample_id, score with positive = helpful), "
+        "scores of an outside reference on the same data (scripts/peers: model, sample_id, score with positive = "
+        "helpful), "
         "compared on the same targets; null: none",
     )
 
@@ -678,12 +745,15 @@ def _check_loss(setting_name: str, value: str | None, task: str) -> None:
     known = TASK_LOSSES[task]
     if ":" in str(value):
         module_name, _, attr = str(value).partition(":")
-        _check(bool(module_name) and attr.isidentifier(), f"{setting_name}={value!r}: expected 'package.module:function'")
+        _check(
+            bool(module_name) and attr.isidentifier(), f"{setting_name}={value!r}: expected 'package.module:function'"
+        )
         return
     other = next((t for t, names in TASK_LOSSES.items() if value in names and t != task), None)
     hint = f"; {value} is a {other} loss (set task={other})" if other else ""
     _check(
-        value in known, f"{setting_name}={value!r}: unknown for task={task} (known: {', '.join(known)}, or module:function){hint}"
+        value in known,
+        f"{setting_name}={value!r}: unknown for task={task} (known: {', '.join(known)}, or module:function){hint}",
     )
 
 
@@ -825,7 +895,9 @@ def register() -> None:
 
     store, grouped, hints = ConfigStore.instance(), groups(), _hints(Settings)
     sections = [name for name, hint in hints.items() if is_dataclass(hint) and name not in grouped]
-    store.store(name="settings", node={**{name: defaults(hints[name]) for name in sections}, **defaults(Settings, ("stages",))})
+    store.store(
+        name="settings", node={**{name: defaults(hints[name]) for name in sections}, **defaults(Settings, ("stages",))}
+    )
     for name, group in grouped.items():
         for option, reads in group.options.items():
             required = {setting: "???" for setting in group.required.get(option, ())}  # Hydra's "required" value

@@ -10,6 +10,8 @@ seed's scale and how far the seeds agree. NumPy only.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 from scipy.stats import rankdata, spearmanr
 
@@ -36,7 +38,7 @@ def combine(scores: np.ndarray, rule: str) -> np.ndarray:
     raise ValueError(f"unknown ensemble rule {rule!r} (known: {', '.join(RULES)})")
 
 
-def pairwise_spearman(scores: np.ndarray, seeds: list[int]) -> list[dict[str, float]]:
+def pairwise_spearman(scores: np.ndarray, seeds: list[int]) -> list[dict[str, Any]]:
     """Spearman correlation of every pair of seeds: [{"seeds": [a, b], "spearman": rho}, ...]."""
     scores = np.asarray(scores, np.float64)
     pairs = []

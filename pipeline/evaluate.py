@@ -22,9 +22,10 @@ import math
 import os
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import hydra
 import numpy as np
@@ -56,8 +57,20 @@ class Rows:
         self.experiment = experiment
         self.rows: list[dict[str, Any]] = []
 
-    def add(self, part: str, method: str, metric: str, value: float, fraction: float = math.nan, ensemble: int = 0) -> None:
-        self.rows.append({"experiment": self.experiment, "part": part, "method": method, "ensemble": ensemble, "fraction": fraction, "metric": metric, "value": float(value)})
+    def add(
+        self, part: str, method: str, metric: str, value: float, fraction: float = math.nan, ensemble: int = 0
+    ) -> None:
+        self.rows.append(
+            {
+                "experiment": self.experiment,
+                "part": part,
+                "method": method,
+                "ensemble": ensemble,
+                "fraction": fraction,
+                "metric": metric,
+                "value": float(value),
+            }
+        )
 
     def table(self) -> pa.Table:
         return pa.Table.from_pylist(self.rows, schema=markdown.SCHEMA)
@@ -66,14 +79,24 @@ class Rows:
 SELF_INFLUENCE = "self_influence"  # the column some methods (trak) add to their parts
 
 
-def score_runs(settings: Settings, methods: tuple[str, ...], n_seeds: int, horizon: int, out: Path) -> dict[str, np.ndarray]:
+def score_runs(
+    settings: Settings, methods: tuple[str, ...], n_seeds: int, horizon: int, out: Path
+) -> dict[str, np.ndarray]:
     """Train + score through the pipeline into `out`, every method on seeds 0..n_seeds-1; returns
     method -> influence [seeds, N], plus "<method> self-influence" for methods whose parts carry it."""
     layout, scores = RunLayout(out), {}
     seeds = tuple(range(n_seeds))
     for method in methods:
-        influence = replace(settings.influence, method=method, horizon=horizon if "horizon" in REGISTRY[method].settings else None)
-        run = replace(settings, influence=influence, train=replace(settings.train, seeds=seeds), output=replace(settings.output, dir=str(out), overwrite=True), stages=("train", "score"))
+        influence = replace(
+            settings.influence, method=method, horizon=horizon if "horizon" in REGISTRY[method].settings else None
+        )
+        run = replace(
+            settings,
+            influence=influence,
+            train=replace(settings.train, seeds=seeds),
+            output=replace(settings.output, dir=str(out), overwrite=True),
+            stages=("train", "score"),
+        )
         execute(run)
         tables = [read_parts(layout.score_parts(method, s)).sort_by("sample_id") for s in seeds]
         scores[method] = np.stack([t["influence"].to_numpy() for t in tables])
@@ -86,7 +109,13 @@ def seconds_per_model(out: Path, method: str, n_seeds: int) -> np.ndarray:
     """[n_seeds] CPU seconds (process time, robust to a busy machine) of training plus the method's scoring, per
     seed (from the run's summaries)."""
     layout = RunLayout(out)
-    return np.array([read_json(layout.train_summary(s))["cpu_seconds"] + read_json(layout.score_summary(method, s))["cpu_seconds"] for s in range(n_seeds)])
+    return np.array(
+        [
+            read_json(layout.train_summary(s))["cpu_seconds"]
+            + read_json(layout.score_summary(method, s))["cpu_seconds"]
+            for s in range(n_seeds)
+        ]
+    )
 
 
 def peer_scores(path: Path, n_train: int) -> tuple[str, np.ndarray, np.ndarray]:
@@ -98,7 +127,10 @@ def peer_scores(path: Path, n_train: int) -> tuple[str, np.ndarray, np.ndarray]:
     for row, model in enumerate(models):
         part = table.filter(pc.equal(table["model"], model)).sort_by("sample_id")
         if not np.array_equal(part["sample_id"].to_numpy(), np.arange(n_train)):
-            raise UserInputError(f"evaluation.peer_scores={path}: model {model} does not score every one of the {n_train} training samples once")
+            raise UserInputError(
+                f"evaluation.peer_scores={path}: model {model} does not score every one of the {n_train} training "
+                "samples once"
+            )
         scores[row] = -part["score"].to_numpy()
     timing = pq.read_table(path.with_name(f"{path.stem}_models.parquet")).to_pandas().set_index("model").loc[models]
     seconds = (timing["cpu_seconds_train"] + timing["cpu_seconds_attribute"]).to_numpy()  # process time: load-proof
@@ -118,20 +150,40 @@ def ranked_scores(scores: dict[str, np.ndarray], largest: int) -> dict[str, np.n
     return out
 
 
-def ensemble_rows(rows: Rows, name: str, values: np.ndarray, masks: np.ndarray, target: np.ndarray, drop: float, sizes: tuple[int, ...]) -> None:
+def ensemble_rows(
+    rows: Rows,
+    name: str,
+    values: np.ndarray,
+    masks: np.ndarray,
+    target: np.ndarray,
+    drop: float,
+    sizes: tuple[int, ...],
+) -> None:
     """LDS of one method's ensembles of K = each size (mean and standardized rules, seeds 0..K-1), and over
     disjoint groups of K seeds (mean and standard error of the groups' LDS: single seeds are noisy)."""
     for k in (k for k in sizes if k <= values.shape[0]):
         for rule in ("mean", "standardized"):
             label = name if rule == "mean" else f"{name} standardized"
             rows.add("ensemble", label, "lds", stats.lds(masks, ensembles.combine(values[:k], rule), target), drop, k)
-        groups = [stats.lds(masks, ensembles.combine(values[g * k : (g + 1) * k], "mean"), target) for g in range(values.shape[0] // k)]
+        groups = [
+            stats.lds(masks, ensembles.combine(values[g * k : (g + 1) * k], "mean"), target)
+            for g in range(values.shape[0] // k)
+        ]
         rows.add("ensemble_groups", name, "lds_mean", float(np.mean(groups)), drop, k)
-        rows.add("ensemble_groups", name, "lds_se", float(np.std(groups, ddof=1) / math.sqrt(len(groups))) if len(groups) > 1 else math.nan, drop, k)
+        rows.add(
+            "ensemble_groups",
+            name,
+            "lds_se",
+            float(np.std(groups, ddof=1) / math.sqrt(len(groups))) if len(groups) > 1 else math.nan,
+            drop,
+            k,
+        )
         rows.add("ensemble_groups", name, "groups", len(groups), drop, k)
 
 
-def equal_compute_rows(rows: Rows, seconds: dict[str, float], reference: str, drops: tuple[float, ...], sizes: tuple[int, ...]) -> None:
+def equal_compute_rows(
+    rows: Rows, seconds: dict[str, float], reference: str, drops: tuple[float, ...], sizes: tuple[int, ...]
+) -> None:
     """For the compute of `reference` at each K: every method's best ensemble (either rule) within that many
     seconds, K' = floor(budget / its seconds per model), and its LDS (from the rows already recorded)."""
     f = markdown.Figures(rows.table())
@@ -142,7 +194,10 @@ def equal_compute_rows(rows: Rows, seconds: dict[str, float], reference: str, dr
             if not fits:
                 continue
             for drop in drops:
-                best = max((f.get("ensemble", label, "lds", drop, fits[-1]), label) for label in (method, f"{method} standardized"))
+                best = max(
+                    (f.get("ensemble", label, "lds", drop, fits[-1]), label)
+                    for label in (method, f"{method} standardized")
+                )
                 rows.add("equal_compute", best[1], "lds", best[0], drop, k)
                 rows.add("equal_compute", best[1], "k", fits[-1], drop, k)
 
@@ -162,7 +217,9 @@ class Retrainer:
     def fresh(self, seeds: list[int], masks: list[np.ndarray], desc: str) -> np.ndarray:
         """[len(masks), len(seeds)] E after training each fresh seed with each mask as eps (grouped by
         seed, so a worker reuses the seed's compiled model)."""
-        values = self._run(fresh_objective, [(self.settings, self.dataset_ref, s, m) for s in seeds for m in masks], desc)
+        values = self._run(
+            fresh_objective, [(self.settings, self.dataset_ref, s, m) for s in seeds for m in masks], desc
+        )
         return values.reshape(len(seeds), len(masks)).T
 
     def _run(self, fn: Callable[..., float], calls: list[tuple], desc: str) -> np.ndarray:
@@ -187,15 +244,23 @@ def evaluate(settings: Settings, ev: EvaluationSettings) -> Rows:
 
     scores = score_runs(settings, ev.methods, largest, horizon, root / "main")
     seconds = {m: float(seconds_per_model(root / "main", m, largest).mean()) for m in ev.methods}
-    compared = ranked_scores({m: v for m, v in scores.items() if not m.endswith("self-influence")}, largest) | {"random": rng.normal(size=n)}
+    compared = ranked_scores({m: v for m, v in scores.items() if not m.endswith("self-influence")}, largest) | {
+        "random": rng.normal(size=n)
+    }
     retrainer = Retrainer(settings, ray.put(dataset))
-    main_run = replace(settings, train=replace(settings.train, seeds=(0,)), output=replace(settings.output, dir=str(root / "main")))
+    main_run = replace(
+        settings, train=replace(settings.train, seeds=(0,)), output=replace(settings.output, dir=str(root / "main"))
+    )
     e_seed0 = read_json(RunLayout(root / "main").train_summary(0))["val_objective"]
 
     # Same seed: leave-one-out and LDS on seed 0's recorded schedule.
     loo_ids = rng.choice(n, min(ev.n_loo, n), replace=False)
     same_masks = {drop: stats.kept_masks(rng, n, drop, ev.n_subsets) for drop in ev.same_seed_drops}
-    plan = [np.ones(n)] + [stats.removal_mask(n, np.array([i])) for i in loo_ids] + [m for drop in ev.same_seed_drops for m in same_masks[drop]]
+    plan = (
+        [np.ones(n)]
+        + [stats.removal_mask(n, np.array([i])) for i in loo_ids]
+        + [m for drop in ev.same_seed_drops for m in same_masks[drop]]
+    )
     measured = iter(retrainer.same_seed(main_run, plan, f"{ev.name}: same-seed retrainings"))
     base = next(measured)
     loo_change = np.array([next(measured) for _ in loo_ids]) - base
@@ -215,14 +280,19 @@ def evaluate(settings: Settings, ev: EvaluationSettings) -> Rows:
     fresh_seeds = [ev.first_retrain_seed + r for r in range(ev.retrain_seeds)]
     cross_masks = {drop: stats.kept_masks(rng, n, drop, ev.n_subsets) for drop in ev.cross_seed_drops}
     removals = removal_sets(compared, n, ev, rng)
-    plan = [np.ones(n)] + [m for drop in ev.cross_seed_drops for m in cross_masks[drop]] + [mask for *_, mask in removals]
+    plan = (
+        [np.ones(n)] + [m for drop in ev.cross_seed_drops for m in cross_masks[drop]] + [mask for *_, mask in removals]
+    )
     fresh = iter(retrainer.fresh(fresh_seeds, plan, f"{ev.name}: fresh-seed retrainings"))
     full = next(fresh)
     cross_e = {drop: np.stack([next(fresh) for _ in range(ev.n_subsets)]) for drop in ev.cross_seed_drops}
     if ev.peer_scores:  # read only now: the outside reference is compared on the targets, not in the removals
         peer, peer_values, peer_seconds = peer_scores(Path(ev.peer_scores), n)
         scores[peer], seconds[peer] = peer_values[:largest], float(peer_seconds[:largest].mean())
-        compared |= {f"{peer} K=1": peer_values[0], f"{peer} K={largest}": ensembles.combine(peer_values[:largest], "mean")}
+        compared |= {
+            f"{peer} K=1": peer_values[0],
+            f"{peer} K={largest}": ensembles.combine(peer_values[:largest], "mean"),
+        }
     for drop, values in cross_e.items():
         reliability = stats.split_half_reliability(values, ev.reliability_splits, rng)
         rows.add("cross_seed", "-", "reliability", reliability, drop)
@@ -248,14 +318,22 @@ def evaluate(settings: Settings, ev: EvaluationSettings) -> Rows:
     if dataset.task == "classification":
         flip_rows(rows, settings, dataset, ev, horizon, root, rng)
     for metric, value in {
-        "N": n, "E_seed0": e_seed0, "E_fresh_mean": full.mean(), "E_fresh_sd": full.std(ddof=1), "R": ev.retrain_seeds,
-        "horizon_steps": horizon, "retrainings": retrainer.count, "retrain_seconds": retrainer.seconds,
+        "N": n,
+        "E_seed0": e_seed0,
+        "E_fresh_mean": full.mean(),
+        "E_fresh_sd": full.std(ddof=1),
+        "R": ev.retrain_seeds,
+        "horizon_steps": horizon,
+        "retrainings": retrainer.count,
+        "retrain_seconds": retrainer.seconds,
     }.items():
         rows.add("context", "-", metric, value)
     return rows
 
 
-def removal_sets(compared: dict[str, np.ndarray], n: int, ev: EvaluationSettings, rng: np.random.Generator) -> list[tuple[str, str, float, np.ndarray]]:
+def removal_sets(
+    compared: dict[str, np.ndarray], n: int, ev: EvaluationSettings, rng: np.random.Generator
+) -> list[tuple[str, str, float, np.ndarray]]:
     """(method, direction, k, kept mask) of every removal: the k highest scores of each method (for
     `loss` the highest training losses) as "harmful", the k lowest of each validation-based method as
     "helpful", and k random samples (listed as harmful)."""
@@ -273,17 +351,29 @@ def removal_sets(compared: dict[str, np.ndarray], n: int, ev: EvaluationSettings
     return out
 
 
-def flip_rows(rows: Rows, settings: Settings, dataset: Dataset, ev: EvaluationSettings, horizon: int, root: Path, rng: np.random.Generator) -> None:
+def flip_rows(
+    rows: Rows,
+    settings: Settings,
+    dataset: Dataset,
+    ev: EvaluationSettings,
+    horizon: int,
+    root: Path,
+    rng: np.random.Generator,
+) -> None:
     """Flip evaluation.flip_fraction of the training labels, score every method on that data and record
     how well each finds the flips (AUC, share found among the top 10/20/30%)."""
     y, flipped = stats.flip_labels(rng, dataset.y_train, int(dataset.num_classes), ev.flip_fraction)
     path = root / "flipped.npz"
     single = dataset.input_names == (SINGLE_INPUT,)
-    arrays = {("x_train" if single else f"x_train.{k}"): v for k, v in dataset.x_train.items()} | {("x_val" if single else f"x_val.{k}"): v for k, v in dataset.x_val.items()}
-    np.savez(path, y_train=y, y_val=dataset.y_val, **arrays)
+    arrays = {("x_train" if single else f"x_train.{k}"): v for k, v in dataset.x_train.items()} | {
+        ("x_val" if single else f"x_val.{k}"): v for k, v in dataset.x_val.items()
+    }
+    np.savez(path, y_train=y, y_val=dataset.y_val, **arrays)  # type: ignore[arg-type]  # numpy stub: **arrays may not be allow_pickle
     data = DataSettings(source="npz", path=str(path), inputs=None if single else dataset.input_names)
     scores = score_runs(replace(settings, data=data), ev.methods, ev.flip_seeds, horizon, root / "flipped")
-    compared = {m: ensembles.combine(v, "standardized") for m, v in scores.items()} | {"random": rng.normal(size=dataset.n_train)}
+    compared = {m: ensembles.combine(v, "standardized") for m, v in scores.items()} | {
+        "random": rng.normal(size=dataset.n_train)
+    }
     for method, values in compared.items():
         rows.add("flips", method, "auc", metrics.roc_auc(values, flipped))
         for share in INSPECTED:

@@ -14,8 +14,9 @@ on the driver.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 # A kernel's argument: runtime.seed.SeedRun, one trained seed as a worker loads it. Named, not imported (not even for
 # type checking): config validates against this registry and the runtime imports config, so an import closes a circle.
@@ -31,7 +32,7 @@ class Method:
     exact: bool  # True: the exact derivative of this retraining (what the verify gradcheck checks)
     settings: tuple[str, ...]  # influence.<setting> names that change the scores (part of the artifact key)
     description: str
-    kernel: Callable[["SeedRun"], ScoreFn] | None = None  # sharded methods only
+    kernel: Callable[[SeedRun], ScoreFn] | None = None  # sharded methods only
     features: bool = False  # True: the features map-reduce of stages.score_trak
     queries: bool = False  # True: influence.queries per_sample / per_class / groups are supported
     # what its scores are about: "validation" (a derivative of the validation objective E, or an estimate of one),
@@ -41,33 +42,36 @@ class Method:
 
     @property
     def options(self) -> tuple[str, ...]:
-        """The influence.* settings that apply to this method: the keys `influence=<name>` composes (config.register)."""
-        run = ("state_memory",) if self.sweep else ("shard_size", "batch_size")  # kept states; shards and kernel batches
+        """The influence.* settings that apply to this method:
+        the keys `influence=<name>` composes (config.register)."""
+        run = (
+            ("state_memory",) if self.sweep else ("shard_size", "batch_size")
+        )  # kept states; shards and kernel batches
         queries = ("query_ids", "query_batch", *(() if self.features else ("query_input_grad",)), "query_top_k")
         own = tuple(s for s in self.settings if s != "objective")
         return ("method", "objective", *own, *run, "queries", *(queries if self.queries else ()))
 
 
-def _lookahead(run: "SeedRun") -> ScoreFn:
+def _lookahead(run: SeedRun) -> ScoreFn:
     lr, last = float(run.schedule.lr[-1]), run.steps[-1]
     steps = run.settings.influence.steps
     return lambda x, y: run.scorer.lookahead(run.final, x, y, run.x_val, run.y_val, lr=lr, first_step=last, steps=steps)
 
 
-def _tracin(run: "SeedRun") -> ScoreFn:
+def _tracin(run: SeedRun) -> ScoreFn:
     checkpoints = run.scorer.checkpoints(run.states, run.steps, run.schedule.lr, run.n_train, run.x_val, run.y_val)
     return lambda x, y: run.scorer.tracin(checkpoints, x, y)
 
 
-def _loss(run: "SeedRun") -> ScoreFn:
+def _loss(run: SeedRun) -> ScoreFn:
     return lambda x, y: run.scorer.loss(run.final, x, y)
 
 
-def _saliency(run: "SeedRun") -> ScoreFn:
+def _saliency(run: SeedRun) -> ScoreFn:
     return lambda x, y: run.scorer.saliency(run.final, x, y)
 
 
-def _sensitivity(run: "SeedRun") -> ScoreFn:
+def _sensitivity(run: SeedRun) -> ScoreFn:
     weights = run.output_weights
     return lambda x, y: run.scorer.sensitivity(run.final, x, weights)
 
@@ -75,13 +79,59 @@ def _sensitivity(run: "SeedRun") -> ScoreFn:
 REGISTRY: dict[str, Method] = {
     m.name: m
     for m in (
-        Method("trajectory", True, True, ("objective",), "exact dE/d eps_i and dE/d x_i through the recorded training run", queries=True),
-        Method("truncated", True, False, ("objective", "horizon"), "dE/d eps_i and dE/d x_i through the last influence.horizon steps only"),
-        Method("lookahead", False, False, ("objective", "steps"), "K more optimizer steps on sample i alone, then E", _lookahead),
+        Method(
+            "trajectory",
+            True,
+            True,
+            ("objective",),
+            "exact dE/d eps_i and dE/d x_i through the recorded training run",
+            queries=True,
+        ),
+        Method(
+            "truncated",
+            True,
+            False,
+            ("objective", "horizon"),
+            "dE/d eps_i and dE/d x_i through the last influence.horizon steps only",
+        ),
+        Method(
+            "lookahead",
+            False,
+            False,
+            ("objective", "steps"),
+            "K more optimizer steps on sample i alone, then E",
+            _lookahead,
+        ),
         Method("tracin", False, False, ("objective",), "sum over checkpoints of -lr grad E . grad loss_i", _tracin),
-        Method("loss", False, False, (), "final training loss (ranking baseline)", _loss, measures="training loss", signed=False),
-        Method("saliency", False, False, (), "|d loss_i / d x_i| of the final model (ranking baseline)", _saliency, measures="training loss", signed=False),
-        Method("sensitivity", False, False, ("output_weights",), "d (w . output) / d x_i of the trained model", _sensitivity, measures="output"),
+        Method(
+            "loss",
+            False,
+            False,
+            (),
+            "final training loss (ranking baseline)",
+            _loss,
+            measures="training loss",
+            signed=False,
+        ),
+        Method(
+            "saliency",
+            False,
+            False,
+            (),
+            "|d loss_i / d x_i| of the final model (ranking baseline)",
+            _saliency,
+            measures="training loss",
+            signed=False,
+        ),
+        Method(
+            "sensitivity",
+            False,
+            False,
+            ("output_weights",),
+            "d (w . output) / d x_i of the trained model",
+            _sensitivity,
+            measures="output",
+        ),
         Method(
             "trak",
             False,

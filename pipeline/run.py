@@ -41,7 +41,9 @@ INTERRUPTED = "interrupted; rerun the same command to resume"
 
 def data_fingerprint(dataset: Dataset) -> str:
     """The task, the model's input order and a content hash of every train and validation array (io.fingerprint)."""
-    arrays = {f"x_train.{k}": v for k, v in dataset.x_train.items()} | {f"x_val.{k}": v for k, v in dataset.x_val.items()}
+    arrays = {f"x_train.{k}": v for k, v in dataset.x_train.items()} | {
+        f"x_val.{k}": v for k, v in dataset.x_val.items()
+    }
     order = ",".join(dataset.input_names)
     return f"{dataset.task}:{order}:{fingerprint(arrays | {'y_train': dataset.y_train, 'y_val': dataset.y_val})}"
 
@@ -59,7 +61,9 @@ def execute(settings: Settings) -> dict[str, Any]:
     _check_run_dir(layout, settings.output.overwrite)
     dataset = load_dataset(settings.data, settings.task.name)
     if settings.train.batch_size > dataset.n_train:
-        raise ConfigError(f"train.batch_size={settings.train.batch_size}: larger than the {dataset.n_train} training samples")
+        raise ConfigError(
+            f"train.batch_size={settings.train.batch_size}: larger than the {dataset.n_train} training samples"
+        )
     if settings.influence.queries != "mean":
         queries.query_ids(settings, dataset)  # refuses ids the validation set does not have
     print(f"[data] {describe(dataset)}")
@@ -72,7 +76,13 @@ def execute(settings: Settings) -> dict[str, Any]:
         context = _claim_artifacts(settings, dataset, data_key, layout)
         if ray_context is not None:
             context.task_options, context.dataset_ref = ray_context
-        extra = {"data_fingerprint": data_key, "trajectory_key": context.trajectory_key, "score_key": context.score_key, "queries_key": context.queries_key, "data": dataset.summary()}
+        extra = {
+            "data_fingerprint": data_key,
+            "trajectory_key": context.trajectory_key,
+            "score_key": context.score_key,
+            "queries_key": context.queries_key,
+            "data": dataset.summary(),
+        }
         manifest = Manifest.open(layout, settings, extra)
         try:
             for stage in in_order(settings.stages):
@@ -154,7 +164,14 @@ def _claim_artifacts(settings: Settings, dataset: Dataset, data_key: str, layout
     overwrite = settings.output.overwrite
     trajectory = arguments.trajectory_arguments(settings, data_key)
     derived = [*layout.derived_dirs, *layout.result_files, layout.success]
-    reused = arguments.claim(layout.root, layout.trajectory_arguments, trajectory, "a trajectory", overwrite, [layout.trajectory_dir, *derived])
+    reused = arguments.claim(
+        layout.root,
+        layout.trajectory_arguments,
+        trajectory,
+        "a trajectory",
+        overwrite,
+        [layout.trajectory_dir, *derived],
+    )
     if not reused:
         for path in derived:
             remove(path)

@@ -13,7 +13,8 @@ which s the derivative is a good model of the training run:
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -56,7 +57,12 @@ def explanation(result: dict[str, Any], settings: dict[str, Any]) -> str:
     """The verdict in words: what the scores predict in this run and what would change it."""
     kind = result["verdict"]
     growth = result.get("perturbation_growth")
-    chaos = f" A relative change of {result['initial_perturbation']:.0e} in the initial weights grew {growth:.3g}x by the end of training." if growth else ""
+    chaos = (
+        f" A relative change of {result['initial_perturbation']:.0e} in the initial weights grew {growth:.3g}x by "
+        "the end of training."
+        if growth
+        else ""
+    )
     if kind == "smooth":
         return (
             "The derivative predicts what removing a single training sample does to validation error in "
@@ -69,7 +75,9 @@ def explanation(result: dict[str, Any], settings: dict[str, Any]) -> str:
         hints.append("smooth activations (tanh) instead of ReLU kinks")
     if train.get("dtype") != "float64":
         hints.append("train.dtype=float64")
-    hints.append("averaging scores over seeds (train.seeds=[0,1,...]), which estimates the expected effect over retrainings")
+    hints.append(
+        "averaging scores over seeds (train.seeds=[0,1,...]), which estimates the expected effect over retrainings"
+    )
     if kind == "groups-only":
         head = (
             "The scores are exact derivatives, but a single sample's removal is not predicted "

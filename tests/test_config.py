@@ -65,10 +65,20 @@ def test_default_config_composes_to_digits_mlp_sgd_trajectory():
         data=DataSettings(source="digits", path=None, val_fraction=0.2, split_seed=0, max_train=None),
         model=ModelSettings(name="mlp", hidden=(64,), activation="tanh", dropout=0.0, batch_norm=False),
         optimizer=OptimizerSettings(name="sgd", lr=0.1),
-        train=TrainSettings(epochs=10, batch_size=32, seeds=(0,), shuffle=True, dtype="float32", loss="cross_entropy", checkpoint_every=None),
+        train=TrainSettings(
+            epochs=10,
+            batch_size=32,
+            seeds=(0,),
+            shuffle=True,
+            dtype="float32",
+            loss="cross_entropy",
+            checkpoint_every=None,
+        ),
         influence=InfluenceSettings(method="trajectory", objective="cross_entropy", output_weights=None),
         verify=VerifySettings(n_gradcheck=6, n_loo=20, fd_step=None, seed=0),
-        cluster=ClusterSettings(address=None, num_cpus=None, cpus_per_task=1.0, gpus_per_task=0.0, tf_threads=1, max_retries=2),
+        cluster=ClusterSettings(
+            address=None, num_cpus=None, cpus_per_task=1.0, gpus_per_task=0.0, tf_threads=1, max_retries=2
+        ),
         output=OutputSettings(dir="outputs/default", overwrite=False),
         stages=("train", "score", "aggregate", "report"),
     )
@@ -88,7 +98,19 @@ def test_yaml_leaves_loss_and_objective_to_the_task():
 
 def test_composed_config_has_no_hydra_node_and_every_section():
     cfg = make_cfg()
-    assert set(cfg.keys()) == {"task", "data", "model", "optimizer", "influence", "cluster", "output", "train", "verify", "aggregate", "stages"}
+    assert set(cfg.keys()) == {
+        "task",
+        "data",
+        "model",
+        "optimizer",
+        "influence",
+        "cluster",
+        "output",
+        "train",
+        "verify",
+        "aggregate",
+        "stages",
+    }
 
 
 # -------------------------------------------------------------------------------------- group choices
@@ -96,37 +118,106 @@ def test_composed_config_has_no_hydra_node_and_every_section():
 GROUP_CASES = [
     (["task=classification"], "task", {"name": "classification"}),
     (["task=regression"], "task", {"name": "regression"}),
-    (["data=digits"], "data", {"source": "digits", "path": None, "val_fraction": 0.2, "split_seed": 0, "max_train": None}),
+    (
+        ["data=digits"],
+        "data",
+        {"source": "digits", "path": None, "val_fraction": 0.2, "split_seed": 0, "max_train": None},
+    ),
     (
         ["data=synthetic"],
         "data",
-        {"source": "synthetic", "n_samples": 2000, "n_features": 20, "n_classes": 3, "n_informative": 10, "val_fraction": 0.2, "split_seed": 0, "max_train": None},
+        {
+            "source": "synthetic",
+            "n_samples": 2000,
+            "n_features": 20,
+            "n_classes": 3,
+            "n_informative": 10,
+            "val_fraction": 0.2,
+            "split_seed": 0,
+            "max_train": None,
+        },
     ),
     (
         ["data=npz", "data.path=/data/mnist.npz"],
         "data",
-        {"source": "npz", "path": "/data/mnist.npz", "inputs": None, "val_from": "test", "val_fraction": 0.2, "split_seed": 0, "max_train": None},
+        {
+            "source": "npz",
+            "path": "/data/mnist.npz",
+            "inputs": None,
+            "val_from": "test",
+            "val_fraction": 0.2,
+            "split_seed": 0,
+            "max_train": None,
+        },
     ),
-    (["data=mnist"], "data", {"source": "mnist", "path": None, "val_fraction": 0.2, "split_seed": 0, "max_train": None}),
+    (
+        ["data=mnist"],
+        "data",
+        {"source": "mnist", "path": None, "val_fraction": 0.2, "split_seed": 0, "max_train": None},
+    ),
     (
         ["data=parquet", "data.path=/data/table.parquet"],
         "data",
-        {"source": "parquet", "path": "/data/table.parquet", "label_column": "label", "feature_columns": None, "inputs": None, "split_column": None, "val_fraction": 0.2},
+        {
+            "source": "parquet",
+            "path": "/data/table.parquet",
+            "label_column": "label",
+            "feature_columns": None,
+            "inputs": None,
+            "split_column": None,
+            "val_fraction": 0.2,
+        },
     ),
     (["model=logistic"], "model", {"name": "logistic"}),
-    (["model=mlp"], "model", {"name": "mlp", "hidden": (64,), "activation": "tanh", "dropout": 0.0, "batch_norm": False}),
-    (["model=cnn"], "model", {"name": "cnn", "filters": (32, 64), "kernel_size": 3, "activation": "relu", "dropout": 0.5}),
-    (["model=custom", "model.builder=mypkg.nets:build"], "model", {"name": "custom", "builder": "mypkg.nets:build", "from_logits": True}),
-    (["model=saved", "model.path=/models/net.keras"], "model", {"name": "saved", "path": "/models/net.keras", "from_logits": True, "builder": None}),
+    (
+        ["model=mlp"],
+        "model",
+        {"name": "mlp", "hidden": (64,), "activation": "tanh", "dropout": 0.0, "batch_norm": False},
+    ),
+    (
+        ["model=cnn"],
+        "model",
+        {"name": "cnn", "filters": (32, 64), "kernel_size": 3, "activation": "relu", "dropout": 0.5},
+    ),
+    (
+        ["model=custom", "model.builder=mypkg.nets:build"],
+        "model",
+        {"name": "custom", "builder": "mypkg.nets:build", "from_logits": True},
+    ),
+    (
+        ["model=saved", "model.path=/models/net.keras"],
+        "model",
+        {"name": "saved", "path": "/models/net.keras", "from_logits": True, "builder": None},
+    ),
     (["optimizer=sgd"], "optimizer", {"name": "sgd", "lr": 0.1}),
     (["optimizer=momentum"], "optimizer", {"name": "momentum", "lr": 0.05, "momentum": 0.9, "nesterov": False}),
     (["optimizer=adam"], "optimizer", {"name": "adam", "lr": 0.001, "beta_1": 0.9, "beta_2": 0.999, "epsilon": 1e-7}),
     (["influence=trajectory"], "influence", {"method": "trajectory", "objective": "cross_entropy"}),
-    (["influence=lookahead"], "influence", {"method": "lookahead", "objective": "cross_entropy", "steps": 1, "shard_size": 1024, "batch_size": 64}),
-    (["influence=tracin"], "influence", {"method": "tracin", "objective": "cross_entropy", "shard_size": 1024, "batch_size": 256}),
-    (["influence=loss"], "influence", {"method": "loss", "objective": "cross_entropy", "shard_size": 1024, "batch_size": 1024}),
-    (["influence=saliency"], "influence", {"method": "saliency", "objective": "cross_entropy", "shard_size": 1024, "batch_size": 1024}),
-    (["influence=sensitivity"], "influence", {"method": "sensitivity", "output_weights": None, "shard_size": 1024, "batch_size": 1024}),
+    (
+        ["influence=lookahead"],
+        "influence",
+        {"method": "lookahead", "objective": "cross_entropy", "steps": 1, "shard_size": 1024, "batch_size": 64},
+    ),
+    (
+        ["influence=tracin"],
+        "influence",
+        {"method": "tracin", "objective": "cross_entropy", "shard_size": 1024, "batch_size": 256},
+    ),
+    (
+        ["influence=loss"],
+        "influence",
+        {"method": "loss", "objective": "cross_entropy", "shard_size": 1024, "batch_size": 1024},
+    ),
+    (
+        ["influence=saliency"],
+        "influence",
+        {"method": "saliency", "objective": "cross_entropy", "shard_size": 1024, "batch_size": 1024},
+    ),
+    (
+        ["influence=sensitivity"],
+        "influence",
+        {"method": "sensitivity", "output_weights": None, "shard_size": 1024, "batch_size": 1024},
+    ),
 ]
 
 
@@ -190,7 +281,9 @@ def test_new_settings_arrive_typed():
     s = make_settings("influence=sensitivity", "influence.output_weights=[1,0.5,-2]")
     assert s.influence.output_weights == (1.0, 0.5, -2.0) and type(s.influence.output_weights) is tuple
     assert all(type(w) is float for w in s.influence.output_weights)  # 1 and 1.0 are one config
-    assert make_settings("influence=sensitivity", "influence.output_weights=[1]") == make_settings("influence=sensitivity", "influence.output_weights=[1.0]")
+    assert make_settings("influence=sensitivity", "influence.output_weights=[1]") == make_settings(
+        "influence=sensitivity", "influence.output_weights=[1.0]"
+    )
     s = make_settings("model=saved", "model.path='~/nets/model.keras'", "model.from_logits=false")
     assert s.model.path == "~/nets/model.keras" and s.model.from_logits is False
 
@@ -215,7 +308,9 @@ def test_explicit_loss_and_objective_are_kept():
 
 def test_explicit_default_equals_null():
     assert make_settings() == make_settings("train.loss=cross_entropy", "influence.objective=cross_entropy")
-    assert make_settings("task=regression") == make_settings("task=regression", "train.loss=mse", "influence.objective=mse")
+    assert make_settings("task=regression") == make_settings(
+        "task=regression", "train.loss=mse", "influence.objective=mse"
+    )
 
 
 @pytest.mark.parametrize("task", ["classification", "regression"])
@@ -289,7 +384,7 @@ def test_checkpoint_every_moved_to_train():
 
 
 def test_methods_come_from_the_registry():
-    assert METHODS == tuple(REGISTRY)
+    assert tuple(REGISTRY) == METHODS
     assert set(METHODS) == {"trajectory", "lookahead", "tracin", "loss", "saliency", "sensitivity", "truncated", "trak"}
 
 
@@ -494,7 +589,9 @@ def test_cli_cfg_job_prints_composed_yaml_without_running():
 def test_state_memory_takes_a_size():
     assert make_settings("influence.state_memory=2GB").influence.state_memory == "2GB"
     assert make_settings("influence=truncated", "influence.state_memory=512MiB").influence.state_memory == "512MiB"
-    assert make_settings("influence.state_memory=2GB").result_hash() == make_settings().result_hash()  # numbers unchanged
+    assert (
+        make_settings("influence.state_memory=2GB").result_hash() == make_settings().result_hash()
+    )  # numbers unchanged
     with pytest.raises(ConfigError, match=r"^influence\.state_memory='lots': must be a size such as 2GB"):
         make_settings("influence.state_memory=lots")
 
@@ -508,7 +605,10 @@ BAD_TYPES = [
     (["model.batch_norm=1"], "model.batch_norm=1: must be true or false"),
     (["train.shuffle=yes"], "train.shuffle='yes': must be true or false"),
     (["optimizer=momentum", "optimizer.nesterov=0"], "optimizer.nesterov=0: must be true or false"),
-    (["model=saved", "model.path=m.keras", "model.from_logits=maybe"], "model.from_logits='maybe': must be true or false"),
+    (
+        ["model=saved", "model.path=m.keras", "model.from_logits=maybe"],
+        "model.from_logits='maybe': must be true or false",
+    ),
     (["influence.query_input_grad=1"], "influence.query_input_grad=1: must be true or false"),
     (["verify.smoothness=off"], "verify.smoothness='off': must be true or false"),
     (["train.epochs=3.0"], "train.epochs=3.0: must be an integer"),
@@ -520,7 +620,10 @@ BAD_TYPES = [
     (["train.dtype=[float32]"], "train.dtype=['float32']: must be a string"),
     (["model.hidden=64"], "model.hidden=64: must be a list of integers"),
     (["train.seeds=[0,true]"], "train.seeds=[0, True]: must be a list of integers"),
-    (["data=parquet", "data.path=t.parquet", "data.feature_columns=a"], "data.feature_columns='a': must be a list of strings or null"),
+    (
+        ["data=parquet", "data.path=t.parquet", "data.feature_columns=a"],
+        "data.feature_columns='a': must be a list of strings or null",
+    ),
 ]
 
 
@@ -534,8 +637,15 @@ def test_a_value_of_the_wrong_type_is_refused_in_one_line(overrides, message):
 def test_every_bool_setting_takes_only_true_or_false():
     """Every bool field of every section, present and future, is checked by its type, not by a list of names."""
     sections = {f.name: f.default_factory for f in fields(Settings) if is_dataclass(f.default_factory)}
-    flags = [f"{name}.{field}" for name, cls in sections.items() for field, hint in get_type_hints(cls).items() if hint is bool]
-    assert {"output.overwrite", "model.batch_norm", "model.from_logits", "optimizer.nesterov", "train.shuffle"} <= set(flags)
+    flags = [
+        f"{name}.{field}"
+        for name, cls in sections.items()
+        for field, hint in get_type_hints(cls).items()
+        if hint is bool
+    ]
+    assert {"output.overwrite", "model.batch_norm", "model.from_logits", "optimizer.nesterov", "train.shuffle"} <= set(
+        flags
+    )
     for flag in flags:
         for bad, shown in (("no", "'no'"), ("maybe", "'maybe'"), ("1", "1"), ("0", "0"), ("null", "null")):
             with pytest.raises(ConfigError) as info:
@@ -547,7 +657,9 @@ def test_every_bool_setting_takes_only_true_or_false():
 
 
 def test_loose_spellings_that_mean_one_value_are_kept():
-    s = make_settings("output.dir=2024", "influence.state_memory=1000000", "cluster.cpus_per_task=2", "train.checkpoint_every=null")
+    s = make_settings(
+        "output.dir=2024", "influence.state_memory=1000000", "cluster.cpus_per_task=2", "train.checkpoint_every=null"
+    )
     assert s.output.dir == "2024" and s.influence.state_memory == "1000000"  # Hydra reads the digits as a number
     assert s.cluster.cpus_per_task == 2.0 and type(s.cluster.cpus_per_task) is float
     assert s.train.checkpoint_every is None
@@ -559,7 +671,11 @@ def test_cli_refuses_a_bad_boolean_before_touching_a_finished_run(tmp_path):
     run.mkdir()
     (run / "_SUCCESS").write_text("")
     proc = subprocess.run(
-        [sys.executable, "-m", "pipeline", f"output.dir={run}", "output.overwrite=no"], cwd=ROOT, capture_output=True, text=True, timeout=120
+        [sys.executable, "-m", "pipeline", f"output.dir={run}", "output.overwrite=no"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert proc.stderr.strip() == "error: output.overwrite='no': must be true or false"
@@ -580,7 +696,13 @@ def test_every_setting_has_a_help_text():
 
 def test_the_options_of_a_group_are_those_of_its_registry_and_its_files():
     options = {name: set(group.options) for name, group in groups().items()}
-    assert options == {"task": set(TASK_LOSSES), "data": set(DATA_SOURCES), "model": set(MODELS), "optimizer": set(OPTIMIZERS), "influence": set(REGISTRY)}
+    assert options == {
+        "task": set(TASK_LOSSES),
+        "data": set(DATA_SOURCES),
+        "model": set(MODELS),
+        "optimizer": set(OPTIMIZERS),
+        "influence": set(REGISTRY),
+    }
     for name, names in options.items():
         assert {p.stem for p in (ROOT / "conf" / name).glob("*.yaml")} == names, name
 
@@ -610,7 +732,15 @@ def test_group_files_set_only_what_differs_from_the_defaults():
             assert all(v != defaults(cls)[k] for k, v in settings.items()), path
 
 
-@pytest.mark.parametrize("overrides,section", [(["model=cnn"], "model"), (["optimizer=adam"], "optimizer"), (["influence=trak"], "influence"), (["data=npz", "data.path=d.npz"], "data")])
+@pytest.mark.parametrize(
+    "overrides,section",
+    [
+        (["model=cnn"], "model"),
+        (["optimizer=adam"], "optimizer"),
+        (["influence=trak"], "influence"),
+        (["data=npz", "data.path=d.npz"], "data"),
+    ],
+)
 def test_an_option_composes_exactly_the_settings_it_reads(overrides, section):
     cfg = make_cfg(*overrides)
     group = groups()[section]
@@ -627,8 +757,15 @@ def test_sections_without_a_group_compose_every_setting():
 
 
 def test_an_option_that_requires_a_setting_names_it():
-    for overrides, setting in ((["model=custom"], "model.builder"), (["model=saved"], "model.path"), (["data=npz"], "data.path"), (["data=parquet"], "data.path")):
-        with pytest.raises(ConfigError, match=rf"^{re.escape(setting)}: required but not set \(pass {re.escape(setting)}=\.\.\.\)$"):
+    for overrides, setting in (
+        (["model=custom"], "model.builder"),
+        (["model=saved"], "model.path"),
+        (["data=npz"], "data.path"),
+        (["data=parquet"], "data.path"),
+    ):
+        with pytest.raises(
+            ConfigError, match=rf"^{re.escape(setting)}: required but not set \(pass {re.escape(setting)}=\.\.\.\)$"
+        ):
             make_settings(*overrides)
     with pytest.raises(ConfigError, match=r"^model\.builder: required for model=custom$"):
         validate(Settings(model=ModelSettings(name="custom")))
@@ -647,10 +784,14 @@ def test_stages_come_from_the_stage_registry():
     assert [s.name for s in in_order(("report", "train", "verify"))] == ["train", "verify", "report"]
     assert {name for name, stage in STAGES.items() if stage.ray} == {"train", "score", "verify"}
     assert make_settings("stages=[report,train]").stages == ("report", "train")  # as given; run in registry order
-    with pytest.raises(ConfigError, match=r"^stages=\['train', 'bogus'\]: must be a non-empty list of stages \(known: train, score"):
+    with pytest.raises(
+        ConfigError, match=r"^stages=\['train', 'bogus'\]: must be a non-empty list of stages \(known: train, score"
+    ):
         make_settings("stages=[train,bogus]")
 
 
 def test_aggregate_ensemble_is_checked():
-    with pytest.raises(ConfigError, match=r"^aggregate\.ensemble='median': unknown \(known: mean, standardized, rank\)$"):
+    with pytest.raises(
+        ConfigError, match=r"^aggregate\.ensemble='median': unknown \(known: mean, standardized, rank\)$"
+    ):
         validate(Settings(aggregate=AggregateSettings(ensemble="median")))

@@ -50,7 +50,11 @@ def test_lds_removal_and_flip_helpers_by_hand():
     mean, se = stats.paired_change(np.array([1.0, 2.0, 4.0]), np.array([0.0, 1.0, 1.0]))  # differences 1, 1, 3
     assert mean == pytest.approx(5 / 3) and se == pytest.approx(np.std([1, 1, 3], ddof=1) / math.sqrt(3))
     y, flipped = stats.flip_labels(np.random.default_rng(0), np.arange(100) % 10, 10, 0.1)
-    assert flipped.sum() == 10 and np.all(y[flipped] != (np.arange(100) % 10)[flipped]) and np.all(y[~flipped] == (np.arange(100) % 10)[~flipped])
+    assert (
+        flipped.sum() == 10
+        and np.all(y[flipped] != (np.arange(100) % 10)[flipped])
+        and np.all(y[~flipped] == (np.arange(100) % 10)[~flipped])
+    )
 
 
 def test_evaluate_entry_point_writes_parquet_and_markdown(tmp_path, ray_session):
@@ -64,21 +68,47 @@ def test_evaluate_entry_point_writes_parquet_and_markdown(tmp_path, ray_session)
     path = run(cfg, "python -m pipeline.evaluate " + " ".join(overrides))
 
     table = pq.read_table(tmp_path / "results" / "digits_mlp_sgd.parquet").to_pylist()
-    value = {(r["part"], r["method"], r["metric"], r["ensemble"], None if math.isnan(r["fraction"]) else r["fraction"]): r["value"] for r in table}
+    value = {
+        (r["part"], r["method"], r["metric"], r["ensemble"], None if math.isnan(r["fraction"]) else r["fraction"]): r[
+            "value"
+        ]
+        for r in table
+    }
     assert value[("context", "-", "N", 0, None)] == 120
     # seed 0: all data, 3 LOO, 2 drops x 5 subsets; fresh: R = 2 seeds x (all data, 5 subsets, every removal)
     removals = {(r["method"], r["metric"]) for r in table if r["part"] == "removal" and not r["metric"].endswith("_se")}
     harmful = ("trajectory K=1", "trajectory K=2", "loss K=1", "loss K=2", "random")  # every method on K seeds
-    assert removals == {(m, "delta_E_harmful") for m in harmful} | {(m, "delta_E_helpful") for m in ("trajectory K=1", "trajectory K=2")}
+    assert removals == {(m, "delta_E_harmful") for m in harmful} | {
+        (m, "delta_E_helpful") for m in ("trajectory K=1", "trajectory K=2")
+    }
     assert value[("context", "-", "retrainings", 0, None)] == 1 + 3 + 2 * 5 + 2 * (1 + 5 + len(removals))
     assert value[("same_seed", "trajectory", "loo_pearson", 0, None)] > 0.9  # the exact derivative on the same schedule
     assert -1 <= value[("cross_seed", "trajectory K=2", "lds", 0, 0.5)] <= 1
-    assert ("ensemble", "trajectory", "lds", 2, 0.5) in value and ("ensemble", "trajectory", "seconds", 2, None) in value
-    assert ("ensemble", "loss standardized", "lds", 2, 0.5) in value and ("ensemble_groups", "loss", "lds_mean", 1, 0.5) in value
+    assert ("ensemble", "trajectory", "lds", 2, 0.5) in value and (
+        "ensemble",
+        "trajectory",
+        "seconds",
+        2,
+        None,
+    ) in value
+    assert ("ensemble", "loss standardized", "lds", 2, 0.5) in value and (
+        "ensemble_groups",
+        "loss",
+        "lds_mean",
+        1,
+        0.5,
+    ) in value
     assert 0 <= value[("flips", "loss", "auc", 0, None)] <= 1
     assert value[("context", "-", "E_fresh_sd", 0, None)] > 0
 
     section = (tmp_path / "results" / "digits_mlp_sgd.md").read_text()
-    assert "E = validation cross-entropy" in section and "target reliability (split-half, Spearman-Brown to R = 2)" in section
+    assert (
+        "E = validation cross-entropy" in section
+        and "target reliability (split-half, Spearman-Brown to R = 2)" in section
+    )
     gathered = path.read_text()
-    assert path == tmp_path / "results.md" and "## digits_mlp_sgd" in gathered and "`python -m pipeline.evaluate experiment=mnist_seed000`" in gathered
+    assert (
+        path == tmp_path / "results.md"
+        and "## digits_mlp_sgd" in gathered
+        and "`python -m pipeline.evaluate experiment=mnist_seed000`" in gathered
+    )

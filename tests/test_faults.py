@@ -15,15 +15,14 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+from conftest import REPO
+from test_pipeline_run import N, small_settings
 
 from pipeline.config import DataSettings, InfluenceSettings
 from pipeline.errors import ConfigError, DataError
 from pipeline.io.layout import RunLayout
 from pipeline.io.tables import read_parts
 from pipeline.run import execute
-
-from conftest import REPO
-from test_pipeline_run import N, small_settings
 
 
 def _every_sample_once(root: Path, method: str, seed: int = 0, n: int = N) -> np.ndarray:
@@ -34,7 +33,12 @@ def _every_sample_once(root: Path, method: str, seed: int = 0, n: int = N) -> np
 
 
 def _sharded(root: Path, method: str = "loss", **changes):
-    return small_settings(root, influence=InfluenceSettings(method=method, shard_size=40, batch_size=16), stages=("train", "score", "aggregate"), **changes)
+    return small_settings(
+        root,
+        influence=InfluenceSettings(method=method, shard_size=40, batch_size=16),
+        stages=("train", "score", "aggregate"),
+        **changes,
+    )
 
 
 def test_truncated_part_is_set_aside_and_recomputed(ray_session, tmp_path, capsys):
@@ -65,7 +69,9 @@ def test_part_written_under_another_key_is_replaced(ray_session, tmp_path):
     execute(settings)
     stray = RunLayout(tmp_path).score_part("lookahead", 0, 0)
     table = pq.read_table(stray)
-    pq.write_table(table.replace_schema_metadata({**table.schema.metadata, b"artifact_key": b"0123456789abcdef"}), stray)
+    pq.write_table(
+        table.replace_schema_metadata({**table.schema.metadata, b"artifact_key": b"0123456789abcdef"}), stray
+    )
     execute(settings)
     assert pq.read_schema(stray).metadata[b"artifact_key"] != b"0123456789abcdef"
     _every_sample_once(tmp_path, "lookahead")
@@ -93,7 +99,10 @@ def test_bad_checkpoint_met_by_score_alone_names_the_file_and_the_fix(ray_sessio
     layout = RunLayout(tmp_path)
     layout.score_part("trajectory", 0, 0).unlink()
     layout.checkpoint(0, 8).write_bytes(b"PK\x03\x04 broken")
-    with pytest.raises(DataError, match=r"checkpoints/step=8.npz: checkpoint unreadable .*; rerun with train in stages to retrain seed 0"):
+    with pytest.raises(
+        DataError,
+        match=r"checkpoints/step=8.npz: checkpoint unreadable .*; rerun with train in stages to retrain seed 0",
+    ):
         execute(replace(settings, stages=("score",)))
 
 
@@ -103,12 +112,20 @@ def test_data_changed_in_place_is_refused_then_retrained_with_overwrite(ray_sess
     x, y = rng.normal(size=(60, 5)), rng.integers(0, 3, size=60)
     np.savez(data, x_train=x[:50], y_train=y[:50], x_val=x[50:], y_val=y[50:])
     out = tmp_path / "run"
-    settings = small_settings(out, data=DataSettings(source="npz", path=str(data)), stages=("train", "score", "aggregate"))
+    settings = small_settings(
+        out, data=DataSettings(source="npz", path=str(data)), stages=("train", "score", "aggregate")
+    )
     execute(settings)
     y_changed = y.copy()
     y_changed[:10] = (y_changed[:10] + 1) % 3
     np.savez(data, x_train=x[:50], y_train=y_changed[:50], x_val=x[50:], y_val=y[50:])
-    with pytest.raises(ConfigError, match=r"output.dir=.*: holds a trajectory computed with other settings \(data_fingerprint=classification:x:\w+ there, classification:x:\w+ now\)"):
+    with pytest.raises(
+        ConfigError,
+        match=(
+            r"output.dir=.*: holds a trajectory computed with other settings \(data_fingerprint=classification:x:\w+ "
+            r"there, classification:x:\w+ now\)"
+        ),
+    ):
         execute(settings)
     execute(replace(settings, output=replace(settings.output, overwrite=True)))
     ranking = pq.read_table(out / "ranking.parquet")
@@ -129,8 +146,18 @@ def test_one_training_scored_three_ways_is_ranked_together(ray_session, tmp_path
     assert sorted(set(ranking["method"].to_pylist())) == ["loss", "tracin", "trajectory"]
     assert ranking.num_rows == 3 * N
     # A method's own settings are its key: the same method with another objective is a conflict.
-    with pytest.raises(ConfigError, match=r"holds tracin scores computed with other settings \(influence.objective=cross_entropy there, margin now\)"):
-        execute(replace(base, influence=InfluenceSettings(method="tracin", objective="margin", shard_size=40, batch_size=16)))
+    with pytest.raises(
+        ConfigError,
+        match=(
+            r"holds tracin scores computed with other settings \(influence.objective=cross_entropy there, margin "
+            r"now\)"
+        ),
+    ):
+        execute(
+            replace(
+                base, influence=InfluenceSettings(method="tracin", objective="margin", shard_size=40, batch_size=16)
+            )
+        )
 
 
 # ------------------------------------------------------------------------------ drivers (subprocesses)
@@ -138,8 +165,17 @@ def test_one_training_scored_three_ways_is_ranked_together(ray_session, tmp_path
 
 def _command(out: Path, *overrides: str) -> list[str]:
     return [
-        sys.executable, "-m", "pipeline", f"output.dir={out}", "train.epochs=2", "influence=lookahead", "influence.steps=3",
-        "influence.shard_size=20", "influence.batch_size=10", "stages=[train,score,aggregate]", *overrides,
+        sys.executable,
+        "-m",
+        "pipeline",
+        f"output.dir={out}",
+        "train.epochs=2",
+        "influence=lookahead",
+        "influence.steps=3",
+        "influence.shard_size=20",
+        "influence.batch_size=10",
+        "stages=[train,score,aggregate]",
+        *overrides,
     ]
 
 
@@ -188,7 +224,9 @@ def test_ctrl_c_interrupts_cleanly_and_the_rerun_resumes(tmp_path):
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["status"] == "interrupted" and not (out / "_SUCCESS").exists()
     assert not (out / ".lock").exists()
-    assert _wait_for(lambda: not _alive(started), 30), f"processes of the interrupted driver still running: {_alive(started)}"
+    assert _wait_for(lambda: not _alive(started), 30), (
+        f"processes of the interrupted driver still running: {_alive(started)}"
+    )
 
     done_before = {p.name: p.stat().st_mtime_ns for p in parts.glob("part-*.parquet")}
     rerun = subprocess.run(_command(out), cwd=REPO, capture_output=True, text=True, timeout=600)
@@ -207,7 +245,9 @@ def test_second_driver_on_one_directory_is_refused(tmp_path):
         second = subprocess.run(_command(out, *extra), cwd=REPO, capture_output=True, text=True, timeout=300)
         assert second.returncode == 2, second.stderr[-3000:]
         errors = [line for line in second.stderr.splitlines() if line.startswith("error:")]
-        assert len(errors) == 1 and f"output.dir={out}: in use by another run (pid {first.pid} on host" in errors[0], second.stderr[-3000:]
+        assert len(errors) == 1 and f"output.dir={out}: in use by another run (pid {first.pid} on host" in errors[0], (
+            second.stderr[-3000:]
+        )
     stdout, stderr = first.communicate(timeout=600)
     assert first.returncode == 0, stderr[-3000:]
     _every_sample_once(out, "lookahead", n=1437)
@@ -219,10 +259,18 @@ def test_unwritable_output_dir_is_one_line(tmp_path, target):
     out = "/proc/influence-pipeline-test" if target == "proc" else str(tmp_path / "a-file")
     if target == "file":
         Path(out).write_text("")
-    result = subprocess.run([sys.executable, "-m", "pipeline", f"output.dir={out}", "stages=[train]"], cwd=REPO, capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-m", "pipeline", f"output.dir={out}", "stages=[train]"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 2 and "Traceback" not in result.stderr
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1 and errors[0].startswith(f"error: output.dir={out}: cannot write there"), result.stderr[-2000:]
+    assert len(errors) == 1 and errors[0].startswith(f"error: output.dir={out}: cannot write there"), result.stderr[
+        -2000:
+    ]
 
 
 def test_refused_run_leaves_an_existing_run_untouched(ray_session, tmp_path):
@@ -230,12 +278,19 @@ def test_refused_run_leaves_an_existing_run_untouched(ray_session, tmp_path):
     execute(settings)
     snapshot = {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*")}
     result = subprocess.run(
-        [sys.executable, "-m", "pipeline", f"output.dir={tmp_path}", "optimizer.lr=-1"], cwd=REPO, capture_output=True, text=True, timeout=300
+        [sys.executable, "-m", "pipeline", f"output.dir={tmp_path}", "optimizer.lr=-1"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert result.returncode == 2
     result = subprocess.run(
         [sys.executable, "-m", "pipeline", f"output.dir={tmp_path}", "data.max_train=150", "train.epochs=3"],
-        cwd=REPO, capture_output=True, text=True, timeout=300,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert result.returncode == 2 and "holds a trajectory computed with other settings" in result.stderr
     assert {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*")} == snapshot  # no hydra/, no new manifest

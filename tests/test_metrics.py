@@ -32,4 +32,6 @@ def test_correlations_and_relative_errors():
     assert np.isnan(metrics.correlations(a[:2], a[:2])["pearson"])
     np.testing.assert_allclose(metrics.relative_errors([1.0, 0.0, -2.0], [1.1, 0.0, 2.0]), [0.1 / 1.1, 0.0, 2.0])
     assert metrics.central_difference(3.0, 1.0, 0.5) == 2.0
-    assert metrics.mean_pairwise_spearman(np.array([[1.0, 2, 3], [1, 3, 2], [3, 2, 1]])) == pytest.approx((0.5 - 1 - 0.5) / 3)
+    assert metrics.mean_pairwise_spearman(np.array([[1.0, 2, 3], [1, 3, 2], [3, 2, 1]])) == pytest.approx(
+        (0.5 - 1 - 0.5) / 3
+    )

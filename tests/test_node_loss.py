@@ -18,7 +18,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import REPO
 
 SCORING = "ray::ShardScorer.score"  # the title of an actor process while it scores a shard
@@ -52,13 +51,24 @@ def test_a_node_lost_mid_shard_costs_a_retry_not_the_run(tmp_path):
     from test_sharded_scoring import _in_process_tracin, _scores, sharded_settings
 
     env = dict(
-        os.environ, RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(32), RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0",
-        RAY_health_check_period_ms="1000", RAY_health_check_timeout_ms="1000", RAY_health_check_failure_threshold="3",
+        os.environ,
+        RAY_AUTH_MODE="token",
+        RAY_AUTH_TOKEN=secrets.token_hex(32),
+        RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0",
+        RAY_health_check_period_ms="1000",
+        RAY_health_check_timeout_ms="1000",
+        RAY_health_check_failure_threshold="3",
     )
     out, err = tmp_path / "driver.out", tmp_path / "driver.err"
     with out.open("w") as stdout, err.open("w") as stderr:
-        driver = subprocess.Popen([sys.executable, __file__, str(tmp_path / "run")], cwd=Path(__file__).parent, env=env,
-                                  stdout=stdout, stderr=stderr, start_new_session=True)
+        driver = subprocess.Popen(
+            [sys.executable, __file__, str(tmp_path / "run")],
+            cwd=Path(__file__).parent,
+            env=env,
+            stdout=stdout,
+            stderr=stderr,
+            start_new_session=True,
+        )
     try:
         deadline = time.monotonic() + 600
         while not out.read_text().startswith("[") and driver.poll() is None and time.monotonic() < deadline:
@@ -66,7 +76,9 @@ def test_a_node_lost_mid_shard_costs_a_retry_not_the_run(tmp_path):
         raylets = set(json.loads(out.read_text().splitlines()[0]))
         killed = None
         while killed is None and driver.poll() is None and time.monotonic() < deadline:
-            scoring = [ppid for ppid, command in _processes().values() if command.startswith(SCORING) and ppid in raylets]
+            scoring = [
+                ppid for ppid, command in _processes().values() if command.startswith(SCORING) and ppid in raylets
+            ]
             if scoring:
                 killed = scoring[0]
                 os.kill(killed, signal.SIGKILL)  # the node is gone: its raylet, then its workers
@@ -89,15 +101,18 @@ def _driver(run: Path) -> None:
     import ray
     from ray._private import ray_constants
     from ray.cluster_utils import Cluster
+    from test_sharded_scoring import sharded_settings
 
     from pipeline.config import ClusterSettings
     from pipeline.run import execute
-    from test_sharded_scoring import sharded_settings
 
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
     workers = [cluster.add_node(num_cpus=1) for _ in range(2)]
     cluster.wait_for_nodes()
-    print(json.dumps([node.all_processes[ray_constants.PROCESS_TYPE_RAYLET][0].process.pid for node in workers]), flush=True)
+    print(
+        json.dumps([node.all_processes[ray_constants.PROCESS_TYPE_RAYLET][0].process.pid for node in workers]),
+        flush=True,
+    )
     execute(sharded_settings(run, cluster=ClusterSettings(address=cluster.address, max_retries=2)))
     ray.shutdown()
     cluster.shutdown()

@@ -11,13 +11,20 @@ import numpy as np
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 import pytest
+from conftest import REPO
 
-from pipeline.config import DataSettings, ModelSettings, OptimizerSettings, OutputSettings, Settings, TrainSettings, VerifySettings
+from pipeline.config import (
+    DataSettings,
+    ModelSettings,
+    OptimizerSettings,
+    OutputSettings,
+    Settings,
+    TrainSettings,
+    VerifySettings,
+)
 from pipeline.errors import ConfigError, DivergenceError
 from pipeline.io.tables import SIGN_CONVENTION, read_schedule
 from pipeline.run import execute
-
-from conftest import REPO
 
 N = 150
 
@@ -51,7 +58,9 @@ def test_train_score_verify_writes_the_contract(ray_session, tmp_path):
     stored = sorted(int(p.stem.split("=")[1]) for p in (seed_dir / "checkpoints").glob("step=*.npz"))
     assert stored == [0, 4, 8, 12]
     with np.load(seed_dir / "checkpoints" / "step=0.npz") as ckpt:
-        assert any(k.startswith("trainable/") for k in ckpt.files) and any(k.startswith("optimizer/momentum/") for k in ckpt.files)
+        assert any(k.startswith("trainable/") for k in ckpt.files) and any(
+            k.startswith("optimizer/momentum/") for k in ckpt.files
+        )
 
     table = pads.dataset(tmp_path / "scores", format="parquet", partitioning="hive").to_table()
     assert sorted(table["sample_id"].to_pylist()) == list(range(N))  # every sample exactly once
@@ -80,7 +89,12 @@ def test_train_score_verify_writes_the_contract(ray_session, tmp_path):
     html = (tmp_path / "report" / "index.html").read_text()
     assert "Positive influence = harmful" in html and f"most harmful first: {most_harmful}," in html
 
-    top = subprocess.run([sys.executable, "-m", "pipeline.top", "--run", str(tmp_path), "--k", "1"], capture_output=True, text=True, cwd=REPO)
+    top = subprocess.run(
+        [sys.executable, "-m", "pipeline.top", "--run", str(tmp_path), "--k", "1"],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+    )
     assert top.returncode == 0 and top.stdout.splitlines()[1].split()[1] == str(most_harmful)
 
 
@@ -95,7 +109,10 @@ def test_rerun_resumes_and_other_config_is_refused(ray_session, tmp_path):
     assert (summary.stat().st_mtime_ns, part.stat().st_mtime_ns) == stamps
 
     other = replace(settings, optimizer=replace(settings.optimizer, lr=0.01))
-    with pytest.raises(ConfigError, match=r"output.dir=.*holds a trajectory computed with other settings \(optimizer.lr=0.05 there, 0.01 now\)"):
+    with pytest.raises(
+        ConfigError,
+        match=r"output.dir=.*holds a trajectory computed with other settings \(optimizer.lr=0.05 there, 0.01 now\)",
+    ):
         execute(other)
     assert json.loads((tmp_path / "manifest.json").read_text())["status"] == "succeeded"  # untouched
 
@@ -106,7 +123,9 @@ def test_rerun_resumes_and_other_config_is_refused(ray_session, tmp_path):
 
 def test_seeds_train_as_separate_tasks_with_their_own_results(ray_session, tmp_path):
     execute(small_settings(tmp_path, train=TrainSettings(epochs=1, batch_size=25, seeds=(0, 1), dtype="float32")))
-    parts = [pq.read_table(tmp_path / "scores" / "method=trajectory" / f"seed={s}" / "part-00000.parquet") for s in (0, 1)]
+    parts = [
+        pq.read_table(tmp_path / "scores" / "method=trajectory" / f"seed={s}" / "part-00000.parquet") for s in (0, 1)
+    ]
     assert all(p.num_rows == N for p in parts)
     assert not np.allclose(parts[0]["influence"].to_numpy(), parts[1]["influence"].to_numpy())
 
@@ -122,7 +141,11 @@ def test_interrupted_seed_is_redone_on_rerun(ray_session, tmp_path):
 
 
 def test_divergence_stops_with_the_step_and_marks_failure(ray_session, tmp_path):
-    settings = small_settings(tmp_path, optimizer=OptimizerSettings(name="sgd", lr=1e38), train=TrainSettings(epochs=2, batch_size=25, dtype="float32", checkpoint_every=4))
+    settings = small_settings(
+        tmp_path,
+        optimizer=OptimizerSettings(name="sgd", lr=1e38),
+        train=TrainSettings(epochs=2, batch_size=25, dtype="float32", checkpoint_every=4),
+    )
     with pytest.raises(DivergenceError, match=r"training diverged: NaN/inf at step \d+"):
         execute(settings)
     manifest = json.loads((tmp_path / "manifest.json").read_text())
@@ -138,7 +161,10 @@ def test_score_without_trained_trajectory_is_a_clear_error(ray_session, tmp_path
 def _cli(*overrides, out):
     return subprocess.run(
         [sys.executable, "-m", "pipeline", f"output.dir={out}", *overrides],
-        cwd=REPO, capture_output=True, text=True, timeout=300,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
 
 

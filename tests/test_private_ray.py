@@ -20,7 +20,6 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-
 from conftest import REPO
 
 DRIVER = """
@@ -55,8 +54,14 @@ def _start_driver(*args: str) -> tuple[subprocess.Popen, dict, list[str]]:
     env = dict(os.environ, RAY_AUTH_MODE="disabled")  # what the environment says must not switch authentication off
     env.pop("RAY_AUTH_TOKEN", None)
     driver = subprocess.Popen(
-        [sys.executable, "-c", DRIVER, *args], cwd=REPO, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL, text=True, start_new_session=True,
+        [sys.executable, "-c", DRIVER, *args],
+        cwd=REPO,
+        env=env,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        start_new_session=True,
     )
     printed = []
     for line in driver.stdout:

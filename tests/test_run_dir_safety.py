@@ -14,8 +14,10 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from conftest import REPO
 from hydra import compose, initialize_config_dir
 from hydra.errors import HydraException
+from test_pipeline_run import N, small_settings
 
 from pipeline import cli
 from pipeline.config import InfluenceSettings, ModelSettings, with_task_defaults
@@ -23,9 +25,6 @@ from pipeline.errors import ConfigError
 from pipeline.io.layout import RunLayout
 from pipeline.io.lock import process_identity
 from pipeline.run import CONFIG_DIR, execute
-
-from conftest import REPO
-from test_pipeline_run import N, small_settings
 
 
 def _snapshot(root: Path) -> dict[str, tuple]:
@@ -183,8 +182,10 @@ SILENT_BUILDER = "def silent(input_shape, num_classes):\n    raise KeyError()\n"
 
 @pytest.mark.parametrize(
     "builder,line",
-    [("raising_builder:build", "raised ValueError: no layer of width -3"),
-     ("raising_builder:silent", "raised KeyError")],
+    [
+        ("raising_builder:build", "raised ValueError: no layer of width -3"),
+        ("raising_builder:silent", "raised KeyError"),
+    ],
 )
 def test_check_run_names_a_builder_that_raises(tmp_path, monkeypatch, digits_subset, builder, line):
     from pipeline.runtime.recipes import check_run
@@ -206,7 +207,12 @@ def test_builder_that_raises_is_one_line_exit_2_and_leaves_the_run_alone(ray_ses
     (modules / "raising_builder.py").write_text(RAISING_BUILDER)
     env = {**os.environ, "PYTHONPATH": str(modules)}
     command = [
-        sys.executable, "-m", "pipeline", f"output.dir={run}", "model=custom", "model.builder=raising_builder:build",
+        sys.executable,
+        "-m",
+        "pipeline",
+        f"output.dir={run}",
+        "model=custom",
+        "model.builder=raising_builder:build",
         "output.overwrite=true",
     ]
     result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
@@ -240,9 +246,8 @@ def test_lock_left_with_a_pid_now_used_by_another_process_is_taken_over(ray_sess
 
 def _explain(config_name: str, *argv: str) -> str:
     """cli.explain for the error Hydra raises when composing `argv`."""
-    with initialize_config_dir(config_dir=CONFIG_DIR, version_base=None):
-        with pytest.raises(HydraException) as raised:
-            compose(config_name, overrides=list(argv))
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base=None), pytest.raises(HydraException) as raised:
+        compose(config_name, overrides=list(argv))
     return cli.explain(raised.value, CONFIG_DIR, config_name, list(argv))
 
 
@@ -257,16 +262,26 @@ INFLUENCE = _options("influence")
         (["modle=cnn"], "modle: unknown config group; did you mean model?"),
         (["influence=foo"], f"influence=foo: unknown option; choose one of {INFLUENCE}"),
         (["influence=tracim"], f"influence=tracim: unknown option; did you mean tracin? (one of {INFLUENCE})"),
-        (["model.filters=[8]"], "model.filters: unknown setting for model=mlp (known: activation, batch_norm, dropout, "
-                                "hidden, name)"),
-        (["+train.epochs=3"], "+train.epochs=3: train.epochs is already set; drop the + (train.epochs=3) or write "
-                              "++train.epochs=3 to replace it"),
+        (
+            ["model.filters=[8]"],
+            "model.filters: unknown setting for model=mlp (known: activation, batch_norm, dropout, hidden, name)",
+        ),
+        (
+            ["+train.epochs=3"],
+            "+train.epochs=3: train.epochs is already set; drop the + (train.epochs=3) or write "
+            "++train.epochs=3 to replace it",
+        ),
         (["+model=cnn"], "+model=cnn: model is already in the defaults (model=mlp); write model=cnn without the +"),
-        (["experiment=mnist_cnn"], "experiment=mnist_cnn: experiment is not in the defaults; add it with "
-                                   "+experiment=mnist_cnn"),
+        (
+            ["experiment=mnist_cnn"],
+            "experiment=mnist_cnn: experiment is not in the defaults; add it with +experiment=mnist_cnn",
+        ),
         (["~trian"], "~trian: nothing to delete; unknown setting; did you mean train?"),
-        (["train.seeds=0,1"], "train.seeds=0,1: a comma makes several values (a sweep); write a list "
-                              "(train.seeds=[...]), quote the value, or add --multirun"),
+        (
+            ["train.seeds=0,1"],
+            "train.seeds=0,1: a comma makes several values (a sweep); write a list "
+            "(train.seeds=[...]), quote the value, or add --multirun",
+        ),
         (["hydra.verbos=true"], "hydra.verbos: unknown setting; did you mean hydra.verbose?"),
     ],
 )
@@ -306,7 +321,10 @@ def test_cli_composition_error_is_one_line_exit_2_and_writes_nothing(tmp_path, m
 def test_cfg_job_and_new_keys_with_plus_still_work(tmp_path):
     result = subprocess.run(
         [sys.executable, "-m", "pipeline", "--cfg", "job", "model=cnn", "+note=hello", "hydra.job.chdir=false"],
-        cwd=tmp_path, capture_output=True, text=True, timeout=300,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "name: cnn" in result.stdout and "note: hello" in result.stdout

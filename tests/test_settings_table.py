@@ -11,5 +11,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_readme_settings_tables_are_up_to_date():
-    result = subprocess.run([sys.executable, "scripts/settings_table.py", "--check"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "scripts/settings_table.py", "--check"], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
     assert result.returncode == 0, result.stderr[-2000:]

@@ -10,11 +10,10 @@ import numpy as np
 import pyarrow.dataset as pads
 import pytest
 import ray
+from test_pipeline_run import N, small_settings
 
 from pipeline.config import ClusterSettings, InfluenceSettings, Settings
 from pipeline.run import execute
-
-from test_pipeline_run import N, small_settings
 
 
 def sharded_settings(out, method="tracin", **changes) -> Settings:
@@ -24,7 +23,12 @@ def sharded_settings(out, method="tracin", **changes) -> Settings:
 
 def _scores(root, method="tracin") -> dict[int, np.ndarray]:
     parts = sorted((root / "scores" / f"method={method}").glob("seed=*/part-*.parquet"))
-    table = pads.dataset(parts, format="parquet", partitioning=pads.partitioning(flavor="hive"), partition_base_dir=str(root / "scores" / f"method={method}")).to_table()
+    table = pads.dataset(
+        parts,
+        format="parquet",
+        partitioning=pads.partitioning(flavor="hive"),
+        partition_base_dir=str(root / "scores" / f"method={method}"),
+    ).to_table()
     out = {}
     for seed in set(table["seed"].to_pylist()):
         rows = table.filter(pads.field("seed") == seed).sort_by("sample_id")
@@ -52,10 +56,15 @@ def _in_process_tracin(root, settings):
     layout = RunLayout(root)
     recipe = recipe_for(settings, data, 0)
     steps = read_json(layout.train_summary(0))["checkpoint_steps"]
-    states, lr = StoredStates(lambda t: layout.checkpoint(0, t), steps, recipe, "retrain"), read_schedule(layout.schedule(0)).lr
+    states, lr = (
+        StoredStates(lambda t: layout.checkpoint(0, t), steps, recipe, "retrain"),
+        read_schedule(layout.schedule(0)).lr,
+    )
     scorer = SampleScorer(recipe)
     x_val, y_val = as_inputs(data.x_val["x"], tf.float64), tf.constant(data.y_val)
-    checkpoints = [scorer.checkpoint(lr[a] * (b - a) / N, states[a], x_val, y_val) for a, b in zip(steps[:-1], steps[1:])]  # w_c by hand
+    checkpoints = [
+        scorer.checkpoint(lr[a] * (b - a) / N, states[a], x_val, y_val) for a, b in zip(steps[:-1], steps[1:])
+    ]  # w_c by hand
     influence, _ = scorer.tracin(checkpoints, as_inputs(data.x_train["x"], tf.float64), tf.constant(data.y_train))
     return influence.numpy()
 

@@ -39,22 +39,32 @@ def test_ladder_summary_finds_the_linear_range():
     ],
 )
 def test_verdict(single, groups, expected):
-    result = smoothness.verdict({"linear_up_to": single}, {f"group {i}": {"linear_up_to": g} for i, g in enumerate(groups)})
+    result = smoothness.verdict(
+        {"linear_up_to": single}, {f"group {i}": {"linear_up_to": g} for i, g in enumerate(groups)}
+    )
     assert result == expected
 
 
 def test_explanation_names_what_would_help():
     settings = {"train": {"dtype": "float32"}, "model": {"name": "mlp", "activation": "relu"}, "optimizer": {"lr": 0.1}}
-    text = smoothness.explanation({"verdict": "non-smooth", "perturbation_growth": 250.0, "initial_perturbation": 1e-3}, settings)
-    assert "smaller optimizer.lr (now 0.1)" in text and "tanh" in text and "train.dtype=float64" in text and "seeds" in text
+    text = smoothness.explanation(
+        {"verdict": "non-smooth", "perturbation_growth": 250.0, "initial_perturbation": 1e-3}, settings
+    )
+    assert (
+        "smaller optimizer.lr (now 0.1)" in text
+        and "tanh" in text
+        and "train.dtype=float64" in text
+        and "seeds" in text
+    )
     assert "grew 250x" in text
     smooth = smoothness.explanation({"verdict": "smooth"}, settings)
     assert "predicts what removing a single training sample does" in smooth and "What would change" not in smooth
 
 
 def test_report_shows_the_verdict_at_the_top(tmp_path):
-    from pipeline.report import write_report
     from report.test_report import image_data, make_run
+
+    from pipeline.report import write_report
 
     dataset = image_data()
     run = make_run(tmp_path, dataset)
@@ -63,8 +73,12 @@ def test_report_shows_the_verdict_at_the_top(tmp_path):
     assert "Predictive power not checked" in html  # verify ran without the smoothness block
     ladder = {"steps": list(STEPS), "median_deviation": [0.01, 0.1, 0.7, 0.9, 1.0], "linear_up_to": 1e-3}
     manifest["stages"]["verify"]["smoothness"] = {
-        "verdict": "non-smooth", "explanation": "Because ReLU & Adam.", "single": ladder,
-        "groups": {"group 0.05": ladder}, "initial_perturbation": 1e-6, "perturbation_growth": 1.5,
+        "verdict": "non-smooth",
+        "explanation": "Because ReLU & Adam.",
+        "single": ladder,
+        "groups": {"group 0.05": ladder},
+        "initial_perturbation": 1e-6,
+        "perturbation_growth": 1.5,
     }
     (run / "manifest.json").write_text(json.dumps(manifest))
     html = write_report(run, dataset, final_status="succeeded").read_text()

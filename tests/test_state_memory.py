@@ -13,12 +13,11 @@ from dataclasses import replace
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+from test_pipeline_run import small_settings
 
 from pipeline.config import InfluenceSettings
 from pipeline.errors import DataError
 from pipeline.run import execute
-
-from test_pipeline_run import small_settings
 
 
 def with_influence(out, **influence):
@@ -58,13 +57,19 @@ def test_kept_states_replace_the_replay_with_identical_results(ray_session, tmp_
     for read in (scores, queries):
         kept, replayed = read(tmp_path / "kept"), read(tmp_path / "replay")
         np.testing.assert_array_equal(kept["influence"].to_numpy(), replayed["influence"].to_numpy())
-    np.testing.assert_array_equal(np.stack(scores(tmp_path / "kept")["input_grad"].to_numpy(zero_copy_only=False)), np.stack(scores(tmp_path / "replay")["input_grad"].to_numpy(zero_copy_only=False)))
+    np.testing.assert_array_equal(
+        np.stack(scores(tmp_path / "kept")["input_grad"].to_numpy(zero_copy_only=False)),
+        np.stack(scores(tmp_path / "replay")["input_grad"].to_numpy(zero_copy_only=False)),
+    )
 
 
 def test_over_budget_or_damaged_states_fall_back_to_the_replay(ray_session, tmp_path):
     execute(with_influence(tmp_path / "small", state_memory="1KB"))
     train, score, _ = summaries(tmp_path / "small")
-    assert train["states"] == {"kept": False, "bytes": train["states"]["bytes"], "budget": 1000} and train["states"]["bytes"] > 1000
+    assert (
+        train["states"] == {"kept": False, "bytes": train["states"]["bytes"], "budget": 1000}
+        and train["states"]["bytes"] > 1000
+    )
     assert score["replayed"] is True and not (tmp_path / "small" / "trajectory" / "seed=0" / "states.npy").exists()
 
     root = tmp_path / "damaged"
@@ -93,7 +98,8 @@ def assert_same_scores(root, reference):
         got, expected = read(root), read(reference)
         np.testing.assert_array_equal(got["influence"].to_numpy(), expected["influence"].to_numpy())
     np.testing.assert_array_equal(
-        np.stack(scores(root)["input_grad"].to_numpy(zero_copy_only=False)), np.stack(scores(reference)["input_grad"].to_numpy(zero_copy_only=False))
+        np.stack(scores(root)["input_grad"].to_numpy(zero_copy_only=False)),
+        np.stack(scores(reference)["input_grad"].to_numpy(zero_copy_only=False)),
     )
 
 
@@ -145,10 +151,18 @@ def test_changed_states_are_caught_quarantined_and_replayed_bit_identically(ray_
     assert_same_scores(root, reference)
     assert not (seed_dir(root) / "states.npy").exists() and (seed_dir(root) / ".states.npy.corrupt").is_file()
     lines = worker_lines(capfd, "states.npy")
-    caught = "[score] seed=0: trajectory/seed=0/states.npy segment 1 (steps 4..7) does not match its digest; moved to .states.npy.corrupt; replaying from the checkpoints"
-    gone = "[score] seed=0: trajectory/seed=0/states.npy missing (quarantined after a digest mismatch); replaying from the checkpoints"
+    caught = (
+        "[score] seed=0: trajectory/seed=0/states.npy segment 1 (steps 4..7) does not match its digest; moved to "
+        ".states.npy.corrupt; replaying from the checkpoints"
+    )
+    gone = (
+        "[score] seed=0: trajectory/seed=0/states.npy missing (quarantined after a digest mismatch); replaying from "
+        "the checkpoints"
+    )
     assert sum(caught in line for line in lines) == 1, lines
-    assert all(caught in line or gone in line for line in lines), lines  # the other sweep of the seed found it moved aside
+    assert all(caught in line or gone in line for line in lines), (
+        lines
+    )  # the other sweep of the seed found it moved aside
 
 
 def test_states_without_digests_are_not_trusted(ray_session, tmp_path, capfd):
@@ -168,8 +182,10 @@ def test_states_without_digests_are_not_trusted(ray_session, tmp_path, capfd):
     assert_same_scores(root, reference)
     lines = worker_lines(capfd, "states.npy")
     assert lines and all(
-        "[score] seed=0: trajectory/seed=0/states.npy has no digests (states.digests.json missing: written by an older version), "
-        "so it is not trusted; replaying from the checkpoints" in line for line in lines
+        "[score] seed=0: trajectory/seed=0/states.npy has no digests (states.digests.json missing: written by an "
+        "older version), "
+        "so it is not trusted; replaying from the checkpoints" in line
+        for line in lines
     ), lines
     assert (seed_dir(root) / "states.npy").is_file()  # nothing known to be wrong: kept, never read
 
@@ -191,13 +207,23 @@ def test_a_changed_checkpoint_weight_is_caught_and_the_seed_retrained(ray_sessio
         handle.write(changed.tobytes())
     drop_parts(root)
 
-    with pytest.raises(DataError, match=r"step=4\.npz: checkpoint unreadable \(Bad CRC-32 for file 'trainable/0000\.npy'\); rerun with train in stages"):
+    with pytest.raises(
+        DataError,
+        match=(
+            r"step=4\.npz: checkpoint unreadable \(Bad CRC-32 for file 'trainable/0000\.npy'\); rerun with train in "
+            r"stages"
+        ),
+    ):
         execute(replace(with_influence(root), stages=("score",)))
     capfd.readouterr()
     execute(with_influence(root))
 
     out, _ = capfd.readouterr()
-    assert "[train] seed=0: checkpoint step=4.npz unreadable (Bad CRC-32 for file 'trainable/0000.npy'); retraining" in out
+    assert (
+        "[train] seed=0: checkpoint step=4.npz unreadable (Bad CRC-32 for file 'trainable/0000.npy'); retraining" in out
+    )
     with np.load(checkpoint) as archive:  # the deterministic retraining wrote it again
-        assert {name: archive[name].tobytes() for name in archive.files} == {name: a.tobytes() for name, a in original.items()}
+        assert {name: archive[name].tobytes() for name in archive.files} == {
+            name: a.tobytes() for name, a in original.items()
+        }
     assert_same_scores(root, reference)

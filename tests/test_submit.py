@@ -13,7 +13,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import REPO
 
 DASHBOARD_PORT = 8297
@@ -34,29 +33,58 @@ def ray_head(tmp_path):
     """A one-node Ray cluster of its own (own ports, own process group), with this interpreter on PATH, token
     authentication on (the token in RAY_AUTH_TOKEN of the head, the client and the job) and on 127.0.0.1 only."""
     env = dict(
-        os.environ, PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}", RAY_AUTH_MODE="token",
-        RAY_AUTH_TOKEN=secrets.token_hex(32), RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0",
+        os.environ,
+        PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+        RAY_AUTH_MODE="token",
+        RAY_AUTH_TOKEN=secrets.token_hex(32),
+        RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0",
     )
     # Every agent port of its own: the test session's local Ray already holds the default ones.
     ports = [
         f"--{name}={port}"
         for name, port in zip(
-            ("port", "dashboard-agent-listen-port", "dashboard-agent-grpc-port", "metrics-export-port", "runtime-env-agent-port",
-             "node-manager-port", "object-manager-port", "ray-client-server-port"),
+            (
+                "port",
+                "dashboard-agent-listen-port",
+                "dashboard-agent-grpc-port",
+                "metrics-export-port",
+                "runtime-env-agent-port",
+                "node-manager-port",
+                "object-manager-port",
+                "ray-client-server-port",
+            ),
             _free_ports(8),
         )
     ]
     head = subprocess.Popen(
-        [str(Path(sys.executable).parent / "ray"), "start", "--head", "--block", "--num-cpus", "2", *ports,
-         "--dashboard-port", str(DASHBOARD_PORT), "--include-dashboard", "true", "--disable-usage-stats"],
-        env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        [
+            str(Path(sys.executable).parent / "ray"),
+            "start",
+            "--head",
+            "--block",
+            "--num-cpus",
+            "2",
+            *ports,
+            "--dashboard-port",
+            str(DASHBOARD_PORT),
+            "--include-dashboard",
+            "true",
+            "--disable-usage-stats",
+        ],
+        env=env,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     address = f"http://127.0.0.1:{DASHBOARD_PORT}"
     # Ready when a trivial job runs: the dashboard answers before its job agent can take submissions.
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         probe = subprocess.run(
-            [str(Path(sys.executable).parent / "ray"), "job", "submit", "--address", address, "--", "true"], env=env, capture_output=True, timeout=60
+            [str(Path(sys.executable).parent / "ray"), "job", "submit", "--address", address, "--", "true"],
+            env=env,
+            capture_output=True,
+            timeout=60,
         )
         if probe.returncode == 0:
             break
@@ -76,8 +104,18 @@ def test_submit_script_runs_the_pipeline_as_a_ray_job(ray_head, tmp_path):
     address, env = ray_head
     out = tmp_path / "job"
     result = subprocess.run(
-        ["bash", str(REPO / "scripts" / "submit.sh"), f"output.dir={out}", "data.max_train=200", "train.epochs=2", "stages=[train,score,aggregate]"],
-        env=dict(env, RAY_ADDRESS=address), capture_output=True, text=True, timeout=300,
+        [
+            "bash",
+            str(REPO / "scripts" / "submit.sh"),
+            f"output.dir={out}",
+            "data.max_train=200",
+            "train.epochs=2",
+            "stages=[train,score,aggregate]",
+        ],
+        env=dict(env, RAY_ADDRESS=address),
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "succeeded" in result.stdout + result.stderr

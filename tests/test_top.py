@@ -22,17 +22,22 @@ ORDER = np.argsort(-INFLUENCE)  # sample_id by rank: 2, 5, 0, 3, 1, 4
 def write_ranking(root: Path, task: str, targets: np.ndarray, methods: tuple[str, ...] = ("trajectory",)) -> Path:
     """ranking.parquet as stage aggregate writes it: targets [6] (label or target) or [6, k]."""
     n = len(INFLUENCE)
-    tables = [pa.table({
-        "method": pa.array([method] * n, pa.string()),
-        "sample_id": pa.array(ORDER, pa.int64()),
-        "influence_mean": pa.array(INFLUENCE[ORDER]),
-        "influence_std": pa.array(np.zeros(n)),
-        "n_seeds": pa.array(np.ones(n, np.int64)),
-        "input_grad_norm_mean": pa.array(np.ones(n)),
-        "train_loss_mean": pa.array(np.full(n, 0.5)),
-        "rank": pa.array(np.arange(1, n + 1), pa.int64()),
-        "label" if task == "classification" else "target": target_array(targets[ORDER], task),
-    }) for method in methods]
+    tables = [
+        pa.table(
+            {
+                "method": pa.array([method] * n, pa.string()),
+                "sample_id": pa.array(ORDER, pa.int64()),
+                "influence_mean": pa.array(INFLUENCE[ORDER]),
+                "influence_std": pa.array(np.zeros(n)),
+                "n_seeds": pa.array(np.ones(n, np.int64)),
+                "input_grad_norm_mean": pa.array(np.ones(n)),
+                "train_loss_mean": pa.array(np.full(n, 0.5)),
+                "rank": pa.array(np.arange(1, n + 1), pa.int64()),
+                "label" if task == "classification" else "target": target_array(targets[ORDER], task),
+            }
+        )
+        for method in methods
+    ]
     pq.write_table(pa.concat_tables(tables), root / "ranking.parquet")
     return root
 
@@ -79,7 +84,10 @@ def test_method_choice_and_errors(tmp_path, capsys):
     assert top_main(["--run", str(tmp_path), "--k", "1", "--method", "sensitivity"]) == 0
     assert printed(capsys)[1][0][1] == "2"
     assert top_main(["--run", str(tmp_path), "--method", "loss"]) == 2
-    assert capsys.readouterr().err.strip() == f"error: --method loss: not in {tmp_path / 'ranking.parquet'} (has sensitivity, tracin)"
+    assert (
+        capsys.readouterr().err.strip()
+        == f"error: --method loss: not in {tmp_path / 'ranking.parquet'} (has sensitivity, tracin)"
+    )
     assert top_main(["--run", str(tmp_path), "--k", "0"]) == 2
     assert capsys.readouterr().err.strip() == "error: --k 0: must be positive"
     assert top_main(["--run", str(tmp_path / "missing")]) == 2
@@ -91,11 +99,19 @@ def test_ranking_without_label_or_target_is_refused(tmp_path, capsys):
     table = pq.read_table(tmp_path / "ranking.parquet")
     pq.write_table(table.drop_columns(["label"]), tmp_path / "ranking.parquet")
     assert top_main(["--run", str(tmp_path)]) == 2
-    assert capsys.readouterr().err.strip() == f"error: {tmp_path / 'ranking.parquet'}: has neither a label nor a target column"
+    assert (
+        capsys.readouterr().err.strip()
+        == f"error: {tmp_path / 'ranking.parquet'}: has neither a label nor a target column"
+    )
 
 
 def test_module_entry_point(tmp_path):
     write_ranking(tmp_path, "regression", np.linspace(0, 1, 6))
-    result = subprocess.run([sys.executable, "-m", "pipeline.top", "--run", str(tmp_path), "--k", "1"], capture_output=True, text=True, cwd=REPO)
+    result = subprocess.run(
+        [sys.executable, "-m", "pipeline.top", "--run", str(tmp_path), "--k", "1"],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+    )
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines()[1].split()[1:3] == ["2", "0.4"]

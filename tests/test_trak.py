@@ -10,6 +10,7 @@ from dataclasses import replace
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+from test_pipeline_run import N, small_settings
 
 from pipeline.config import AggregateSettings, InfluenceSettings
 from pipeline.errors import ConfigError
@@ -19,13 +20,16 @@ from pipeline.io.tables import read_parts
 from pipeline.kernels import trak_scores
 from pipeline.run import execute
 
-from test_pipeline_run import N, small_settings
-
 TRAK = InfluenceSettings(method="trak", proj_dim=48, shard_size=40, batch_size=50, checkpoints=2)
 
 
 def _trak(out, **changes):
-    return small_settings(out, influence=replace(TRAK, **changes), train=replace(small_settings(out).train, seeds=(0, 1)), stages=("train", "score", "aggregate"))
+    return small_settings(
+        out,
+        influence=replace(TRAK, **changes),
+        train=replace(small_settings(out).train, seeds=(0, 1)),
+        stages=("train", "score", "aggregate"),
+    )
 
 
 def _scores(root, seed=0):
@@ -47,7 +51,13 @@ def test_map_reduce_equals_one_process_and_resumes(ray_session, tmp_path, capsys
     slope = np.concatenate([s.slope for s in shards], axis=1)
     target = np.load(folder / "validation.npz")["objective"]
     expected = np.mean(
-        [trak_scores.scores(phi[c], slope[c], trak_scores.kernel_inverse(phi[c].T @ phi[c], TRAK.damping), target[c][None])[0] for c in range(2)], axis=0
+        [
+            trak_scores.scores(
+                phi[c], slope[c], trak_scores.kernel_inverse(phi[c].T @ phi[c], TRAK.damping), target[c][None]
+            )[0]
+            for c in range(2)
+        ],
+        axis=0,
     )
     np.testing.assert_allclose(table["influence"].to_numpy(), expected, rtol=1e-6, atol=1e-9 * np.abs(expected).max())
     assert np.all(table["self_influence"].to_numpy() > 0)
@@ -67,7 +77,9 @@ def test_map_reduce_equals_one_process_and_resumes(ray_session, tmp_path, capsys
     ranking = pq.read_table(tmp_path / "ranking.parquet").to_pandas()
     assert set(ranking.columns) >= {"influence_ensemble", "influence_mean"}
     aggregate = json.loads((tmp_path / "manifest.json").read_text())["stages"]["aggregate"]
-    assert set(aggregate["seed_scale"]["trak"]) == {"0", "1"} and aggregate["seed_agreement_pairs"]["trak"][0]["seeds"] == [0, 1]
+    assert set(aggregate["seed_scale"]["trak"]) == {"0", "1"} and aggregate["seed_agreement_pairs"]["trak"][0][
+        "seeds"
+    ] == [0, 1]
 
     # another damping is refused without overwrite; with it, the features are reused and only the kernel changes
     heavier = _trak(tmp_path, damping=0.5)
@@ -82,7 +94,9 @@ def test_map_reduce_equals_one_process_and_resumes(ray_session, tmp_path, capsys
 
 def test_queries_are_matrix_products_whose_mean_is_the_mean_score(ray_session, tmp_path):
     settings = _trak(tmp_path, queries="per_sample", query_batch=128)
-    settings = replace(settings, train=replace(settings.train, seeds=(0,)), aggregate=AggregateSettings(ensemble="standardized"))
+    settings = replace(
+        settings, train=replace(settings.train, seeds=(0,)), aggregate=AggregateSettings(ensemble="standardized")
+    )
     payload = execute(settings)
     n_val = payload["data"]["n_val"]
     queries = pq.read_table(tmp_path / "queries" / "method=trak").to_pandas()

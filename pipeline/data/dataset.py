@@ -10,8 +10,8 @@ class ids [n] int64 (classification) or floats [n] / [n, k] float64 (regression)
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Mapping
 
 import numpy as np
 
@@ -89,7 +89,9 @@ def make_dataset(
         raise DataError(f"x_train: no inputs{where}")
     for key in x_train:
         if key not in x_val:
-            raise DataError(f"{_key('x_val', key, x_train)}: missing{where} ({_key('x_train', key, x_train)} is present)")
+            raise DataError(
+                f"{_key('x_val', key, x_train)}: missing{where} ({_key('x_train', key, x_train)} is present)"
+            )
     for key in x_val:
         if key not in x_train:
             raise DataError(f"{_key('x_train', key, x_val)}: missing{where} ({_key('x_val', key, x_val)} is present)")
@@ -97,13 +99,16 @@ def make_dataset(
     inputs: dict[str, dict[str, np.ndarray]] = {"train": {}, "val": {}}
     for split, xs, y in (("train", x_train, y_train), ("val", x_val, y_val)):
         for key in x_train:  # validation inputs in the training order: the model takes them by position
-            dtype = np.float64 if np.asarray(x_train[key]).dtype == np.float64 else np.float32  # float64 data stays exact
+            dtype = (
+                np.float64 if np.asarray(x_train[key]).dtype == np.float64 else np.float32
+            )  # float64 data stays exact
             inputs[split][key] = _features(_key(f"x_{split}", key, xs), xs[key], y.shape[0], dtype, where)
     for key in x_train:
         train_shape, val_shape = inputs["train"][key].shape[1:], inputs["val"][key].shape[1:]
         if train_shape != val_shape:
             raise DataError(
-                f"{_key('x_val', key, x_train)}: sample shape {val_shape} differs from {_key('x_train', key, x_train)} {train_shape}{where}"
+                f"{_key('x_val', key, x_train)}: sample shape {val_shape} differs from "
+                f"{_key('x_train', key, x_train)} {train_shape}{where}"
             )
     if task == "classification":
         _check_classes(y_train, y_val, where)
@@ -164,9 +169,14 @@ def _targets(task: str, key: str, y: np.ndarray, where: str) -> np.ndarray:
     if y.ndim == 2 and y.shape[1] == 1:
         y_float = y_float[:, 0]
     if y_float.ndim != 1:
-        raise DataError(f"{key}: class labels must be one class id per sample, got shape {y.shape}{where} (for float targets use task=regression)")
+        raise DataError(
+            f"{key}: class labels must be one class id per sample, got shape {y.shape}{where} (for float targets use "
+            "task=regression)"
+        )
     if not np.all(y_float == np.round(y_float)) or y_float.min() < 0:
-        raise DataError(f"{key}: class labels must be non-negative integers{where} (for float targets use task=regression)")
+        raise DataError(
+            f"{key}: class labels must be non-negative integers{where} (for float targets use task=regression)"
+        )
     return y_float.astype(np.int64)
 
 
@@ -177,10 +187,15 @@ def _check_classes(y_train: np.ndarray, y_val: np.ndarray, where: str) -> None:
     num_classes = int(max(y_train.max(), y_val.max())) + 1
     counts = np.bincount(y_train, minlength=num_classes)
     if np.count_nonzero(counts) == 1:
-        log.warning("y_train holds a single class (%d)%s: every influence score will be about 0", int(y_train[0]), where)
+        log.warning(
+            "y_train holds a single class (%d)%s: every influence score will be about 0", int(y_train[0]), where
+        )
     missing = np.flatnonzero(counts == 0)
     if missing.size:
         log.warning(
             "%d classes inferred from the labels (0..%d), but no training sample has label %s%s",
-            num_classes, num_classes - 1, ", ".join(map(str, missing[:5])), where,
+            num_classes,
+            num_classes - 1,
+            ", ".join(map(str, missing[:5])),
+            where,
         )

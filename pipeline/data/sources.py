@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import zipfile
 from pathlib import Path
+
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -40,7 +41,9 @@ def load_dataset(settings: DataSettings, task: str = "classification") -> Datase
     return make_dataset(name, task, x_train, y_train, x_val, y_val, where, g_val=g_val)
 
 
-def _split(inputs: Inputs, y: np.ndarray, s: DataSettings, task: str, groups: np.ndarray | None = None) -> tuple[Inputs, np.ndarray, Inputs, np.ndarray, np.ndarray | None]:
+def _split(
+    inputs: Inputs, y: np.ndarray, s: DataSettings, task: str, groups: np.ndarray | None = None
+) -> tuple[Inputs, np.ndarray, Inputs, np.ndarray, np.ndarray | None]:
     """Hold out `val_fraction` of the rows, stratified by class for classification (when every class has 2+);
     `groups` (one id per row) are kept for the validation rows."""
     stratify = None
@@ -49,13 +52,25 @@ def _split(inputs: Inputs, y: np.ndarray, s: DataSettings, task: str, groups: np
         stratify = y if counts.size and counts.min() >= 2 else None
     rows = np.arange(y.shape[0])
     if rows.size < 2:
-        raise DataError(f"data.val_fraction={s.val_fraction}: {rows.size} row(s) cannot be split into train and validation")
+        raise DataError(
+            f"data.val_fraction={s.val_fraction}: {rows.size} row(s) cannot be split into train and validation"
+        )
     try:
-        train_rows, val_rows = train_test_split(rows, test_size=s.val_fraction, random_state=s.split_seed, stratify=stratify)
+        train_rows, val_rows = train_test_split(
+            rows, test_size=s.val_fraction, random_state=s.split_seed, stratify=stratify
+        )
     except ValueError as exc:  # e.g. a hold-out smaller than the number of classes
-        raise DataError(f"data.val_fraction={s.val_fraction}: cannot hold out a validation set from {rows.size} rows ({exc})") from None
+        raise DataError(
+            f"data.val_fraction={s.val_fraction}: cannot hold out a validation set from {rows.size} rows ({exc})"
+        ) from None
     g_val = None if groups is None else groups[val_rows]
-    return {k: v[train_rows] for k, v in inputs.items()}, y[train_rows], {k: v[val_rows] for k, v in inputs.items()}, y[val_rows], g_val
+    return (
+        {k: v[train_rows] for k, v in inputs.items()},
+        y[train_rows],
+        {k: v[val_rows] for k, v in inputs.items()},
+        y[val_rows],
+        g_val,
+    )
 
 
 def _classification_only(source: str, task: str) -> None:
@@ -74,7 +89,13 @@ def _synthetic(s: DataSettings, task: str) -> Arrays:
     if s.n_informative > s.n_features:
         raise DataError(f"data.n_informative={s.n_informative}: must not exceed data.n_features={s.n_features}")
     if task == "regression":
-        x, y = make_regression(n_samples=s.n_samples, n_features=s.n_features, n_informative=s.n_informative, noise=0.1, random_state=s.split_seed)
+        x, y = make_regression(
+            n_samples=s.n_samples,
+            n_features=s.n_features,
+            n_informative=s.n_informative,
+            noise=0.1,
+            random_state=s.split_seed,
+        )
         y = y / np.std(y)
     else:
         try:
@@ -87,7 +108,9 @@ def _synthetic(s: DataSettings, task: str) -> Arrays:
                 random_state=s.split_seed,
             )
         except ValueError as exc:
-            raise DataError(f"data.n_informative={s.n_informative}, data.n_classes={s.n_classes}: not a valid synthetic set ({exc})") from None
+            raise DataError(
+                f"data.n_informative={s.n_informative}, data.n_classes={s.n_classes}: not a valid synthetic set ({exc})"
+            ) from None
     return ("synthetic", *_split({SINGLE_INPUT: x.astype(np.float32)}, y, s, task))
 
 
@@ -131,7 +154,9 @@ def _npz(s: DataSettings, task: str) -> Arrays:
                 return archive[key]
             except ValueError as exc:
                 if "allow_pickle" in str(exc):  # object arrays need pickle, which is refused
-                    raise DataError(f"data.path={path}: array {key!r} holds Python objects; save numeric arrays") from None
+                    raise DataError(
+                        f"data.path={path}: array {key!r} holds Python objects; save numeric arrays"
+                    ) from None
                 raise DataError(f"data.path={path}: array {key!r} is unreadable ({exc})") from None
             except Exception as exc:
                 raise DataError(f"data.path={path}: array {key!r} is unreadable ({exc})") from None
@@ -153,9 +178,15 @@ def _npz(s: DataSettings, task: str) -> Arrays:
         elif s.val_from == "split":
             for key, x in x_train.items():
                 if x.shape[:1] != y_train.shape[:1]:
-                    raise DataError(f"data.path={path}: x_train{'' if key == SINGLE_INPUT else '.' + key} has {x.shape[0]} rows but y_train has {y_train.shape[0]}")
+                    raise DataError(
+                        f"data.path={path}: x_train{'' if key == SINGLE_INPUT else '.' + key} has {x.shape[0]} rows "
+                        f"but y_train has {y_train.shape[0]}"
+                    )
             if g_val is not None:
-                raise DataError(f"data.path={path}: g_val needs its validation arrays (x_val/y_val or x_test/y_test), not data.val_from=split")
+                raise DataError(
+                    f"data.path={path}: g_val needs its validation arrays (x_val/y_val or x_test/y_test), not "
+                    "data.val_from=split"
+                )
             x_train, y_train, x_val, y_val, _ = _split(x_train, y_train, s, task)
         else:
             raise DataError(f"data.path={path}: needs x_val/y_val or x_test/y_test (or set data.val_from=split)")
@@ -171,14 +202,18 @@ def _npz_input_names(keys: list[str], split: str, s: DataSettings, path: Path) -
         if split not in keys:
             raise DataError(f"data.path={path}: missing array {split!r} (has {', '.join(keys)})")
         if s.inputs is not None and list(s.inputs) != [SINGLE_INPUT]:
-            raise DataError(f"data.inputs={list(s.inputs)}: {path} holds a single input {split!r}; its name is {SINGLE_INPUT!r}")
+            raise DataError(
+                f"data.inputs={list(s.inputs)}: {path} holds a single input {split!r}; its name is {SINGLE_INPUT!r}"
+            )
         return [SINGLE_INPUT]
     if s.inputs is None:
         return named
     order = list(s.inputs)
     for name in order:
         if name not in named:
-            raise DataError(f"data.inputs: no array {split}.{name} in {path} (has {', '.join(f'{split}.{n}' for n in named)})")
+            raise DataError(
+                f"data.inputs: no array {split}.{name} in {path} (has {', '.join(f'{split}.{n}' for n in named)})"
+            )
     extra = [n for n in named if n not in order]
     if extra:
         raise DataError(f"data.inputs={order}: leaves out {split}.{extra[0]} in {path}; list every input")
@@ -212,7 +247,10 @@ def _parquet(s: DataSettings, task: str) -> Arrays:
         raise DataError(f"data.group_column={s.group_column!r}: no such column in {path} (has {', '.join(names)})")
     columns_of = _parquet_input_columns(table, s, path)
     setting = lambda name: f"data.inputs.{name}" if isinstance(s.inputs, dict) else "data.feature_columns"  # noqa: E731
-    x = {name: np.concatenate([_column_matrix(table, c, path, setting(name)) for c in columns], axis=1) for name, columns in columns_of.items()}
+    x = {
+        name: np.concatenate([_column_matrix(table, c, path, setting(name)) for c in columns], axis=1)
+        for name, columns in columns_of.items()
+    }
     y = _column_targets(table, s.label_column, path)
     groups = None if s.group_column is None else _column_groups(table, s.group_column, path)
     if s.split_column is None:
@@ -223,7 +261,14 @@ def _parquet(s: DataSettings, task: str) -> Arrays:
         raise DataError(f"data.split_column={s.split_column!r}: values must be 'train' or 'val', found {bad[0]!r}")
     is_train = split == "train"
     g_val = None if groups is None else groups[~is_train]
-    return (path.stem, {k: v[is_train] for k, v in x.items()}, y[is_train], {k: v[~is_train] for k, v in x.items()}, y[~is_train], g_val)
+    return (
+        path.stem,
+        {k: v[is_train] for k, v in x.items()},
+        y[is_train],
+        {k: v[~is_train] for k, v in x.items()},
+        y[~is_train],
+        g_val,
+    )
 
 
 def _column_groups(table: pa.Table, column: str, path: Path) -> np.ndarray:
@@ -253,7 +298,9 @@ def _parquet_input_columns(table: pa.Table, s: DataSettings, path: Path) -> dict
         groups = {SINGLE_INPUT: usable}
     for name, columns in groups.items():
         if not columns:
-            raise DataError(f"{f'data.inputs.{name}' if isinstance(s.inputs, dict) else 'data.feature_columns'}: no columns")
+            raise DataError(
+                f"{f'data.inputs.{name}' if isinstance(s.inputs, dict) else 'data.feature_columns'}: no columns"
+            )
         for c in columns:
             if c not in names:
                 setting = "data.feature_columns" if name == SINGLE_INPUT and s.inputs is None else f"data.inputs.{name}"
@@ -284,7 +331,9 @@ def _column_matrix(table: pa.Table, column: str, path: Path, setting: str) -> np
     else:
         lengths = np.unique(pc.list_value_length(col).to_numpy())
         if lengths.size > 1:
-            raise DataError(f"column {column!r} in {path}: list rows have different lengths ({lengths.min()}..{lengths.max()})")
+            raise DataError(
+                f"column {column!r} in {path}: list rows have different lengths ({lengths.min()}..{lengths.max()})"
+            )
         width = int(lengths[0]) if lengths.size else 0
     if width == 0 or len(col) == 0:
         raise DataError(f"column {column!r} in {path}: no values ({len(col)} rows of width {width})")
@@ -314,4 +363,3 @@ def describe(dataset: Dataset) -> str:
     else:
         target = f"float targets of width {dataset.output_dim}"
     return f"{dataset.name}: {dataset.n_train} training / {dataset.n_val} validation samples; inputs {inputs}; {target}"
-

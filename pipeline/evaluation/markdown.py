@@ -17,7 +17,10 @@ from pipeline.models import MODELS
 SCHEMA = pa.schema(
     [
         ("experiment", pa.string()),
-        ("part", pa.string()),  # context | same_seed | cross_seed | ensemble | ensemble_groups | equal_compute | removal | flips
+        (
+            "part",
+            pa.string(),
+        ),  # context | same_seed | cross_seed | ensemble | ensemble_groups | equal_compute | removal | flips
         ("method", pa.string()),  # "-" for figures of the ground truth itself
         ("ensemble", pa.int64()),  # K for part=ensemble, else 0
         ("fraction", pa.float64()),  # drop fraction, removed fraction k, or share inspected; NaN if none
@@ -28,7 +31,13 @@ SCHEMA = pa.schema(
 # TRAK (dattri, 512-dim projection) on the seed 000 model, LDS at 50% kept against 25-seed targets
 # (measured earlier on this machine with dattri, 512-dim projection, 25-seed targets): K final models -> LDS.
 TRAK = {"mnist_seed000": {1: 0.41, 5: 0.54, 10: 0.60, 20: 0.67}}
-OBJECTIVES = {"cross_entropy": "cross-entropy", "mse": "mean squared error", "margin": "margin loss", "mae": "mean absolute error", "huber": "Huber loss"}
+OBJECTIVES = {
+    "cross_entropy": "cross-entropy",
+    "mse": "mean squared error",
+    "margin": "margin loss",
+    "mae": "mean absolute error",
+    "huber": "Huber loss",
+}
 VALIDATION_BASED = tuple(name for name, method in REGISTRY.items() if method.measures == "validation")
 PEER = "dattri TRAK"  # the outside reference (scripts/peers), when evaluation.peer_scores is set
 
@@ -65,13 +74,21 @@ def pct(fraction: float) -> str:
 
 
 def table(header: list[str], lines: list[list[str]]) -> list[str]:
-    return ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header), *("| " + " | ".join(line) + " |" for line in lines), ""]
+    return [
+        "| " + " | ".join(header) + " |",
+        "|" + " --- |" * len(header),
+        *("| " + " | ".join(line) + " |" for line in lines),
+        "",
+    ]
 
 
 def describe(settings: Settings) -> str:
     m, o, t = settings.model, settings.optimizer, settings.train
     model = MODELS[m.name].describe(m)
-    return f"data={settings.data.source}, model={model}, {o.name} lr={o.lr:g}, {t.epochs} epochs of batch {t.batch_size}, {t.dtype}"
+    return (
+        f"data={settings.data.source}, model={model}, {o.name} lr={o.lr:g}, {t.epochs} epochs of batch "
+        f"{t.batch_size}, {t.dtype}"
+    )
 
 
 def experiment_section(rows: pa.Table, settings: Settings, command: str) -> str:
@@ -83,15 +100,25 @@ def experiment_section(rows: pa.Table, settings: Settings, command: str) -> str:
     lines = [
         f"## {f.experiment}",
         "",
-        f"{describe(settings)}; N = {int(c('N'))} training samples. Reproduce: `{command}` ({time.strftime('%Y-%m-%d')}; "
-        f"{int(c('retrainings'))} retrainings in {c('retrain_seconds'):.0f} s, {c('wall_seconds') / 60:.1f} min in all).",
+        f"{describe(settings)}; N = {int(c('N'))} training samples. Reproduce: `{command}` "
+        f"({time.strftime('%Y-%m-%d')}; "
+        f"{int(c('retrainings'))} retrainings in {c('retrain_seconds'):.0f} s, {c('wall_seconds') / 60:.1f} min in "
+        "all).",
         "",
         f"E = validation {objective}. E of seed 0 = {c('E_seed0'):.4g}; over the R = {r} fresh seeds on all the data "
-        f"E = {c('E_fresh_mean'):.4g} with sd {c('E_fresh_sd'):.2g} (the seed-to-seed noise floor of E); median |change of E| "
+        f"E = {c('E_fresh_mean'):.4g} with sd {c('E_fresh_sd'):.2g} (the seed-to-seed noise floor of E); median "
+        "|change of E| "
         f"when one sample is removed on seed 0's schedule: {c('median_abs_loo_change'):.2g}.",
         "",
     ]
-    lines += same_seed_lines(f) + cross_seed_lines(f, r) + ensemble_lines(f) + equal_compute_lines(f) + removal_lines(f, r) + flip_lines(f)
+    lines += (
+        same_seed_lines(f)
+        + cross_seed_lines(f, r)
+        + ensemble_lines(f)
+        + equal_compute_lines(f)
+        + removal_lines(f, r)
+        + flip_lines(f)
+    )
     lines += goal_lines(f)
     return "\n".join(lines) + "\n"
 
@@ -99,8 +126,14 @@ def experiment_section(rows: pa.Table, settings: Settings, command: str) -> str:
 def same_seed_lines(f: Figures) -> list[str]:
     drops = [x for x in f.values("fraction", part="same_seed", metric="lds")]
     methods = f.values("method", part="same_seed", metric="lds")
-    body = [[m, fmt(f.get("same_seed", m, "loo_pearson")), fmt(f.get("same_seed", m, "loo_spearman"))] + [fmt(f.get("same_seed", m, "lds", d)) for d in drops] for m in methods]
-    body.append(["sd of E across subsets", "", ""] + [f"{f.get('same_seed', '-', 'subset_sd_E', d):.2g}" for d in drops])
+    body = [
+        [m, fmt(f.get("same_seed", m, "loo_pearson")), fmt(f.get("same_seed", m, "loo_spearman"))]
+        + [fmt(f.get("same_seed", m, "lds", d)) for d in drops]
+        for m in methods
+    ]
+    body.append(
+        ["sd of E across subsets", "", ""] + [f"{f.get('same_seed', '-', 'subset_sd_E', d):.2g}" for d in drops]
+    )
     return [
         "### Same seed: seed 0's initial state and schedule, eps = 0/1",
         "",
@@ -117,10 +150,15 @@ def cross_seed_lines(f: Figures, r: int) -> list[str]:
     rel = {d: f.get("cross_seed", "-", "reliability", d) for d in drops}
     body = [
         [f"target reliability (split-half, Spearman-Brown to R = {r})"] + [fmt(rel[d]) for d in drops],
-        ["R for reliability 0.8 (Spearman-Brown prophecy)"] + [fmt(f.get("cross_seed", "-", "seeds_for_0.8", d), 0) for d in drops],
+        ["R for reliability 0.8 (Spearman-Brown prophecy)"]
+        + [fmt(f.get("cross_seed", "-", "seeds_for_0.8", d), 0) for d in drops],
         ["ceiling: sqrt(reliability)"] + [fmt(math.sqrt(rel[d]) if rel[d] > 0 else math.nan) for d in drops],
         ["sd of E across seeds within a subset / of the R-seed means across subsets"]
-        + [f"{f.get('cross_seed', '-', 'E_sd_across_seeds', d):.2g} / {f.get('cross_seed', '-', 'target_sd_across_subsets', d):.2g}" for d in drops],
+        + [
+            f"{f.get('cross_seed', '-', 'E_sd_across_seeds', d):.2g} / "
+            f"{f.get('cross_seed', '-', 'target_sd_across_subsets', d):.2g}"
+            for d in drops
+        ],
     ]
     body += [[m] + [f"{fmt(f.get('cross_seed', m, 'lds', d))} (rel. {fmt(rel[d], 2)})" for d in drops] for m in methods]
     return [
@@ -143,31 +181,49 @@ def ensemble_lines(f: Figures) -> list[str]:
     lines = [
         "### Ensembles: cross-seed LDS of scores combined over seeds 0..K-1",
         "",
-        "Each method uses K trainings, combined by the plain mean or `standardized` (each seed divided by its root mean "
-        "square first, pipeline.ensembles). Seconds per model: worker seconds of one training plus the method's scoring "
+        "Each method uses K trainings, combined by the plain mean or `standardized` (each seed divided by its root "
+        "mean "
+        "square first, pipeline.ensembles). Seconds per model: worker seconds of one training plus the method's "
+        "scoring "
         "(for an outside reference, its own training and attribution).",
         "",
     ]
     for drop in drops:
-        header = ["method", *(f"K={k}" for k in sizes)] + (["seconds per model"] if f.values("method", part="ensemble", metric="seconds_per_model") else [])
+        header = ["method", *(f"K={k}" for k in sizes)] + (
+            ["seconds per model"] if f.values("method", part="ensemble", metric="seconds_per_model") else []
+        )
         body = []
         for label in labels:
             base = label.removesuffix(" standardized")
             per_model = f.get("ensemble", base, "seconds_per_model")
-            body.append([label, *(fmt(f.get("ensemble", label, "lds", drop, k)) for k in sizes)] + ([fmt(per_model, 1)] if len(header) > len(sizes) + 1 else []))
+            body.append(
+                [label, *(fmt(f.get("ensemble", label, "lds", drop, k)) for k in sizes)]
+                + ([fmt(per_model, 1)] if len(header) > len(sizes) + 1 else [])
+            )
         if trak and math.isclose(drop, 0.5):
-            body.append(["TRAK, 50% kept (earlier measurement)", *(fmt(trak.get(k, math.nan), 2) for k in sizes)] + ([""] if len(header) > len(sizes) + 1 else []))
+            body.append(
+                ["TRAK, 50% kept (earlier measurement)", *(fmt(trak.get(k, math.nan), 2) for k in sizes)]
+                + ([""] if len(header) > len(sizes) + 1 else [])
+            )
         lines += [f"LDS at {pct(drop)} removed:", "", *table(header, body)]
     groups = f.values("method", part="ensemble_groups", metric="lds_mean")
     if groups:
         for drop in drops:
             body = [
-                [m, *(f"{fmt(f.get('ensemble_groups', m, 'lds_mean', drop, k))} ± {fmt(f.get('ensemble_groups', m, 'lds_se', drop, k))} "
-                      f"({int(f.get('ensemble_groups', m, 'groups', drop, k))})" for k in sizes)]
+                [
+                    m,
+                    *(
+                        f"{fmt(f.get('ensemble_groups', m, 'lds_mean', drop, k))} ± "
+                        f"{fmt(f.get('ensemble_groups', m, 'lds_se', drop, k))} "
+                        f"({int(f.get('ensemble_groups', m, 'groups', drop, k))})"
+                        for k in sizes
+                    ),
+                ]
                 for m in groups
             ]
             lines += [
-                f"Disjoint groups of K seeds (mean rule), LDS at {pct(drop)} removed: mean ± standard error over the groups (number of groups):",
+                f"Disjoint groups of K seeds (mean rule), LDS at {pct(drop)} removed: mean ± standard error over the "
+                "groups (number of groups):",
                 "",
                 *table(["method", *(f"K={k}" for k in sizes)], body),
             ]
@@ -211,7 +267,8 @@ def removal_lines(f: Figures, r: int) -> list[str]:
     return [
         f"### Removal: change of E after removing k samples, mean ± se over R = {r} fresh seeds",
         "",
-        "Paired with the same seeds on all the data. Harmful: the k highest scores (loss: highest training loss; random: "
+        "Paired with the same seeds on all the data. Harmful: the k highest scores (loss: highest training loss; "
+        "random: "
         "k random samples); helpful: the k lowest scores (E should rise).",
         "",
         *table(["method", *(f"harmful {pct(k)}" for k in ks), *(f"helpful {pct(k)}" for k in ks)], body),
@@ -224,7 +281,11 @@ def flip_lines(f: Figures) -> list[str]:
         return []
     shares = f.values("fraction", part="flips", metric="found")
     body = [[m, fmt(f.get("flips", m, "auc")), *(fmt(f.get("flips", m, "found", s)) for s in shares)] for m in methods]
-    return ["### Flipped labels: scores on data with flipped labels", "", *table(["method", "AUC", *(f"found @{pct(s)}" for s in shares)], body)]
+    return [
+        "### Flipped labels: scores on data with flipped labels",
+        "",
+        *table(["method", "AUC", *(f"found @{pct(s)}" for s in shares)], body),
+    ]
 
 
 def verdict(met: bool | None) -> str:
@@ -238,36 +299,77 @@ def goals(f: Figures) -> list[tuple[str, bool | None, str]]:
     small = [d for d in (0.01, 0.05) if not math.isnan(f.get("same_seed", "trajectory", "lds", d))]
     worst = min((f.get("same_seed", "trajectory", "lds", d) for d in small), default=math.nan)
     detail = ", ".join(f"{pct(d)}: {fmt(f.get('same_seed', 'trajectory', 'lds', d))}" for d in small)
-    out.append(("same-seed LDS at 1-5% drops >= 0.9 (trajectory)", None if math.isnan(worst) else worst >= 0.9, f"{detail}; margin {worst - 0.9:+.3f}; run {'smooth' if smooth >= 0.9 else 'not smooth'} (LOO Pearson {fmt(smooth)})"))
+    out.append(
+        (
+            "same-seed LDS at 1-5% drops >= 0.9 (trajectory)",
+            None if math.isnan(worst) else worst >= 0.9,
+            f"{detail}; margin {worst - 0.9:+.3f}; run {'smooth' if smooth >= 0.9 else 'not smooth'} (LOO Pearson "
+            f"{fmt(smooth)})",
+        )
+    )
 
     trak = TRAK.get(f.experiment, {})
     sizes = f.values("ensemble", part="ensemble", metric="lds")
-    best = {k: max((f.get("ensemble", m, "lds", 0.5, k), m) for m in f.values("method", part="ensemble", metric="lds")) for k in sizes}
+    best = {
+        k: max((f.get("ensemble", m, "lds", 0.5, k), m) for m in f.values("method", part="ensemble", metric="lds"))
+        for k in sizes
+    }
     rel = f.get("cross_seed", "-", "reliability", 0.5)
-    if best and PEER not in f.values("method", part="ensemble", metric="lds"):  # else: measured side by side (peer_goals)
+    if best and PEER not in f.values(
+        "method", part="ensemble", metric="lds"
+    ):  # else: measured side by side (peer_goals)
         common = [k for k in sizes if k in trak]
         if common:
             k = common[-1]
             text = "; ".join(f"K={c}: {fmt(best[c][0])} ({best[c][1]}) vs {trak[c]:.2f}" for c in common)
-            out.append(("best ensemble's cross-seed LDS (50% removed) >= TRAK at equal K", best[k][0] >= trak[k], f"{text}; margin at K={k} {best[k][0] - trak[k]:+.3f}; target reliability {fmt(rel)}"))
+            out.append(
+                (
+                    "best ensemble's cross-seed LDS (50% removed) >= TRAK at equal K",
+                    best[k][0] >= trak[k],
+                    f"{text}; margin at K={k} {best[k][0] - trak[k]:+.3f}; target reliability {fmt(rel)}",
+                )
+            )
         else:
             k = sizes[-1]
-            out.append(("best ensemble's cross-seed LDS (50% removed) vs TRAK", None, f"K={k}: {fmt(best[k][0])} ({best[k][1]}), target reliability {fmt(rel)}; no TRAK figure measured on this model"))
+            out.append(
+                (
+                    "best ensemble's cross-seed LDS (50% removed) vs TRAK",
+                    None,
+                    f"K={k}: {fmt(best[k][0])} ({best[k][1]}), target reliability {fmt(rel)}; no TRAK figure "
+                    "measured on this model",
+                )
+            )
 
     out += peer_goals(f)
     flip = {m: f.get("flips", m, "auc") for m in f.values("method", part="flips", metric="auc")}
     validation = {m: v for m, v in flip.items() if m.split()[0] in VALIDATION_BASED}
     if validation and "loss" in flip:
-        m = max(validation, key=validation.get)
-        out.append(("best validation-based score finds flips at least as well as training loss (AUC)", validation[m] >= flip["loss"], f"{m} {fmt(validation[m])} vs loss {fmt(flip['loss'])}; margin {validation[m] - flip['loss']:+.3f}"))
+        m = max(validation, key=lambda m: validation[m])
+        out.append(
+            (
+                "best validation-based score finds flips at least as well as training loss (AUC)",
+                validation[m] >= flip["loss"],
+                f"{m} {fmt(validation[m])} vs loss {fmt(flip['loss'])}; margin {validation[m] - flip['loss']:+.3f}",
+            )
+        )
 
-    removal = {m: f.get("removal", m, "delta_E_harmful", 0.05) for m in f.values("method", part="removal", metric="delta_E_harmful")}
+    removal = {
+        m: f.get("removal", m, "delta_E_harmful", 0.05)
+        for m in f.values("method", part="removal", metric="delta_E_harmful")
+    }
     candidates = {m: v for m, v in removal.items() if m.split()[0] in VALIDATION_BASED and not math.isnan(v)}
     if candidates and "loss" in removal and "random" in removal:
-        m = min(candidates, key=candidates.get)
+        m = min(candidates, key=lambda m: candidates[m])
         se = f.get("removal", m, "delta_E_harmful_se", 0.05)
         met = candidates[m] < removal["loss"] and candidates[m] < removal["random"]
-        out.append(("removing the top 5% harmful lowers E more than 5% by loss or at random", met, f"{m} {candidates[m]:+.2e} (se {se:.1e}) vs loss {removal['loss']:+.2e}, random {removal['random']:+.2e}"))
+        out.append(
+            (
+                "removing the top 5% harmful lowers E more than 5% by loss or at random",
+                met,
+                f"{m} {candidates[m]:+.2e} (se {se:.1e}) vs loss {removal['loss']:+.2e}, random "
+                f"{removal['random']:+.2e}",
+            )
+        )
     return out
 
 
@@ -276,20 +378,35 @@ def peer_goals(f: Figures) -> list[tuple[str, bool | None, str]]:
     sizes = f.values("ensemble", part="ensemble", metric="lds")
     if PEER not in f.values("method", part="ensemble", metric="lds"):
         return []
-    out = []
+    out: list[tuple[str, bool | None, str]] = []
     drop = 0.5
     rel = f.get("cross_seed", "-", "reliability", drop)
     close = [k for k in sizes if k in (10, 20)]
     if close:
         diffs = {k: f.get("ensemble", "trak", "lds", drop, k) - f.get("ensemble", PEER, "lds", drop, k) for k in close}
-        text = "; ".join(f"K={k}: trak {fmt(f.get('ensemble', 'trak', 'lds', drop, k))} vs {fmt(f.get('ensemble', PEER, 'lds', drop, k))} ({d:+.3f})" for k, d in diffs.items())
-        out.append((f"trak within 0.05 LDS of {PEER} at K = 10, 20 (50% kept)", all(d >= -0.05 for d in diffs.values()), f"{text}; reliability {fmt(rel)}"))
+        text = "; ".join(
+            f"K={k}: trak {fmt(f.get('ensemble', 'trak', 'lds', drop, k))} vs "
+            f"{fmt(f.get('ensemble', PEER, 'lds', drop, k))} ({d:+.3f})"
+            for k, d in diffs.items()
+        )
+        out.append(
+            (
+                f"trak within 0.05 LDS of {PEER} at K = 10, 20 (50% kept)",
+                all(d >= -0.05 for d in diffs.values()),
+                f"{text}; reliability {fmt(rel)}",
+            )
+        )
     noisy = [k for k in sizes if k in (1, 5)]
     if noisy:
         met, parts = True, []
         for k in noisy:
-            a, b = f.get("ensemble_groups", "trak", "lds_mean", drop, k), f.get("ensemble_groups", PEER, "lds_mean", drop, k)
-            se = math.hypot(f.get("ensemble_groups", "trak", "lds_se", drop, k), f.get("ensemble_groups", PEER, "lds_se", drop, k))
+            a, b = (
+                f.get("ensemble_groups", "trak", "lds_mean", drop, k),
+                f.get("ensemble_groups", PEER, "lds_mean", drop, k),
+            )
+            se = math.hypot(
+                f.get("ensemble_groups", "trak", "lds_se", drop, k), f.get("ensemble_groups", PEER, "lds_se", drop, k)
+            )
             met = met and a >= b - se
             parts.append(f"K={k}: {fmt(a)} vs {fmt(b)} (se {fmt(se)})")
         out.append((f"trak within one standard error of {PEER} at K = 1, 5 (disjoint groups)", met, "; ".join(parts)))
@@ -298,18 +415,42 @@ def peer_goals(f: Figures) -> list[tuple[str, bool | None, str]]:
         labels = [m for m in f.values("method", part="equal_compute", metric="lds") if not m.startswith(PEER)]
         parts, met = [], True
         for k in budgets:
-            best = max(((v, m) for m in labels if not math.isnan(v := f.get("equal_compute", m, "lds", d, k))), default=(math.nan, ""))
-            peer = max((v for m in (PEER, f"{PEER} standardized") if not math.isnan(v := f.get("equal_compute", m, "lds", d, k))), default=math.nan)
+            best = max(
+                ((v, m) for m in labels if not math.isnan(v := f.get("equal_compute", m, "lds", d, k))),
+                default=(math.nan, ""),
+            )
+            peer = max(
+                (
+                    v
+                    for m in (PEER, f"{PEER} standardized")
+                    if not math.isnan(v := f.get("equal_compute", m, "lds", d, k))
+                ),
+                default=math.nan,
+            )
             if math.isnan(peer) or math.isnan(best[0]):
                 continue
             met = met and best[0] > peer
             parts.append(f"budget K={k}: {fmt(best[0])} ({best[1]}) vs {fmt(peer)}")
-        out.append((f"pipeline's best beats {PEER} at equal compute ({pct(d)} removed)", met if parts else None, "; ".join(parts)))
+        out.append(
+            (
+                f"pipeline's best beats {PEER} at equal compute ({pct(d)} removed)",
+                met if parts else None,
+                "; ".join(parts),
+            )
+        )
     loss = {k: max(f.get("ensemble", m, "lds", drop, k) for m in ("loss", "loss standardized")) for k in sizes}
-    exact = {k: max(f.get("ensemble", m, "lds", drop, k) for m in ("trajectory", "trajectory standardized")) for k in sizes}
+    exact = {
+        k: max(f.get("ensemble", m, "lds", drop, k) for m in ("trajectory", "trajectory standardized")) for k in sizes
+    }
     if not any(math.isnan(v) for v in loss.values()):
         text = "; ".join(f"K={k}: {fmt(exact[k])} vs {fmt(loss[k])}" for k in sizes)
-        out.append(("trajectory ensembles at least as good as loss at every K (50% kept, better rule)", all(exact[k] >= loss[k] for k in sizes), text))
+        out.append(
+            (
+                "trajectory ensembles at least as good as loss at every K (50% kept, better rule)",
+                all(exact[k] >= loss[k] for k in sizes),
+                text,
+            )
+        )
     return out
 
 
@@ -339,7 +480,12 @@ def gather(results: Path, experiments: Path) -> Path:
     lines += table(["experiment", "goal", "", "figures"], body)
     missing = [n for n in names if n not in done]
     if missing:
-        lines += ["Not run yet (commands):", "", *(f"- `python -m pipeline.evaluate experiment={n}`" for n in missing), ""]
+        lines += [
+            "Not run yet (commands):",
+            "",
+            *(f"- `python -m pipeline.evaluate experiment={n}`" for n in missing),
+            "",
+        ]
     for name in done:
         lines += [(results / f"{name}.md").read_text()]
     notes = results / "discussion.md"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from pipeline.config import Settings
@@ -16,8 +18,13 @@ def fresh_objective(settings: Settings, dataset: Dataset, seed: int, eps: np.nda
 
     recipe = recipe_for(settings, dataset, seed)
     schedule = schedule_for(settings, dataset, seed)
-    batches = make_batches(list(dataset.x_train.values()), dataset.y_train, schedule, settings.train.dtype, recipe.task, eps)
-    final = {}
+    batches = make_batches(
+        list(dataset.x_train.values()), dataset.y_train, schedule, settings.train.dtype, recipe.task, eps
+    )
+    final: dict[int, Any] = {}
     train(recipe, recipe.initial_state(), batches, [0, schedule.n_steps], final.__setitem__)
-    x_val, y_val = as_inputs(list(dataset.x_val.values()), recipe.dtype), as_targets(dataset.y_val, recipe.task, recipe.dtype)
+    x_val, y_val = (
+        as_inputs(list(dataset.x_val.values()), recipe.dtype),
+        as_targets(dataset.y_val, recipe.task, recipe.dtype),
+    )
     return float(recipe.evaluate(final[schedule.n_steps], x_val, y_val)["objective"])

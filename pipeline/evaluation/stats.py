@@ -57,7 +57,11 @@ def split_half_reliability(values: np.ndarray, splits: int, rng: np.random.Gener
     rs = []
     for _ in range(splits):
         order = rng.permutation(n_seeds)
-        rs.append(metrics.correlations(values[:, order[:half]].mean(axis=1), values[:, order[half : 2 * half]].mean(axis=1))["pearson"])
+        rs.append(
+            metrics.correlations(values[:, order[:half]].mean(axis=1), values[:, order[half : 2 * half]].mean(axis=1))[
+                "pearson"
+            ]
+        )
     return spearman_brown(float(np.mean(rs)), n_seeds / half)
 
 
@@ -76,7 +80,9 @@ def paired_change(after: np.ndarray, before: np.ndarray) -> tuple[float, float]:
     return float(diff.mean()), float(diff.std(ddof=1) / math.sqrt(diff.size)) if diff.size > 1 else math.nan
 
 
-def flip_labels(rng: np.random.Generator, y: np.ndarray, num_classes: int, fraction: float) -> tuple[np.ndarray, np.ndarray]:
+def flip_labels(
+    rng: np.random.Generator, y: np.ndarray, num_classes: int, fraction: float
+) -> tuple[np.ndarray, np.ndarray]:
     """(labels with round(fraction * n) of them moved to another class at random, [n] bool flipped)."""
     flipped = np.zeros(y.size, dtype=bool)
     flipped[rng.choice(y.size, int(round(fraction * y.size)), replace=False)] = True

@@ -43,7 +43,9 @@ def prices(rng: np.random.Generator) -> dict[str, np.ndarray]:
         hidden = rng.standard_normal(size=(n, 2))
         arrays[f"x_{split}.reference_prices"] = reference
         arrays[f"x_{split}.hidden_inputs"] = hidden
-        arrays[f"y_{split}"] = (hidden @ TRUE_KERNEL + TRUE_BIAS + 1.0) * reference[:, 0] + NOISE_STD * rng.standard_normal(n)
+        arrays[f"y_{split}"] = (hidden @ TRUE_KERNEL + TRUE_BIAS + 1.0) * reference[
+            :, 0
+        ] + NOISE_STD * rng.standard_normal(n)
     return arrays
 
 
@@ -64,7 +66,9 @@ def _parser() -> argparse.ArgumentParser:
         "(200 train, 50 val rows). All arrays are float64.",
     )
     parser.add_argument("dataset", choices=sorted(GENERATORS), help="which data set to write")
-    parser.add_argument("--out", required=True, type=Path, help="output file, must end in .npz; its directory must exist")
+    parser.add_argument(
+        "--out", required=True, type=Path, help="output file, must end in .npz; its directory must exist"
+    )
     parser.add_argument("--seed", type=int, default=0, help="random seed, a non-negative integer (default 0)")
     return parser
 
@@ -80,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.seed < 0:
         parser.error(f"--seed {args.seed}: must be non-negative")
     try:
-        np.savez(args.out, **GENERATORS[args.dataset](np.random.default_rng(args.seed)))
+        np.savez(args.out, **GENERATORS[args.dataset](np.random.default_rng(args.seed)))  # type: ignore[arg-type]  # numpy stub: **arrays may not be allow_pickle
     except OSError as exc:
         parser.exit(1, f"{parser.prog}: error: cannot write {args.out} ({exc.strerror or exc})\n")
     print(args.out)

@@ -44,7 +44,8 @@ def quadratic_mlp(input_shape: tuple[int, ...], output_dim: int) -> keras.Model:
 
 
 class PriceModel(keras.Model):
-    """Implied prices: (hidden_model(hidden_inputs) + 1) * reference_prices, on inputs [reference_prices, hidden_inputs]."""
+    """Implied prices: (hidden_model(hidden_inputs) + 1) * reference_prices,
+    on inputs [reference_prices, hidden_inputs]."""
 
     def __init__(self, hidden_model: keras.Model):
         super().__init__(name="price_model")
@@ -58,8 +59,12 @@ class PriceModel(keras.Model):
 def price_model(input_shapes: dict[str, tuple[int, ...]], output_dim: int) -> keras.Model:
     """An unbuilt PriceModel whose hidden model is one Dense(output_dim), kernel 0.1 and bias 0."""
     if tuple(input_shapes) != PRICE_INPUTS or tuple(input_shapes["reference_prices"]) != (1,):
-        raise ValueError(f"price_model needs inputs reference_prices (1,) then hidden_inputs (cols,), got {dict(input_shapes)}")
+        raise ValueError(
+            f"price_model needs inputs reference_prices (1,) then hidden_inputs (cols,), got {dict(input_shapes)}"
+        )
     # Constant(0.1) would pass through float32 (0.10000000149 in float64 runs); a float64 value casts exactly.
     kernel = keras.initializers.Constant(np.float64(0.1))
-    hidden = keras.Sequential([keras.layers.Dense(output_dim, kernel_initializer=kernel, bias_initializer="zeros", name="output")])
+    hidden = keras.Sequential(
+        [keras.layers.Dense(output_dim, kernel_initializer=kernel, bias_initializer="zeros", name="output")]
+    )
     return PriceModel(hidden)

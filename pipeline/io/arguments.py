@@ -46,14 +46,24 @@ def score_arguments(settings: Settings, trajectory_key: str, method: str | None 
     """What a method's scores depend on besides the trajectory: its name and its own influence.* settings."""
     method = method or settings.influence.method
     influence = settings.to_dict()["influence"]
-    return {"trajectory_key": trajectory_key, "method": method, "influence": {k: influence[k] for k in REGISTRY[method].settings}}
+    return {
+        "trajectory_key": trajectory_key,
+        "method": method,
+        "influence": {k: influence[k] for k in REGISTRY[method].settings},
+    }
 
 
 def features_key(settings: Settings, trajectory_key: str) -> str:
     """Key of a features method's stored features: the trajectory, the method and the settings that change the
     features (not influence.damping: the kernel is reduced again for another damping, the features are reused)."""
     influence = settings.to_dict()["influence"]
-    return key_of({"trajectory_key": trajectory_key, "method": settings.influence.method, **{k: influence[k] for k in FEATURE_SETTINGS}})
+    return key_of(
+        {
+            "trajectory_key": trajectory_key,
+            "method": settings.influence.method,
+            **{k: influence[k] for k in FEATURE_SETTINGS},
+        }
+    )
 
 
 FEATURE_SETTINGS = changed_by(InfluenceSettings, FEATURES)  # influence.* the features depend on
@@ -72,14 +82,19 @@ def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
 def first_difference(stored: dict[str, Any], current: dict[str, Any]) -> str:
     """'setting: stored -> current' for the first setting (in sorted order) that differs."""
     a, b = _flatten(stored), _flatten(current)
-    same = lambda x, y: json.dumps(x, sort_keys=True) == json.dumps(y, sort_keys=True)
+
+    def same(x: Any, y: Any) -> bool:
+        return json.dumps(x, sort_keys=True) == json.dumps(y, sort_keys=True)
+
     for name in sorted(set(a) | set(b)):
         if not same(a.get(name, "<unset>"), b.get(name, "<unset>")):
             return f"{name}={a.get(name, '<unset>')} there, {b.get(name, '<unset>')} now"
     return "no setting differs"
 
 
-def claim(run_dir: Path, path: Path, arguments: dict[str, Any], what: str, overwrite: bool, remove_on_overwrite: list[Path]) -> bool:
+def claim(
+    run_dir: Path, path: Path, arguments: dict[str, Any], what: str, overwrite: bool, remove_on_overwrite: list[Path]
+) -> bool:
     """Record `arguments` in `path`, or check them against the ones recorded there.
 
     Returns True when the artifact's existing files may be reused (same arguments). On a mismatch it raises
@@ -98,7 +113,8 @@ def claim(run_dir: Path, path: Path, arguments: dict[str, Any], what: str, overw
             return True
         if not overwrite:
             raise ConfigError(
-                f"output.dir={run_dir}: holds {what} computed with other settings ({first_difference(stored.get('arguments', {}), arguments)}); "
+                f"output.dir={run_dir}: holds {what} computed with other settings "
+                f"({first_difference(stored.get('arguments', {}), arguments)}); "
                 "choose another output.dir or set output.overwrite=true"
             )
         for target in remove_on_overwrite:

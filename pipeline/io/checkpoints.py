@@ -8,9 +8,9 @@ train stage retrains the seed."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -25,9 +25,8 @@ def save_state(path: Path, layout: StateLayout, arrays: Sequence[np.ndarray]) ->
     keys = [key for key, _, _ in layout]
     if len(keys) != len(set(keys)) or len(keys) != len(arrays):
         raise ValueError(f"{path}: state layout and arrays disagree")
-    with atomic_path(path) as tmp:
-        with open(tmp, "wb") as handle:
-            np.savez(handle, **dict(zip(keys, arrays)))
+    with atomic_path(path) as tmp, open(tmp, "wb") as handle:
+        np.savez(handle, **dict(zip(keys, arrays)))  # type: ignore[arg-type]  # numpy stub: **arrays may not be allow_pickle
 
 
 def load_state(path: Path, layout: StateLayout, fix: str) -> list[np.ndarray]:
@@ -41,12 +40,17 @@ def load_state(path: Path, layout: StateLayout, fix: str) -> list[np.ndarray]:
         expected = {key for key, _, _ in layout}
         if stored != expected:
             odd = sorted(expected - stored) or sorted(stored - expected)
-            raise DataError(f"{path}: state does not match the model ({len(stored)} arrays, the model has {len(expected)}; first mismatch {odd[0]}); {fix}")
+            raise DataError(
+                f"{path}: state does not match the model ({len(stored)} arrays, the model has {len(expected)}; first "
+                f"mismatch {odd[0]}); {fix}"
+            )
         arrays = []
         for key, shape, variable in layout:
             array = archive[key]
             if tuple(array.shape) != tuple(shape):
-                raise DataError(f"{path}: {key} has shape {tuple(array.shape)} but the model's {variable} has {tuple(shape)}; {fix}")
+                raise DataError(
+                    f"{path}: {key} has shape {tuple(array.shape)} but the model's {variable} has {tuple(shape)}; {fix}"
+                )
             arrays.append(array)
         return arrays
 

@@ -46,16 +46,16 @@ def digest(array: np.ndarray) -> str:
 
 
 def _save_npz(path: Path, **arrays: np.ndarray) -> None:
-    with atomic_path(path) as tmp:
-        with open(tmp, "wb") as handle:
-            np.savez(handle, **arrays)
+    with atomic_path(path) as tmp, open(tmp, "wb") as handle:
+        np.savez(handle, **arrays)  # type: ignore[arg-type]  # numpy stub: **arrays may not be allow_pickle
 
 
-def write_shard(folder: Path, shard: int, start: int, stop: int, phi: np.ndarray, slope: np.ndarray, gram: np.ndarray, key: str) -> None:
+def write_shard(
+    folder: Path, shard: int, start: int, stop: int, phi: np.ndarray, slope: np.ndarray, gram: np.ndarray, key: str
+) -> None:
     """phi [C, n, k] (already in the feature dtype), slope [C, n], gram [C, k, k] of samples start..stop-1."""
-    with atomic_path(phi_path(folder, shard)) as tmp:
-        with open(tmp, "wb") as handle:
-            np.save(handle, phi)
+    with atomic_path(phi_path(folder, shard)) as tmp, open(tmp, "wb") as handle:
+        np.save(handle, phi)
     _save_npz(
         part_path(folder, shard),
         slope=np.asarray(slope, np.float64),

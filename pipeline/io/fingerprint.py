@@ -22,7 +22,7 @@ def fingerprint(arrays: Mapping[str, np.ndarray], chunk_bytes: int = 1 << 24) ->
     for name in sorted(arrays):
         array = np.asarray(arrays[name])
         digest.update(json.dumps([name, array.dtype.str, list(array.shape)]).encode() + b"\n")
-        data = memoryview(np.ascontiguousarray(array).reshape(-1).view(np.uint8))
+        data = np.ascontiguousarray(array).reshape(-1).view(np.uint8).data
         for start in range(0, data.nbytes, chunk_bytes):
             digest.update(data[start : start + chunk_bytes])
     return digest.hexdigest()[:16]

@@ -8,8 +8,9 @@ from __future__ import annotations
 import os
 import zipfile
 import zlib
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Callable, Mapping, TypeVar
+from typing import TypeVar
 
 import numpy as np
 import pyarrow as pa
@@ -20,7 +21,9 @@ ARTIFACT_KEY = b"artifact_key"  # schema metadata key of a part: the key it was 
 _UNREADABLE = (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error, pa.ArrowException)
 
 
-def check_part(path: Path, expected_ids: np.ndarray | None, expected_key: str, id_column: str = "sample_id") -> str | None:
+def check_part(
+    path: Path, expected_ids: np.ndarray | None, expected_key: str, id_column: str = "sample_id"
+) -> str | None:
     """None if the Parquet file at `path` has a readable footer, was written under `expected_key`
     (schema metadata b"artifact_key"), every page reads back and matches its CRC (parts are written with page
     checksums) and, when `expected_ids` (n,) is given, its `id_column` holds exactly those ids, once each,
@@ -96,7 +99,14 @@ def _short(error: BaseException) -> str:
     return text.split(". ")[0].rstrip(".")
 
 
-def reconcile(present: list[Path], expected: Mapping[Path, T], check: Callable[[Path, T], str | None], tag: str, unit: str, repair: bool) -> list[T]:
+def reconcile(
+    present: list[Path],
+    expected: Mapping[Path, T],
+    check: Callable[[Path, T], str | None],
+    tag: str,
+    unit: str,
+    repair: bool,
+) -> list[T]:
     """The expected parts (path -> what it should hold) that are missing or fail `check`. With `repair`,
     failing parts and present parts that are not expected (e.g. from another shard size) are quarantined,
     one line printed for each, so that every row ends up in exactly one part."""

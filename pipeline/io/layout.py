@@ -127,7 +127,8 @@ class RunLayout:
 
     @property
     def hydra_multirun(self) -> Path:
-        """Hydra's folder for `python -m pipeline -m ...` (conf/config.yaml hydra.sweep.dir), made before a run starts."""
+        """Hydra's folder for `python -m pipeline -m ...` (conf/config.yaml hydra.sweep.dir),
+        made before a run starts."""
         return self.root / "hydra-multirun"
 
     @property

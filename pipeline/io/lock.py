@@ -13,6 +13,7 @@ import os
 import socket
 import time
 import uuid
+from contextlib import suppress
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -58,7 +59,10 @@ class RunLock:
         except OSError as e:
             reason = e.strerror or str(e)
             raise ConfigError(f"output.dir={self.root}: cannot write there ({reason})") from None
-        raise ConfigError(f"output.dir={self.root}: another run took over its stale lock at the same moment; wait for it or choose another output.dir")
+        raise ConfigError(
+            f"output.dir={self.root}: another run took over its stale lock at the same moment; wait for it or choose "
+            "another output.dir"
+        )
 
     def __exit__(self, *exc_info: object) -> None:
         if _parse(self._content()) == self.record:
@@ -109,10 +113,8 @@ class RunLock:
         try:
             if aside.read_bytes() == seen:
                 return True
-            try:
+            with suppress(OSError):  # a third run already created a lock; it holds the dir
                 os.link(aside, self.path)
-            except OSError:
-                pass  # a third run already created a lock; it holds the dir
             return False
         finally:
             aside.unlink(missing_ok=True)

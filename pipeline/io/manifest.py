@@ -17,7 +17,17 @@ from pipeline.io.files import read_json, write_json
 from pipeline.io.layout import RunLayout
 from pipeline.io.tables import SIGN_CONVENTION
 
-PACKAGES = ("influence-pipeline", "tensorflow-cpu", "tensorflow", "keras", "ray", "hydra-core", "pyarrow", "numpy", "scikit-learn")
+PACKAGES = (
+    "influence-pipeline",
+    "tensorflow-cpu",
+    "tensorflow",
+    "keras",
+    "ray",
+    "hydra-core",
+    "pyarrow",
+    "numpy",
+    "scikit-learn",
+)
 
 
 def package_versions() -> dict[str, str]:
@@ -63,7 +73,7 @@ class Manifest:
         self.payload = payload
 
     @classmethod
-    def open(cls, layout: RunLayout, settings: Settings, extra: dict[str, Any]) -> "Manifest":
+    def open(cls, layout: RunLayout, settings: Settings, extra: dict[str, Any]) -> Manifest:
         """Start (or resume) the run's manifest: status running, earlier stage records kept, _SUCCESS removed."""
         try:
             previous = read_json(layout.manifest) if layout.manifest.exists() else {}

@@ -23,7 +23,9 @@ def split(n_train: int, shard_size: int) -> list[Shard]:
     return [(i, start, min(start + shard_size, n_train)) for i, start in enumerate(range(0, n_train, shard_size))]
 
 
-def parts_to_compute(layout: RunLayout, method: str, seed: int, shards: list[Shard], key: str, repair: bool = True) -> list[Shard]:
+def parts_to_compute(
+    layout: RunLayout, method: str, seed: int, shards: list[Shard], key: str, repair: bool = True
+) -> list[Shard]:
     """The shards whose part is missing or bad. With `repair`, bad parts and parts of no current shard are
     renamed aside (one line printed for each), so that every sample ends up in exactly one part."""
     expected = {layout.score_part(method, seed, number): (number, start, stop) for number, start, stop in shards}

@@ -12,8 +12,9 @@ about ROW_GROUP_BYTES, so a reader filtering on query_id touches only the row gr
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -32,14 +33,21 @@ QUERY_IDS = b"query_ids"  # schema metadata: JSON list of the part's query ids, 
 
 QUERY_SIGN_CONVENTION = (
     "influence = dE_q/d eps_i at eps = 1, E_q = the objective of query q (per_sample: validation sample query_id "
-    "alone; per_class / groups: the mean over the validation samples of class / group query_id). Positive = harmful: more weight on "
+    "alone; per_class / groups: the mean over the validation samples of class / group query_id). Positive = harmful: "
+    "more weight on "
     "training sample sample_id raises query q's validation error; removing it changes E_q by about -influence. "
     "input_grad = dE_q/d x_i flattened in C order (input_grad.<name> per input); shapes in the input_shapes metadata."
 )
 
 Batch = tuple[int, np.ndarray]  # (batch number, query ids [q])
 TOP_SCHEMA = pa.schema(
-    [("query_id", pa.int64()), ("rank", pa.int64()), ("sample_id", pa.int64()), ("influence", pa.float64()), ("direction", pa.string())]
+    [
+        ("query_id", pa.int64()),
+        ("rank", pa.int64()),
+        ("sample_id", pa.int64()),
+        ("influence", pa.float64()),
+        ("direction", pa.string()),
+    ]
 )
 
 
@@ -48,7 +56,11 @@ def query_arguments(settings: Settings, trajectory_key: str, groups: str | None 
     influence.query_batch: a new batching recomputes the parts whose queries changed) and, for groups,
     the fingerprint of the validation group ids."""
     influence = settings.to_dict()["influence"]
-    recorded = {"trajectory_key": trajectory_key, "method": settings.influence.method, "influence": {k: influence[k] for k in QUERY_SETTINGS}}
+    recorded = {
+        "trajectory_key": trajectory_key,
+        "method": settings.influence.method,
+        "influence": {k: influence[k] for k in QUERY_SETTINGS},
+    }
     return recorded if groups is None else {**recorded, "groups": groups}
 
 
@@ -76,7 +88,9 @@ def check_query_part(path: Path, query_ids: np.ndarray, n_train: int, key: str) 
     return None
 
 
-def parts_to_compute(layout: RunLayout, method: str, seed: int, plan: list[Batch], n_train: int, key: str, repair: bool = True) -> list[Batch]:
+def parts_to_compute(
+    layout: RunLayout, method: str, seed: int, plan: list[Batch], n_train: int, key: str, repair: bool = True
+) -> list[Batch]:
     """The query batches whose part is missing or bad. With `repair`, bad parts and parts of no current
     batch are quarantined (renamed .part-<n>.parquet.corrupt; one line printed for each)."""
     expected = {layout.query_part(method, seed, number): (number, ids) for number, ids in plan}
@@ -98,18 +112,28 @@ def part_metadata(settings: Settings, seed: int, key: str) -> dict[str, str]:
     }
 
 
-def query_table(query_ids: np.ndarray, influence: np.ndarray, input_grad: dict[str, np.ndarray], metadata: dict[str, str]) -> pa.Table:
+def query_table(
+    query_ids: np.ndarray, influence: np.ndarray, input_grad: dict[str, np.ndarray], metadata: dict[str, str]
+) -> pa.Table:
     """Long format, rows ordered by (query_id, sample_id). query_ids [Q]; influence [Q, N];
     input_grad: name -> [Q, N, *shape] (empty: no input_grad columns), stored as fixed_size_list<float>."""
     q, n = influence.shape
     fields = [pa.field("query_id", pa.int64()), pa.field("sample_id", pa.int64()), pa.field("influence", pa.float64())]
-    arrays = [pa.array(np.repeat(query_ids.astype(np.int64), n)), pa.array(np.tile(np.arange(n, dtype=np.int64), q)), pa.array(influence.reshape(-1), pa.float64())]
+    arrays = [
+        pa.array(np.repeat(query_ids.astype(np.int64), n)),
+        pa.array(np.tile(np.arange(n, dtype=np.int64), q)),
+        pa.array(influence.reshape(-1), pa.float64()),
+    ]
     for name, grad in input_grad.items():
         flat = np.ascontiguousarray(grad, dtype=np.float32).reshape(q * n, -1)
         fields.append(pa.field(input_grad_column(name, len(input_grad)), pa.list_(pa.float32(), flat.shape[1])))
         arrays.append(pa.FixedSizeListArray.from_arrays(pa.array(flat.reshape(-1)), flat.shape[1]))
     shapes = {name: list(g.shape[2:]) for name, g in input_grad.items()}
-    extra = {QUERY_IDS: json.dumps([int(i) for i in query_ids]), "sign_convention": QUERY_SIGN_CONVENTION, "input_shapes": json.dumps(shapes)}
+    extra = {
+        QUERY_IDS: json.dumps([int(i) for i in query_ids]),
+        "sign_convention": QUERY_SIGN_CONVENTION,
+        "input_shapes": json.dumps(shapes),
+    }
     return pa.Table.from_arrays(arrays, schema=pa.schema(fields, metadata={**metadata, **extra}))
 
 
@@ -159,9 +183,8 @@ def top_k(parts_by_seed: list[list[Path]], n_train: int, k: int) -> Iterator[pa.
 def write_top(records: Iterator[pa.RecordBatch], path: Path, metadata: dict[str, str]) -> int:
     """Stream the top-k record batches into `path` atomically; returns the number of rows."""
     rows = 0
-    with atomic_path(path) as tmp:
-        with pq.ParquetWriter(tmp, TOP_SCHEMA.with_metadata(metadata)) as writer:
-            for batch in records:
-                writer.write_batch(batch)
-                rows += batch.num_rows
+    with atomic_path(path) as tmp, pq.ParquetWriter(tmp, TOP_SCHEMA.with_metadata(metadata)) as writer:
+        for batch in records:
+            writer.write_batch(batch)
+            rows += batch.num_rows
     return rows

@@ -23,9 +23,9 @@ import os
 import re
 import uuid
 from bisect import bisect_right
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Callable, Sequence
 
 import numpy as np
 
@@ -70,7 +70,7 @@ def discard_states(path: Path) -> None:
 
 
 def _digest(rows: np.ndarray) -> str:
-    return hashlib.sha256(rows.view(np.uint8)).hexdigest()
+    return hashlib.sha256(rows.view(np.uint8).data).hexdigest()
 
 
 class StateWriter:
@@ -84,7 +84,9 @@ class StateWriter:
         self.path, self.layout, self.n_steps = path, layout, n_steps
         path.parent.mkdir(parents=True, exist_ok=True)
         self._tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-        self._rows = np.lib.format.open_memmap(self._tmp, mode="w+", dtype=record_dtype(layout, dtypes), shape=(n_steps,))
+        self._rows = np.lib.format.open_memmap(
+            self._tmp, mode="w+", dtype=record_dtype(layout, dtypes), shape=(n_steps,)
+        )
         self._written = np.zeros(n_steps, dtype=bool)
         self._segments: list[Segment] = []
         self._copier = ThreadPoolExecutor(max_workers=1, thread_name_prefix="states.npy")
@@ -136,7 +138,12 @@ class StoredRun:
     segment before the one read is read and checked ahead by a background thread."""
 
     def __init__(
-        self, path: Path, rows: np.ndarray, layout: StateLayout, segments: list[Segment], on_mismatch: Callable[[str], None]
+        self,
+        path: Path,
+        rows: np.ndarray,
+        layout: StateLayout,
+        segments: list[Segment],
+        on_mismatch: Callable[[str], None],
     ):
         self.path, self._rows, self._keys, self._segments = path, rows, [key for key, _, _ in layout], segments
         self._starts = [start for start, _, _ in segments]
@@ -231,4 +238,3 @@ def _read_digests(path: Path, n_steps: int) -> tuple[list[Segment], str | None]:
     if bounds[0] != 0 or any(stop != bounds[i + 1] or stop <= start for i, (start, stop, _) in enumerate(segments)):
         return [], f"has digests ({path.name}) that do not cover its {n_steps} rows, so it is not trusted"
     return segments, None
-

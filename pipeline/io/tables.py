@@ -57,7 +57,9 @@ def target_field(targets: np.ndarray, task: str) -> pa.Field:
 def target_array(targets: np.ndarray, task: str) -> pa.Array:
     field = target_field(targets, task)
     if pa.types.is_fixed_size_list(field.type):
-        return pa.FixedSizeListArray.from_arrays(pa.array(np.ascontiguousarray(targets, dtype=np.float64).reshape(-1)), field.type.list_size)
+        return pa.FixedSizeListArray.from_arrays(
+            pa.array(np.ascontiguousarray(targets, dtype=np.float64).reshape(-1)), field.type.list_size
+        )
     return pa.array(targets, field.type)
 
 
@@ -89,7 +91,9 @@ def scores_table(
         fields.append(pa.field(name, pa.float64()))
         arrays.append(pa.array(np.asarray(values, np.float64), pa.float64()))
     shapes = {name: list(g.shape[1:]) for name, g in input_grad.items()}
-    schema = pa.schema(fields, metadata={"sign_convention": SIGN_CONVENTION, "input_shapes": json.dumps(shapes), **metadata})
+    schema = pa.schema(
+        fields, metadata={"sign_convention": SIGN_CONVENTION, "input_shapes": json.dumps(shapes), **metadata}
+    )
     return pa.Table.from_arrays(arrays, schema=schema)
 
 

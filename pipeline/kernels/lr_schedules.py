@@ -37,7 +37,6 @@ from keras.optimizers.schedules import LearningRateSchedule
 from pipeline.kernels.schedule import LR_SCHEDULES
 
 
-
 class Constant(LearningRateSchedule):
     """The same learning rate at every step, in float32 like Keras' built-in schedules."""
 

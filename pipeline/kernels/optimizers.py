@@ -54,8 +54,7 @@ class FunctionalOptimizer(NamedTuple):
 
         values = self.initial or (0.0,) * len(self.slots)
         return [
-            tf.zeros_like(p) if v == 0 else _keras_hyper(v, p.dtype) * tf.ones_like(p)
-            for v in values for p in params
+            tf.zeros_like(p) if v == 0 else _keras_hyper(v, p.dtype) * tf.ones_like(p) for v in values for p in params
         ]
 
 
@@ -156,7 +155,7 @@ def rmsprop(
     def update(params, state, grads, lr, step):
         n = len(params)
         buffers = {name: state[i * n : (i + 1) * n] for i, name in enumerate(slots)}
-        new = {name: [] for name in slots}
+        new: dict[str, list] = {name: [] for name in slots}
         new_params = []
         for i, (p, g) in enumerate(zip(params, grads)):
             v = rho * buffers["velocity"][i] + (1 - rho) * tf.square(g)

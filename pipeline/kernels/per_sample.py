@@ -19,7 +19,8 @@ Every method returns (influence [b], input_grad) for a batch of inputs x (a tupl
 
 from __future__ import annotations
 
-from typing import Mapping, NamedTuple, Sequence
+from collections.abc import Mapping, Sequence
+from typing import NamedTuple
 
 import tensorflow as tf
 
@@ -95,12 +96,23 @@ class SampleScorer:
         return Checkpoint(weight, state, self._objective_direction(state, x_val, y_val))
 
     def checkpoints(
-        self, states: Mapping[int, TrainState], steps: Sequence[int], lr: Sequence[float], n_train: int, x_val: Inputs, y_val: tf.Tensor
+        self,
+        states: Mapping[int, TrainState],
+        steps: Sequence[int],
+        lr: Sequence[float],
+        n_train: int,
+        x_val: Inputs,
+        y_val: tf.Tensor,
     ) -> list[Checkpoint]:
         """TracIn checkpoints at every stored step but the last, w_c = lr[c] * (next stored step - c) / n_train."""
-        return [self.checkpoint(float(lr[a]) * (b - a) / n_train, states[a], x_val, y_val) for a, b in zip(steps[:-1], steps[1:])]
+        return [
+            self.checkpoint(float(lr[a]) * (b - a) / n_train, states[a], x_val, y_val)
+            for a, b in zip(steps[:-1], steps[1:])
+        ]
 
-    def _tracin_one_fn(self, state: TrainState, direction: list[tf.Tensor], x: Inputs, y: tf.Tensor) -> tuple[tf.Tensor, Inputs]:
+    def _tracin_one_fn(
+        self, state: TrainState, direction: list[tf.Tensor], x: Inputs, y: tf.Tensor
+    ) -> tuple[tf.Tensor, Inputs]:
         """(grad E . grad loss_i [b], its gradient in x_i) at one checkpoint."""
         r = self.recipe
         with tf.GradientTape() as tape:
@@ -123,7 +135,15 @@ class SampleScorer:
 
     # ----- lookahead ---------------------------------------------------------------------------
     def _lookahead_fn(
-        self, state: TrainState, x: Inputs, y: tf.Tensor, x_val: Inputs, y_val: tf.Tensor, lr: tf.Tensor, first_step: tf.Tensor, steps: int
+        self,
+        state: TrainState,
+        x: Inputs,
+        y: tf.Tensor,
+        x_val: Inputs,
+        y_val: tf.Tensor,
+        lr: tf.Tensor,
+        first_step: tf.Tensor,
+        steps: int,
     ) -> tuple[tf.Tensor, Inputs]:
         r = self.recipe
 
@@ -143,7 +163,15 @@ class SampleScorer:
         return tf.vectorized_map(one_sample, (x, y))
 
     def lookahead(
-        self, state: TrainState, x: Inputs, y: tf.Tensor, x_val: Inputs, y_val: tf.Tensor, lr: float, first_step: int, steps: int
+        self,
+        state: TrainState,
+        x: Inputs,
+        y: tf.Tensor,
+        x_val: Inputs,
+        y_val: tf.Tensor,
+        lr: float,
+        first_step: int,
+        steps: int,
     ) -> tuple[tf.Tensor, Inputs]:
         """dE/d eps_i and dE/d x_i after `steps` optimizer steps on each sample alone, from `state`
         (whose optimizer buffers continue; `first_step` is the global step index of the first one)."""

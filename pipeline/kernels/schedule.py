@@ -45,7 +45,7 @@ class Schedule:
         return steps, self.index[self.index >= 0].astype(np.int64), np.repeat(self.lr, self.size)
 
     @classmethod
-    def from_rows(cls, step: np.ndarray, sample_id: np.ndarray, lr: np.ndarray) -> "Schedule":
+    def from_rows(cls, step: np.ndarray, sample_id: np.ndarray, lr: np.ndarray) -> Schedule:
         """Inverse of to_rows; rows must be ordered by step, in batch order within a step."""
         n_steps = int(step.max()) + 1 if step.size else 0
         size = np.bincount(step, minlength=n_steps).astype(np.int32)

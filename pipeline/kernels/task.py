@@ -10,8 +10,8 @@ output is scored from the logits that produced it.
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import tensorflow as tf
 
@@ -95,7 +95,9 @@ def huber(outputs: tf.Tensor, targets: tf.Tensor) -> tf.Tensor:
     """keras.losses.huber with delta = 1: quadratic below delta, linear above."""
     error = tf.abs(_residual(outputs, targets))
     delta = tf.constant(HUBER_DELTA, outputs.dtype)
-    return tf.reduce_mean(tf.where(error <= delta, 0.5 * tf.square(error), delta * error - 0.5 * tf.square(delta)), axis=-1)
+    return tf.reduce_mean(
+        tf.where(error <= delta, 0.5 * tf.square(error), delta * error - 0.5 * tf.square(delta)), axis=-1
+    )
 
 
 BUILTIN: dict[str, dict[str, Callable[[bool], PerSample]]] = {

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import functools
 import inspect
-from typing import Any, Callable, NamedTuple, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
 
 import numpy as np
 import tensorflow as tf
@@ -59,7 +60,12 @@ def as_targets(y: np.ndarray, task: Task, dtype: str | tf.DType) -> tf.Tensor:
 
 
 def make_batches(
-    x: Sequence[np.ndarray] | np.ndarray, y: np.ndarray, schedule: Schedule, dtype: str, task: Task, eps: np.ndarray | None = None
+    x: Sequence[np.ndarray] | np.ndarray,
+    y: np.ndarray,
+    schedule: Schedule,
+    dtype: str,
+    task: Task,
+    eps: np.ndarray | None = None,
 ) -> Batches:
     """Tensors for the compiled loops; eps defaults to ones (every sample at full weight)."""
     eps = np.ones(y.shape[0]) if eps is None else eps
@@ -106,10 +112,18 @@ class Recipe:
         """(key, shape, variable path) of every flattened state tensor. Keys go by position, never by
         Keras' auto-generated names (those change with every model built in a process):
         trainable/<i>, non_trainable/<i>, optimizer/<slot>/<i>, i zero-padded to 4 digits."""
-        trainable = [(f"trainable/{i:04d}", tuple(v.shape), v.path) for i, v in enumerate(self.model.trainable_variables)]
+        trainable = [
+            (f"trainable/{i:04d}", tuple(v.shape), v.path) for i, v in enumerate(self.model.trainable_variables)
+        ]
         layout = list(trainable)
-        layout += [(f"non_trainable/{i:04d}", tuple(v.shape), v.path) for i, v in enumerate(self.model.non_trainable_variables)]
-        layout += [(f"optimizer/{slot}/{key.split('/')[1]}", shape, path) for slot in self.optimizer.slots for key, shape, path in trainable]
+        layout += [
+            (f"non_trainable/{i:04d}", tuple(v.shape), v.path) for i, v in enumerate(self.model.non_trainable_variables)
+        ]
+        layout += [
+            (f"optimizer/{slot}/{key.split('/')[1]}", shape, path)
+            for slot in self.optimizer.slots
+            for key, shape, path in trainable
+        ]
         return layout
 
     def state_dtypes(self) -> list[np.dtype]:
@@ -132,14 +146,18 @@ class Recipe:
         return TrainState(state.trainable, nt, state.optimizer)
 
     # ----- math --------------------------------------------------------------------------------
-    def forward(self, trainable: Tensors, non_trainable: Tensors, x: Sequence[tf.Tensor], training: bool) -> tuple[tf.Tensor, Tensors]:
+    def forward(
+        self, trainable: Tensors, non_trainable: Tensors, x: Sequence[tf.Tensor], training: bool
+    ) -> tuple[tf.Tensor, Tensors]:
         """outputs [b, k] and the updated non-trainables for inputs x (one [b, *shape] per model input)."""
         inputs = x[0] if len(x) == 1 else list(x)
         kwargs = {"training": training} if self._takes_training else {}
         outputs, non_trainable = self.model.stateless_call(trainable, non_trainable, inputs, **kwargs)
         return outputs, list(non_trainable)
 
-    def batch_loss(self, state: TrainState, x: Sequence[tf.Tensor], y: tf.Tensor, eps: tf.Tensor) -> tuple[tf.Tensor, Tensors]:
+    def batch_loss(
+        self, state: TrainState, x: Sequence[tf.Tensor], y: tf.Tensor, eps: tf.Tensor
+    ) -> tuple[tf.Tensor, Tensors]:
         """(1/b) sum_i eps_i loss_i (Keras' sum_over_batch_size with sample weights), and new non-trainables."""
         outputs, non_trainable = self.forward(state.trainable, state.non_trainable, x, training=True)
         per_sample = self.task.loss(outputs, y)
@@ -162,7 +180,9 @@ class Recipe:
         return tf.reduce_mean(self.task.objective(outputs, y))
 
     # ----- compiled loops ----------------------------------------------------------------------
-    def _run_steps(self, state: TrainState, batches: Batches, start: tf.Tensor, stop: tf.Tensor) -> tuple[TrainState, tf.Tensor]:
+    def _run_steps(
+        self, state: TrainState, batches: Batches, start: tf.Tensor, stop: tf.Tensor
+    ) -> tuple[TrainState, tf.Tensor]:
         """Steps start..stop-1; returns the state after them and the batch losses [stop - start]."""
         losses = tf.TensorArray(self.dtype, size=stop - start)
         for t in tf.range(start, stop):
@@ -259,11 +279,17 @@ def raise_if_exploded(values: np.ndarray, reference: float, what: str, first_ste
         )
 
 
-def per_sample_losses(recipe: Recipe, state: TrainState, x: Sequence[np.ndarray], y: np.ndarray, chunk: int = 4096) -> np.ndarray:
+def per_sample_losses(
+    recipe: Recipe, state: TrainState, x: Sequence[np.ndarray], y: np.ndarray, chunk: int = 4096
+) -> np.ndarray:
     """[n] float64 training loss of every sample under `state` (inference mode), in chunks of rows.
     x: one array [n, *shape] per model input."""
     parts = [
-        recipe.per_sample_loss(state, as_inputs([a[i : i + chunk] for a in x], recipe.dtype), as_targets(y[i : i + chunk], recipe.task, recipe.dtype))
+        recipe.per_sample_loss(
+            state,
+            as_inputs([a[i : i + chunk] for a in x], recipe.dtype),
+            as_targets(y[i : i + chunk], recipe.task, recipe.dtype),
+        )
         for i in range(0, y.shape[0], chunk)
     ]
     return np.concatenate([p.numpy() for p in parts]).astype(np.float64)
@@ -304,4 +330,5 @@ def use_twice_differentiable_batch_norm() -> Callable[..., Any]:
             "Install the pinned Keras, or review the patch against this version"
         )
     keras_tf_nn._compute_moments = _moments_without_stop_gradient
+    assert callable(original)  # checked above: parameters is None otherwise
     return original

@@ -22,7 +22,8 @@ in docs/benchmarks/queries.md). The adjoint then has a leading [Q] axis: memory 
 
 from __future__ import annotations
 
-from typing import Callable, Mapping, NamedTuple, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, NamedTuple
 
 import numpy as np
 import tensorflow as tf
@@ -66,7 +67,9 @@ class ReverseSweep:
         self._queries_step = tf.function(self._queries_step_fn, experimental_attributes={"_noinline": True})
 
     # E and dE/d(differentiable state) at the final state.
-    def _objective_grad_fn(self, state: TrainState, x_val: tuple[tf.Tensor, ...], y_val: tf.Tensor) -> tuple[tf.Tensor, TrainState]:
+    def _objective_grad_fn(
+        self, state: TrainState, x_val: tuple[tf.Tensor, ...], y_val: tf.Tensor
+    ) -> tuple[tf.Tensor, TrainState]:
         r = self.recipe
         diff = r.differentiable(state)
         with tf.GradientTape() as tape:
@@ -78,7 +81,9 @@ class ReverseSweep:
     def _merge(self, state: TrainState, diff: TrainState) -> TrainState:
         """`state` with its differentiable tensors replaced by those of `diff` (so the tape sees them)."""
         floats = iter(diff.non_trainable)
-        nt = [next(floats) if is_float else v for v, is_float in zip(state.non_trainable, self.recipe.float_non_trainable)]
+        nt = [
+            next(floats) if is_float else v for v, is_float in zip(state.non_trainable, self.recipe.float_non_trainable)
+        ]
         return TrainState(list(diff.trainable), nt, list(diff.optimizer))
 
     def _reverse_step_fn(self, state: TrainState, adjoint: TrainState, batches: Batches, t: tf.Tensor):
@@ -142,10 +147,15 @@ class ReverseSweep:
         raise_if_nonfinite(np.array([value.numpy()]), "validation objective", first_step=steps[-1])
         influence = tf.Variable(tf.zeros(batches.eps.shape, r.dtype))
         input_grad = tuple(tf.Variable(tf.zeros(x.shape, r.dtype)) for x in batches.x)
-        segment = lambda states, adj, start: self._reverse_segment(  # noqa: E731
-            states, adj, batches, tf.constant(start), tf.constant(floor), influence, input_grad
+
+        def segment(states, adj, start):
+            return self._reverse_segment(
+                states, adj, batches, tf.constant(start), tf.constant(floor), influence, input_grad
+            )
+
+        replay_error = self._over_segments(
+            checkpoints, steps, floor, batches, every_state, adjoint, segment, influence, progress
         )
-        replay_error = self._over_segments(checkpoints, steps, floor, batches, every_state, adjoint, segment, influence, progress)
         return Hypergradients(
             objective=float(value.numpy()),
             influence=influence.numpy().astype(np.float64),
@@ -153,15 +163,16 @@ class ReverseSweep:
             replay_error=replay_error,
         )
 
-
     # ----- several objectives at once -----------------------------------------------------------
-    def _vjps(self, tape: tf.GradientTape, target: object, sources: object, cotangents: object) -> object:
+    def _vjps(self, tape: tf.GradientTape, target: Any, sources: Any, cotangents: Any) -> Any:
         """J^T c for every cotangent c along the leading [Q] axis of `cotangents` (a nest shaped like
         `target`, each leaf [Q, *leaf shape]): one vectorized backward pass through the (persistent) tape.
         Returns a nest like `sources`, each leaf [Q, *source shape]."""
 
         def one(cotangent: object) -> object:
-            grads = tape.gradient(target, sources, output_gradients=cotangent, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+            grads = tape.gradient(
+                target, sources, output_gradients=cotangent, unconnected_gradients=tf.UnconnectedGradients.ZERO
+            )
             return tf.nest.map_structure(tf.convert_to_tensor, grads)
 
         return tf.vectorized_map(one, cotangents)
@@ -179,7 +190,9 @@ class ReverseSweep:
             per_sample = r.task.objective(outputs, y_val)
         return tf.linalg.matvec(weights, per_sample), self._vjps(tape, per_sample, diff, weights)
 
-    def _queries_step_fn(self, state: TrainState, adjoints: TrainState, batches: Batches, t: tf.Tensor, input_grad: bool):
+    def _queries_step_fn(
+        self, state: TrainState, adjoints: TrainState, batches: Batches, t: tf.Tensor, input_grad: bool
+    ):
         """Q VJPs of one step sharing its tape: (a_t [Q, ...], dE_q/d eps_B [Q, b], dE_q/d x_B (per input
         [Q, b, *shape], or () without input_grad), ids [b]) from a_{t+1} [Q, ...] and state_t."""
         r = self.recipe
@@ -207,7 +220,9 @@ class ReverseSweep:
         r = self.recipe
         for i in tf.range(tf.shape(states[0])[0] - 1, -1, -1):
             state_i = r.unflatten([s[i] for s in states])
-            adjoints, grad_eps, grad_x, ids = self._queries_step(state_i, adjoints, batches, start + i, bool(input_grad))
+            adjoints, grad_eps, grad_x, ids = self._queries_step(
+                state_i, adjoints, batches, start + i, bool(input_grad)
+            )
             influence.scatter_add(tf.IndexedSlices(tf.transpose(grad_eps), ids))
             for accumulator, grad in zip(input_grad, grad_x):
                 perm = [1, 0, *range(2, len(grad.shape))]
@@ -236,8 +251,13 @@ class ReverseSweep:
         q, n = int(weights.shape[0]), int(batches.eps.shape[0])
         influence = tf.Variable(tf.zeros((n, q), r.dtype))
         grads = tuple(tf.Variable(tf.zeros((n, q, *x.shape[1:]), r.dtype)) for x in batches.x) if input_grad else ()
-        segment = lambda states, adj, start: self._queries_segment(states, adj, batches, tf.constant(start), influence, grads)  # noqa: E731
-        replay_error = self._over_segments(checkpoints, steps, 0, batches, every_state, adjoints, segment, influence, progress)
+
+        def segment(states, adj, start):
+            return self._queries_segment(states, adj, batches, tf.constant(start), influence, grads)
+
+        replay_error = self._over_segments(
+            checkpoints, steps, 0, batches, every_state, adjoints, segment, influence, progress
+        )
         return QueryHypergradients(
             objective=values.numpy().astype(np.float64),
             influence=influence.numpy().T.astype(np.float64),
@@ -268,7 +288,9 @@ class ReverseSweep:
                 break
             kept = every_state(start, stop) if every_state is not None else None
             if kept is None:
-                states, end_state, _ = r.record_steps(checkpoints[start], batches, tf.constant(start), tf.constant(stop))
+                states, end_state, _ = r.record_steps(
+                    checkpoints[start], batches, tf.constant(start), tf.constant(stop)
+                )
                 error = _max_abs_diff(r.flatten(end_state), r.flatten(checkpoints[stop]))
             else:
                 states = [tf.convert_to_tensor(a) for a in kept]
@@ -276,12 +298,18 @@ class ReverseSweep:
             adjoint = segment(states, adjoint, start)
             replay_error = max(replay_error, error)
             if not np.isfinite(float(tf.reduce_sum(influence))):
-                raise DivergenceError(f"reverse sweep diverged: NaN/inf in steps {start}..{stop - 1}; try a smaller optimizer.lr")
+                raise DivergenceError(
+                    f"reverse sweep diverged: NaN/inf in steps {start}..{stop - 1}; try a smaller optimizer.lr"
+                )
             if progress is not None:
                 progress(stop - start)
         return replay_error
 
 
 def _max_abs_diff(a: list[tf.Tensor], b: list[tf.Tensor]) -> float:
-    diffs = [float(tf.reduce_max(tf.abs(tf.cast(x, tf.float64) - tf.cast(y, tf.float64)))) for x, y in zip(a, b) if x.shape.num_elements()]
+    diffs = [
+        float(tf.reduce_max(tf.abs(tf.cast(x, tf.float64) - tf.cast(y, tf.float64))))
+        for x, y in zip(a, b)
+        if x.shape.num_elements()
+    ]
     return max(diffs, default=0.0)

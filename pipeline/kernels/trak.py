@@ -23,7 +23,8 @@ derivative in x_i come from one forward-mode pass along u (`directional`), witho
 from __future__ import annotations
 
 import math
-from typing import NamedTuple, Sequence
+from collections.abc import Sequence
+from typing import NamedTuple
 
 import numpy as np
 import tensorflow as tf
@@ -43,7 +44,11 @@ class Block(NamedTuple):
 
 def blocks(sizes: Sequence[int], block_rows: int = BLOCK_ROWS) -> list[Block]:
     """The flat parameters of every trainable variable, cut into consecutive blocks of <= block_rows rows."""
-    return [Block(v, start, min(start + block_rows, size)) for v, size in enumerate(sizes) for start in range(0, size, block_rows)]
+    return [
+        Block(v, start, min(start + block_rows, size))
+        for v, size in enumerate(sizes)
+        for start in range(0, size, block_rows)
+    ]
 
 
 class Projection:
@@ -59,13 +64,16 @@ class Projection:
         (1.8x faster than one draw per entry)."""
         b = self.blocks[number]
         rows, words = b.stop - b.start, (self.dim + 31) // 32
-        draws = tf.random.stateless_uniform((rows, words), seed=[self.seed, number], minval=None, maxval=None, dtype=tf.uint32, alg="philox")
+        draws = tf.random.stateless_uniform(
+            (rows, words), seed=[self.seed, number], minval=None, maxval=None, dtype=tf.uint32, alg="philox"
+        )
         bits = tf.bitwise.bitwise_and(tf.bitwise.right_shift(draws[:, :, None], _SHIFTS), 1)
         signs = tf.cast(tf.reshape(bits, (rows, words * 32))[:, : self.dim], tf.float32) * 2 - 1
         return signs / math.sqrt(self.dim)
 
     def project(self, flat: Sequence[tf.Tensor]) -> tf.Tensor:
-        """[b, k] = sum over blocks of flat[variable][:, rows] @ P_block, for flat: one [b, p_v] float32 per variable."""
+        """[b, k] = sum over blocks of flat[variable][:, rows] @ P_block,
+        for flat: one [b, p_v] float32 per variable."""
         total = tf.zeros((tf.shape(flat[0])[0], self.dim), tf.float32)
         for number, b in enumerate(self.blocks):
             total += tf.matmul(flat[b.variable][:, b.start : b.stop], self.block(number))
@@ -115,7 +123,9 @@ class TrakScorer:
         return tf.reduce_sum(direction * outputs, axis=-1), norm
 
     # ----- features ------------------------------------------------------------------------------
-    def _per_sample_projected(self, state: TrainState, x: Inputs, y: tf.Tensor, value_fn) -> tuple[tf.Tensor, tf.Tensor]:
+    def _per_sample_projected(
+        self, state: TrainState, x: Inputs, y: tf.Tensor, value_fn
+    ) -> tuple[tf.Tensor, tf.Tensor]:
         """P^T grad of value_fn(outputs, y) -> (values [b], aux [b]) per sample, vectorized over the batch."""
         r = self.recipe
 
@@ -142,7 +152,9 @@ class TrakScorer:
 
     def _per_sample_objective_fn(self, state: TrainState, x: Inputs, y: tf.Tensor) -> tf.Tensor:
         objective = self.recipe.task.objective
-        phi, _ = self._per_sample_projected(state, x, y, lambda out, t: (objective(out, t), tf.zeros(tf.shape(t)[:1], out.dtype)))
+        phi, _ = self._per_sample_projected(
+            state, x, y, lambda out, t: (objective(out, t), tf.zeros(tf.shape(t)[:1], out.dtype))
+        )
         return phi
 
     def objective_features(self, state: TrainState, x: Inputs, y: tf.Tensor) -> tf.Tensor:
@@ -162,7 +174,9 @@ class TrakScorer:
         return self._objective(state, x_val, y_val)
 
     # ----- scores along a lifted direction ---------------------------------------------------------
-    def _directional_fn(self, state: TrainState, direction: list[tf.Tensor], x: Inputs, y: tf.Tensor) -> tuple[tf.Tensor, Inputs]:
+    def _directional_fn(
+        self, state: TrainState, direction: list[tf.Tensor], x: Inputs, y: tf.Tensor
+    ) -> tuple[tf.Tensor, Inputs]:
         r = self.recipe
         with tf.GradientTape() as tape:
             tape.watch(x)
@@ -185,6 +199,8 @@ class TrakScorer:
             losses = task.loss(outputs, y)
         return tf.norm(tape.gradient(losses, outputs), axis=-1)
 
-    def directional(self, state: TrainState, direction: list[tf.Tensor], x: Inputs, y: tf.Tensor) -> tuple[tf.Tensor, Inputs]:
+    def directional(
+        self, state: TrainState, direction: list[tf.Tensor], x: Inputs, y: tf.Tensor
+    ) -> tuple[tf.Tensor, Inputs]:
         """(-slope_i * grad f_i . u [b], its gradient in x_i) for u = `direction` (Projection.lift)."""
         return self._directional(state, direction, x, y)

@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import importlib
 import inspect
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -30,7 +31,9 @@ class Model:
     build: Builder
     settings: tuple[str, ...]  # the model.* settings it reads: the keys `model=<name>` composes (config.register)
     description: str
-    source: str | None = None  # the model.* setting that names the user's model (required; errors name it); None: built in
+    source: str | None = (
+        None  # the model.* setting that names the user's model (required; errors name it); None: built in
+    )
     summary: tuple[str, ...] = ()  # settings a one-line summary shows after the name (evaluation.markdown)
 
     def setting(self, settings: Any) -> tuple[str, Any]:
@@ -45,7 +48,9 @@ class Model:
         return " ".join([self.name, *shown])
 
 
-def build_model(settings: Any, input_shapes: dict[str, tuple[int, ...]], task: str, output_width: int, dtype: str, seed: int) -> Any:
+def build_model(
+    settings: Any, input_shapes: dict[str, tuple[int, ...]], task: str, output_width: int, dtype: str, seed: int
+) -> Any:
     """Build the configured model (settings: config.ModelSettings) with weights initialised from `seed`, in floating
     dtype `dtype`. input_shapes: name -> sample shape, in input order; output_width: num_classes or output_dim."""
     import keras
@@ -64,7 +69,9 @@ def build_model(settings: Any, input_shapes: dict[str, tuple[int, ...]], task: s
     return built
 
 
-def _check_model(model: Any, named: tuple[str, Any], input_shapes: dict[str, tuple[int, ...]], output_width: int, dtype: str) -> None:
+def _check_model(
+    model: Any, named: tuple[str, Any], input_shapes: dict[str, tuple[int, ...]], output_width: int, dtype: str
+) -> None:
     """One call on a zero batch creates the variables of subclassed models and checks the output width and dtype;
     errors name the setting that chose the model (`named`: model=mlp, model.builder=..., model.path=...)."""
     setting, source = named
@@ -73,20 +80,28 @@ def _check_model(model: Any, named: tuple[str, Any], input_shapes: dict[str, tup
         outputs = model(zeros[0] if len(zeros) == 1 else zeros, training=False)
     except Exception as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ConfigError(f"{setting}={source}: the model cannot be called on inputs {dict(input_shapes)} ({first})") from None
+        raise ConfigError(
+            f"{setting}={source}: the model cannot be called on inputs {dict(input_shapes)} ({first})"
+        ) from None
     out_shape = tuple(outputs.shape)
     if out_shape[1:] != (output_width,):
         raise ConfigError(f"{setting}={source}: model outputs shape {out_shape[1:]}, expected ({output_width},)")
     if not model.trainable_variables:
         raise ConfigError(f"{setting}={source}: the model has no trainable variables")
     if model.trainable_variables[0].dtype != dtype:
-        raise ConfigError(f"{setting}={source}: the model's variables are {model.trainable_variables[0].dtype}, train.dtype is {dtype}")
+        raise ConfigError(
+            f"{setting}={source}: the model's variables are {model.trainable_variables[0].dtype}, train.dtype is "
+            f"{dtype}"
+        )
 
 
 def _one_input(s: Any, input_shapes: dict[str, tuple[int, ...]]) -> tuple[int, ...]:
     """The sample shape of the only input; a built-in model takes one."""
     if len(input_shapes) != 1:
-        raise ConfigError(f"model={s.name}: takes one input, the data has {len(input_shapes)} ({', '.join(input_shapes)}); use model=custom")
+        raise ConfigError(
+            f"model={s.name}: takes one input, the data has {len(input_shapes)} ({', '.join(input_shapes)}); use "
+            "model=custom"
+        )
     return next(iter(input_shapes.values()))
 
 
@@ -122,7 +137,9 @@ def _cnn(s: Any, input_shapes: dict[str, tuple[int, ...]], task: str, n_outputs:
 
     input_shape = _one_input(s, input_shapes)
     if len(input_shape) != 3:
-        raise ConfigError(f"model=cnn needs image data (height, width, channels); this data has input shape {input_shape}")
+        raise ConfigError(
+            f"model=cnn needs image data (height, width, channels); this data has input shape {input_shape}"
+        )
     inputs = keras.Input(shape=input_shape)
     x = inputs
     for i, n_filters in enumerate(s.filters):
@@ -150,10 +167,16 @@ def _custom(s: Any, input_shapes: dict[str, tuple[int, ...]], task: str, output_
     offered["num_classes" if task == "classification" else "output_dim"] = output_width
     parameters = inspect.signature(builder).parameters
     takes_any = any(p.kind == inspect.Parameter.VAR_KEYWORD for p in parameters.values())
-    required = [n for n, p in parameters.items() if p.default is inspect.Parameter.empty and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+    required = [
+        n
+        for n, p in parameters.items()
+        if p.default is inspect.Parameter.empty and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
+    ]
     missing = [n for n in required if n not in offered]
     if missing:
-        raise ConfigError(f"model.builder={s.builder}: asks for {missing[0]!r}; a builder can take {', '.join(sorted(offered))}")
+        raise ConfigError(
+            f"model.builder={s.builder}: asks for {missing[0]!r}; a builder can take {', '.join(sorted(offered))}"
+        )
     model = builder(**(offered if takes_any else {k: v for k, v in offered.items() if k in parameters}))
     if not isinstance(model, keras.Model):
         raise ConfigError(f"model.builder={s.builder}: returned {type(model).__name__}, expected a keras.Model")
@@ -178,9 +201,33 @@ MODELS: dict[str, Model] = {
     m.name: m
     for m in (
         Model("logistic", _logistic, (), "multinomial logistic regression: one Dense layer producing logits"),
-        Model("mlp", _mlp, ("hidden", "activation", "dropout", "batch_norm"), "Dense layers of model.hidden units, then logits", summary=("hidden", "activation")),
-        Model("cnn", _cnn, ("filters", "kernel_size", "activation", "dropout"), "Conv-Pool per model.filters, Dropout, Dense logits", summary=("filters", "activation")),
-        Model("custom", _custom, ("builder", "from_logits"), "any Keras model a function `package.module:function` builds", source="builder"),
-        Model("saved", _saved, ("path", "from_logits"), "a model saved with model.save(FILE.keras): its architecture and initial weights", source="path"),
+        Model(
+            "mlp",
+            _mlp,
+            ("hidden", "activation", "dropout", "batch_norm"),
+            "Dense layers of model.hidden units, then logits",
+            summary=("hidden", "activation"),
+        ),
+        Model(
+            "cnn",
+            _cnn,
+            ("filters", "kernel_size", "activation", "dropout"),
+            "Conv-Pool per model.filters, Dropout, Dense logits",
+            summary=("filters", "activation"),
+        ),
+        Model(
+            "custom",
+            _custom,
+            ("builder", "from_logits"),
+            "any Keras model a function `package.module:function` builds",
+            source="builder",
+        ),
+        Model(
+            "saved",
+            _saved,
+            ("path", "from_logits"),
+            "a model saved with model.save(FILE.keras): its architecture and initial weights",
+            source="path",
+        ),
     )
 }

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import io
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 from matplotlib.axes import Axes
@@ -30,7 +30,8 @@ def is_image(shape: Sequence[int]) -> bool:
 
 
 def channel_sum(grads: np.ndarray) -> np.ndarray:
-    """[n, h, w] maps from [n, h, w] or [n, h, w, c] gradients: channels summed (the response to brightening a pixel)."""
+    """[n, h, w] maps from [n, h, w] or [n, h, w, c] gradients:
+    channels summed (the response to brightening a pixel)."""
     grads = np.asarray(grads, np.float64)
     return grads.sum(axis=-1) if grads.ndim == 4 else grads
 
@@ -53,7 +54,8 @@ def sample_grid(
     grad_name: str,
     colorbar_label: str,
 ) -> bytes:
-    """Each sample as its image (gray for one channel, else colour) and, to its right, its gradient map (RdBu_r, centred at 0).
+    """Each sample as its image (gray for one channel, else colour) and, to its right,
+    its gradient map (RdBu_r, centred at 0).
 
     images, grads: [n, h, w] or [n, h, w, c] (see is_image). grad_limit: the symmetric colour limit shared by every
     map of the grid, so maps can be compared; channels of the gradient are summed (see channel_sum).
@@ -62,8 +64,17 @@ def sample_grid(
     n = len(images)
     rows = max(1, -(-n // GRID_COLUMNS))
     fig = Figure(figsize=(2.75 * GRID_COLUMNS + 1.0, 1.95 * rows + 0.1), dpi=DPI)
-    outer = fig.add_gridspec(rows, GRID_COLUMNS + 1, width_ratios=[1] * GRID_COLUMNS + [0.06],
-                             wspace=0.18, hspace=0.45, left=0.01, right=0.93, top=1 - 0.5 / (1.95 * rows + 0.1), bottom=0.02)
+    outer = fig.add_gridspec(
+        rows,
+        GRID_COLUMNS + 1,
+        width_ratios=[1] * GRID_COLUMNS + [0.06],
+        wspace=0.18,
+        hspace=0.45,
+        left=0.01,
+        right=0.93,
+        top=1 - 0.5 / (1.95 * rows + 0.1),
+        bottom=0.02,
+    )
     limit = grad_limit if grad_limit > 0 else 1.0
     maps = channel_sum(grads)
     mappable = None
@@ -71,8 +82,9 @@ def sample_grid(
         r, c = divmod(k, GRID_COLUMNS)
         inner = outer[r, c].subgridspec(1, 2, wspace=0.06)
         ax_img, ax_grad = fig.add_subplot(inner[0]), fig.add_subplot(inner[1])
-        ax_img.imshow(_display_image(images[k]), cmap="gray", vmin=image_range[0], vmax=image_range[1],
-                      interpolation="nearest")
+        ax_img.imshow(
+            _display_image(images[k]), cmap="gray", vmin=image_range[0], vmax=image_range[1], interpolation="nearest"
+        )
         mappable = ax_grad.imshow(maps[k], cmap="RdBu_r", vmin=-limit, vmax=limit, interpolation="nearest")
         ax_img.set_title(titles[k], fontsize=9, loc="left", pad=3)
         ax_grad.set_title(grad_name, fontsize=8, loc="right", pad=3, color="#555555")
@@ -101,8 +113,17 @@ def query_samples(
     lead = [1.3, 0.25] if query is not None else []  # the query's column and a gap after it
     height = 1.75 * len(rows) + 0.15
     fig = Figure(figsize=(1.55 * (n + sum(lead)) + 0.4, height), dpi=DPI)
-    grid = fig.add_gridspec(len(rows), len(lead) + n, width_ratios=lead + [1] * n,
-                            wspace=0.12, hspace=0.55, left=0.035, right=0.995, top=1 - 0.42 / height, bottom=0.02)
+    grid = fig.add_gridspec(
+        len(rows),
+        len(lead) + n,
+        width_ratios=lead + [1] * n,
+        wspace=0.12,
+        hspace=0.55,
+        left=0.035,
+        right=0.995,
+        top=1 - 0.42 / height,
+        bottom=0.02,
+    )
 
     def draw(ax: Axes, image: np.ndarray, title: str, color: str) -> None:
         ax.imshow(_display_image(image), cmap="gray", vmin=image_range[0], vmax=image_range[1], interpolation="nearest")
@@ -122,7 +143,8 @@ def query_samples(
 
 
 def histogram(values: np.ndarray, threshold: float | None, threshold_label: str, xlabel: str) -> bytes:
-    """Histogram of influence_mean with 0 and `threshold` (where the top 10% start) marked (log counts from 200 samples).
+    """Histogram of influence_mean with 0 and `threshold` (where the top 10% start) marked
+    (log counts from 200 samples).
 
     threshold_label names the top 10% in the legend (e.g. "10% most harmful"); xlabel says how to read the x axis.
     """
@@ -135,7 +157,13 @@ def histogram(values: np.ndarray, threshold: float | None, threshold_label: str,
         ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
     ax.axvline(0, color="black", linewidth=1, label="0")
     if threshold is not None:
-        ax.axvline(threshold, color="#c0392b", linestyle="--", linewidth=1.2, label=f"{threshold_label}: influence >= {threshold:.2e}")
+        ax.axvline(
+            threshold,
+            color="#c0392b",
+            linestyle="--",
+            linewidth=1.2,
+            label=f"{threshold_label}: influence >= {threshold:.2e}",
+        )
     ax.legend(fontsize=8, frameon=False, loc="lower left", bbox_to_anchor=(0, 1), ncol=2)  # above the bars
     ax.set_xlabel(xlabel)
     ax.set_ylabel("samples (log scale)" if log else "samples")
@@ -172,7 +200,8 @@ def loo_scatter(predicted: np.ndarray, actual: np.ndarray, seeds: np.ndarray) ->
 
 
 def relative_errors(kinds: np.ndarray, errors: np.ndarray) -> bytes:
-    """Gradcheck relative errors per kind (eps, x or x.<name>) on a log axis (errors of exactly 0 are drawn at 1e-16)."""
+    """Gradcheck relative errors per kind (eps, x or x.<name>) on a log axis
+    (errors of exactly 0 are drawn at 1e-16)."""
     names = sorted(set(kinds.tolist()))
     fig = Figure(figsize=(4.8, 3.0), dpi=DPI)
     ax = fig.add_subplot()

@@ -42,7 +42,14 @@ SENSITIVITY = (
 )
 TARGET_COLUMN = {"classification": "label", "regression": "target"}
 TABLE_COLUMNS = (
-    "rank", "sample_id", "label", "target", "influence_mean", "influence_std", "input_grad_norm_mean", "train_loss_mean"
+    "rank",
+    "sample_id",
+    "label",
+    "target",
+    "influence_mean",
+    "influence_std",
+    "input_grad_norm_mean",
+    "train_loss_mean",
 )
 VERDICT_TITLES = {
     "smooth": "Scores predict removals (smooth run).",
@@ -69,10 +76,12 @@ class QueryEnd:
 
 
 QUERY_ENDS = {
-    "harmful": QueryEnd("most harmful\n(raise its error)", "Most harmful", "#b03a2e",
-                        "more weight raises the query's error"),
-    "helpful": QueryEnd("most helpful\n(lower its error)", "Most helpful", "#1f618d",
-                        "more weight lowers the query's error"),
+    "harmful": QueryEnd(
+        "most harmful\n(raise its error)", "Most harmful", "#b03a2e", "more weight raises the query's error"
+    ),
+    "helpful": QueryEnd(
+        "most helpful\n(lower its error)", "Most helpful", "#1f618d", "more weight lowers the query's error"
+    ),
 }
 
 
@@ -102,10 +111,18 @@ class Wording:
 
 
 ERROR = Wording(
-    top=End("harmful", "Most harmful training samples", "most harmful first",
-            "Giving these samples more weight would raise validation error the most."),
-    bottom=End("helpful", "Most helpful training samples", "most helpful first",
-               "Giving these samples more weight would lower validation error the most."),
+    top=End(
+        "harmful",
+        "Most harmful training samples",
+        "most harmful first",
+        "Giving these samples more weight would raise validation error the most.",
+    ),
+    bottom=End(
+        "helpful",
+        "Most helpful training samples",
+        "most helpful first",
+        "Giving these samples more weight would lower validation error the most.",
+    ),
     share="10% most harmful",
     positive="harmful",
     negative="helpful",
@@ -115,10 +132,18 @@ ERROR = Wording(
     red_short="brighter pixel raises val. error",
 )
 SENSITIVE = Wording(
-    top=End("largest", "Training samples with the largest weighted output", "largest first",
-            "The trained model's weighted output w · output is largest for these samples."),
-    bottom=End("smallest", "Training samples with the smallest weighted output", "smallest first",
-               "The trained model's weighted output w · output is smallest for these samples."),
+    top=End(
+        "largest",
+        "Training samples with the largest weighted output",
+        "largest first",
+        "The trained model's weighted output w · output is largest for these samples.",
+    ),
+    bottom=End(
+        "smallest",
+        "Training samples with the smallest weighted output",
+        "smallest first",
+        "The trained model's weighted output w · output is smallest for these samples.",
+    ),
     share="10% largest",
     positive="positive",
     negative="negative",
@@ -185,8 +210,12 @@ def _cell(*spans: Span | str) -> Cell:
     return Cell((tuple(s if isinstance(s, Span) else Span(s) for s in spans),))
 
 
-def _table(header: Sequence[str], rows: Iterable[Sequence[Cell | str]], numeric: Iterable[int] = (),
-           strong: Sequence[bool] | None = None) -> Table:
+def _table(
+    header: Sequence[str],
+    rows: Iterable[Sequence[Cell | str]],
+    numeric: Iterable[int] = (),
+    strong: Sequence[bool] | None = None,
+) -> Table:
     """A Table of rows of cells (str: a plain one-line cell); strong[i]: row i in bold."""
     built = [tuple(c if isinstance(c, Cell) else _cell(c) for c in row) for row in rows]
     bold = strong if strong is not None else [False] * len(built)
@@ -312,8 +341,11 @@ def _optimizer_text(opt: dict[str, Any]) -> str:
     if name == "momentum":
         parts.append(f"momentum={_fmt(opt.get('momentum'))}" + (", nesterov" if opt.get("nesterov") else ""))
     elif name == "adam":
-        parts += [f"beta_1={_fmt(opt.get('beta_1'))}", f"beta_2={_fmt(opt.get('beta_2'))}",
-                  f"epsilon={_fmt(opt.get('epsilon'))}"]
+        parts += [
+            f"beta_1={_fmt(opt.get('beta_1'))}",
+            f"beta_2={_fmt(opt.get('beta_2'))}",
+            f"epsilon={_fmt(opt.get('epsilon'))}",
+        ]
     return f"{name} ({', '.join(parts)})"
 
 
@@ -348,17 +380,20 @@ def _settings(config: dict[str, Any], dataset: Dataset) -> KeyValues:
 
 def _data(dataset: Dataset) -> KeyValues:
     """Task, sizes, inputs (one line each) and classes or target width."""
-    inputs = Cell(tuple(
-        (Span(f"{name}: {_shape_text(shape)}{' (image)' if figures.is_image(shape) else ''}"),)
-        for name, shape in dataset.input_shapes.items()
-    ))
+    inputs = Cell(
+        tuple(
+            (Span(f"{name}: {_shape_text(shape)}{' (image)' if figures.is_image(shape) else ''}"),)
+            for name, shape in dataset.input_shapes.items()
+        )
+    )
     classification = dataset.task == "classification"
     return (
         ("task", _cell(dataset.task)),
         ("training samples", _cell(str(dataset.n_train))),
         ("validation samples", _cell(str(dataset.n_val))),
         ("inputs" if len(dataset.input_shapes) > 1 else "input", inputs),
-        ("classes", _cell(str(dataset.num_classes))) if classification
+        ("classes", _cell(str(dataset.num_classes)))
+        if classification
         else ("target width", _cell(str(dataset.output_dim))),
     )
 
@@ -368,8 +403,10 @@ def _run(manifest: dict[str, Any], final_status: str | None) -> KeyValues:
     stages = manifest.get("stages") or {}
     status = final_status or str(manifest.get("status", "unknown"))
     error = [f" — {manifest['error']}"] if final_status is None and manifest.get("error") else []
-    rows = [("status", _cell(Span(status, f"status-{status}"), *error)),
-            ("config hash", _cell(str(manifest.get("config_hash", "–"))))]
+    rows = [
+        ("status", _cell(Span(status, f"status-{status}"), *error)),
+        ("config hash", _cell(str(manifest.get("config_hash", "–")))),
+    ]
     order = [s for s in STAGE_ORDER if s in stages] + sorted(s for s in stages if s not in STAGE_ORDER)
     timed = [(name, stages[name].get("seconds")) for name in order if isinstance(stages[name], dict)]
     rows += [(f"{name} stage", _cell(f"{seconds:.1f} s" if seconds is not None else "–")) for name, seconds in timed]
@@ -405,7 +442,7 @@ def _verdict(stages: dict[str, Any]) -> Verdict:
 def _trust(stages: dict[str, Any], methods: Sequence[str]) -> Trust | None:
     """Which method's scores to trust for "what if I retrain without these samples", and why (None: no advice)."""
     verdict = ((stages.get("verify") or {}).get("smoothness") or {}).get("verdict")
-    agreement = ((stages.get("aggregate") or {}).get("seed_agreement") or {})
+    agreement = (stages.get("aggregate") or {}).get("seed_agreement") or {}
     if verdict == "smooth" and "trajectory" in methods:
         choice, why = "trajectory", "training is smooth here, so the exact derivative of this run predicts removals."
     elif "trak" in methods:
@@ -413,15 +450,19 @@ def _trust(stages: dict[str, Any], methods: Sequence[str]) -> Trust | None:
         if verdict in ("groups-only", "non-smooth"):
             why += ", while training here is not smooth enough for the exact derivative to predict removals."
         elif "trajectory" in methods:
-            why += ("; the exact scores stay the derivative of this one run (add verify to check whether they predict "
-                    "removals).")
+            why += (
+                "; the exact scores stay the derivative of this one run (add verify to check whether they predict "
+                "removals)."
+            )
         else:
             why += "."
         choice = "trak"
     elif verdict in ("groups-only", "non-smooth"):
         choice = "an ensemble over seeds"
-        why = ("training here is not smooth, so one run's derivative mostly reflects its randomness; score several "
-               "train.seeds with aggregate.ensemble=standardized, or add influence=trak.")
+        why = (
+            "training here is not smooth, so one run's derivative mostly reflects its randomness; score several "
+            "train.seeds with aggregate.ensemble=standardized, or add influence=trak."
+        )
     else:
         return None
     seeds = agreement.get(choice)
@@ -429,8 +470,9 @@ def _trust(stages: dict[str, Any], methods: Sequence[str]) -> Trust | None:
     return Trust(choice, why, spread)
 
 
-def _header(manifest: dict[str, Any], run_dir: Path, dataset: Dataset, methods: Sequence[str],
-            final_status: str | None) -> Header:
+def _header(
+    manifest: dict[str, Any], run_dir: Path, dataset: Dataset, methods: Sequence[str], final_status: str | None
+) -> Header:
     stages = manifest.get("stages") or {}
     wordings = {_wording(m) for m in methods}
     signs = ((SIGN_CONVENTION,) if ERROR in wordings else ()) + ((SENSITIVITY,) if SENSITIVE in wordings else ())
@@ -547,16 +589,23 @@ def _column_cell(column: str, value: Any) -> Cell:
     return _cell(_fmt(value))
 
 
-def _value_table(rows: dict[str, np.ndarray], inputs: dict[str, np.ndarray], grads: dict[str, np.ndarray],
-                 wording: Wording) -> ValueTable:
+def _value_table(
+    rows: dict[str, np.ndarray], inputs: dict[str, np.ndarray], grads: dict[str, np.ndarray], wording: Wording
+) -> ValueTable:
     """The samples' scores and label or target and, per input in inputs (name -> [n, *shape]), one left-aligned
     column with its values and, below them in grey, its mean input gradient."""
     columns = [c for c in TABLE_COLUMNS if c in rows]
     body = [
         [_column_cell(c, rows[c][i]) for c in columns]
-        + [Cell(((Span(_values_text(inputs[name][i], _fmt), "vec"),),
-                 (Span(_values_text(grads[name][i], lambda v: f"{v:+.2e}"), "vec grad"),)))
-           for name in inputs]
+        + [
+            Cell(
+                (
+                    (Span(_values_text(inputs[name][i], _fmt), "vec"),),
+                    (Span(_values_text(grads[name][i], lambda v: f"{v:+.2e}"), "vec grad"),),
+                )
+            )
+            for name in inputs
+        ]
         for i in range(len(rows["sample_id"]))
     ]
     return ValueTable(
@@ -568,15 +617,30 @@ def _value_table(rows: dict[str, np.ndarray], inputs: dict[str, np.ndarray], gra
     )
 
 
-def _image_grid(rows: dict[str, np.ndarray], target: str, name: str, dataset: Dataset, grads: np.ndarray, limit: float,
-                wording: Wording, method: str) -> ImageGrid:
+def _image_grid(
+    rows: dict[str, np.ndarray],
+    target: str,
+    name: str,
+    dataset: Dataset,
+    grads: np.ndarray,
+    limit: float,
+    wording: Wording,
+    method: str,
+) -> ImageGrid:
     """One image input of the samples in rows, each image next to its gradient map."""
     x = dataset.x_train[name]
     gray = x.ndim == 3 or x.shape[-1] == 1
     image_range = (float(x.min()), float(x.max())) if gray else (0.0, 1.0)
     grad = _grad_name(wording, name)
-    png = figures.sample_grid(x[rows["sample_id"]], grads, _titles(rows, target), image_range, limit, grad,
-                              f"{grad}  (red: {wording.red_short})")
+    png = figures.sample_grid(
+        x[rows["sample_id"]],
+        grads,
+        _titles(rows, target),
+        image_range,
+        limit,
+        grad,
+        f"{grad}  (red: {wording.red_short})",
+    )
     return ImageGrid(
         image=_image(png, f"samples, input {name}, method {method}"),
         name=name if len(dataset.input_shapes) > 1 else None,
@@ -601,22 +665,26 @@ def _ends(ranking: Ranking, run_dir: Path, dataset: Dataset) -> tuple[SampleEnd,
     out, start = [], 0
     for end, position, rows in ends:
         n = len(rows["sample_id"])
-        mine = {name: g[start:start + n] for name, g in grads.items()}
+        mine = {name: g[start : start + n] for name, g in grads.items()}
         start += n
         values = None
         if others:
             inputs = {name: dataset.x_train[name][rows["sample_id"]] for name in others}
             values = _value_table(rows, inputs, {name: mine[name] for name in others}, wording)
-        out.append(SampleEnd(
-            title=end.title,
-            position=position,
-            n=n,
-            effect=end.effect,
-            grids=tuple(_image_grid(rows, target, name, dataset, mine[name], limits[name], wording, ranking.method)
-                        for name in images),
-            values=values,
-            ids=_id_list(rows, end, ranking.method),
-        ))
+        out.append(
+            SampleEnd(
+                title=end.title,
+                position=position,
+                n=n,
+                effect=end.effect,
+                grids=tuple(
+                    _image_grid(rows, target, name, dataset, mine[name], limits[name], wording, ranking.method)
+                    for name in images
+                ),
+                values=values,
+                ids=_id_list(rows, end, ranking.method),
+            )
+        )
     return tuple(out)
 
 
@@ -629,8 +697,9 @@ def _top(ranking: Ranking) -> tuple[np.ndarray, int, float | None]:
     return top, k, threshold
 
 
-def _share_table(ranking: Ranking, keys: Sequence[str], groups: list[tuple[list[str], np.ndarray]],
-                 wording: Wording) -> Table:
+def _share_table(
+    ranking: Ranking, keys: Sequence[str], groups: list[tuple[list[str], np.ndarray]], wording: Wording
+) -> Table:
     """One row per group of samples (its leading cells and its mask): count, mean influence and shares.
 
     A group whose share of the top TOP_FRACTION is at least 1.5x its share of the training set is bold.
@@ -641,25 +710,37 @@ def _share_table(ranking: Ranking, keys: Sequence[str], groups: list[tuple[list[
     strong = []
     for lead, mine in groups:
         share_all, share_top = mine.sum() / n, (mine & top).sum() / k
-        rows.append([
-            *lead,
-            str(int(mine.sum())),
-            _cell(_score(float(ranking.columns["influence_mean"][mine].mean()))),
-            f"{100 * share_all:.1f}%",
-            f"{100 * share_top:.1f}%",
-            str(int((mine & top).sum())),
-        ])
+        rows.append(
+            [
+                *lead,
+                str(int(mine.sum())),
+                _cell(_score(float(ranking.columns["influence_mean"][mine].mean()))),
+                f"{100 * share_all:.1f}%",
+                f"{100 * share_top:.1f}%",
+                str(int((mine & top).sum())),
+            ]
+        )
         strong.append(bool(share_top >= 1.5 * share_all))
-    header = (*keys, "count", "mean influence", "share of training set", f"share of {wording.share}",
-              f"samples in {wording.share} (top {k})")
+    header = (
+        *keys,
+        "count",
+        "mean influence",
+        "share of training set",
+        f"share of {wording.share}",
+        f"samples in {wording.share} (top {k})",
+    )
     return _table(header, rows, numeric=range(len(header)), strong=strong)
 
 
 def _per_class(ranking: Ranking, wording: Wording) -> Shares:
     labels = ranking.columns["label"]
     groups = [([str(int(label))], labels == label) for label in np.unique(labels)]
-    return Shares(per_class=True, share=wording.share, table=_share_table(ranking, ("label",), groups, wording),
-                  atypical=wording is ERROR)
+    return Shares(
+        per_class=True,
+        share=wording.share,
+        table=_share_table(ranking, ("label",), groups, wording),
+        atypical=wording is ERROR,
+    )
 
 
 def _per_quantile(ranking: Ranking, wording: Wording) -> Shares:
@@ -670,7 +751,8 @@ def _per_quantile(ranking: Ranking, wording: Wording) -> Shares:
     bins = np.searchsorted(edges[1:-1], values, side="right")
     groups = [
         ([f"Q{b + 1}", f"{_fmt(values[bins == b].min())} to {_fmt(values[bins == b].max())}"], bins == b)
-        for b in range(QUANTILE_BINS) if (bins == b).any()
+        for b in range(QUANTILE_BINS)
+        if (bins == b).any()
     ]
     wide = target.ndim > 1
     name = "|target|" if wide else "target"
@@ -687,8 +769,10 @@ def _histogram(ranking: Ranking, wording: Wording) -> Histogram:
     values = ranking.columns["influence_mean"]
     _, _, threshold = _top(ranking)
     return Histogram(
-        image=_image(figures.histogram(values, threshold, wording.share, wording.axis),
-                     f"histogram of influence_mean, method {ranking.method}"),
+        image=_image(
+            figures.histogram(values, threshold, wording.share, wording.axis),
+            f"histogram of influence_mean, method {ranking.method}",
+        ),
         n=len(ranking),
         seeds=_plural(_n_seeds(ranking), "seed"),
         n_positive=int((values > 0).sum()),
@@ -870,8 +954,11 @@ def _query_overview(queries: Queries, dataset: Dataset) -> Table:
     if per_sample:
         header = ["query (validation sample)", target, "predicted", "result" if classification else "|error|"]
     else:
-        header = [f"query ({QUERY_NOUN[queries.kind]})", "validation samples",
-                  "accuracy" if classification else "mean |error|"]
+        header = [
+            f"query ({QUERY_NOUN[queries.kind]})",
+            "validation samples",
+            "accuracy" if classification else "mean |error|",
+        ]
     header += ["most harmful sample_id (influence)", "most helpful sample_id (influence)"]
     numeric = range(1, 3) if per_sample and classification else range(1, len(header) - 2)
     return _table(header, rows, numeric=numeric)
@@ -909,8 +996,9 @@ def _query_figure(queries: Queries, query: Query, dataset: Dataset, name: str) -
     for direction in DIRECTIONS:
         end = QUERY_ENDS[direction]
         ids, values = query.top[direction]["sample_id"], query.top[direction]["influence"]
-        titles = [f"id {sid}  {target} {_target_text(dataset.y_train[sid])}\n{value:+.2e}"
-                  for sid, value in zip(ids, values)]
+        titles = [
+            f"id {sid}  {target} {_target_text(dataset.y_train[sid])}\n{value:+.2e}" for sid, value in zip(ids, values)
+        ]
         rows.append((end.label, end.color, x_train[ids], titles))
     per_sample = queries.kind == "per_sample"
     predicted = _target_text(predictions(dataset.task, query.outputs)[0])
@@ -1018,19 +1106,25 @@ def _loo(verify: Verify) -> Loo | None:
     if verify.loo is None or not len(verify.loo["sample_id"]):
         return None
     corr = verify.loo_correlations()
-    text = ", ".join(f"{name} {corr[name]:.4f}" if not math.isnan(corr[name]) else f"{name} –"
-                     for name in ("pearson", "spearman", "kendall"))
+    text = ", ".join(
+        f"{name} {corr[name]:.4f}" if not math.isnan(corr[name]) else f"{name} –"
+        for name in ("pearson", "spearman", "kendall")
+    )
     png = figures.loo_scatter(verify.loo["predicted_change"], verify.loo["actual_change"], verify.loo["seed"])
     return Loo(_image(png, "leave-one-out predicted vs actual change"), len(verify.loo["sample_id"]), text)
 
 
 def _smoothness(smooth: dict[str, Any]) -> Smoothness:
-    groups = {f"random groups of {float(kind.split()[-1]):.0%}" if kind.startswith("group ") else kind: v
-              for kind, v in smooth["groups"].items()}
+    groups = {
+        f"random groups of {float(kind.split()[-1]):.0%}" if kind.startswith("group ") else kind: v
+        for kind, v in smooth["groups"].items()
+    }
     ladders = {"single samples": smooth["single"], **groups}
     steps = smooth["single"]["steps"]
-    rows = [[kind, *(_fmt(m) for m in ladder["median_deviation"]), _fmt(ladder["linear_up_to"])]
-            for kind, ladder in ladders.items()]
+    rows = [
+        [kind, *(_fmt(m) for m in ladder["median_deviation"]), _fmt(ladder["linear_up_to"])]
+        for kind, ladder in ladders.items()
+    ]
     png = figures.smoothness_ladder(steps, {kind: ladder["median_deviation"] for kind, ladder in ladders.items()})
     header = ("unit", *(f"s={_fmt(s)}" for s in steps), "linear up to s")
     replay = smooth.get("float64_replay")
@@ -1059,13 +1153,16 @@ def _gradcheck(verify: Verify) -> Gradcheck | None:
     if verify.gradcheck is None or not len(verify.gradcheck["sample_id"]):
         return None
     step = verify.summary.get("fd_step")
-    rows = [[kind, _gradcheck_text(kind), str(n), f"{median:.2e}", f"{high:.2e}"]
-            for kind, n, median, high in verify.gradcheck_rows()]
+    rows = [
+        [kind, _gradcheck_text(kind), str(n), f"{median:.2e}", f"{high:.2e}"]
+        for kind, n, median, high in verify.gradcheck_rows()
+    ]
     png = figures.relative_errors(verify.gradcheck["kind"], verify.gradcheck["relative_error"])
     return Gradcheck(
         step=_fmt(step) if step is not None else None,
-        table=_table(("kind", "what is checked", "n", "median relative error", "max relative error"), rows,
-                     numeric=(2, 3, 4)),
+        table=_table(
+            ("kind", "what is checked", "n", "median relative error", "max relative error"), rows, numeric=(2, 3, 4)
+        ),
         image=_image(png, "gradcheck relative errors"),
     )
 

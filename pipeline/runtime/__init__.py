@@ -25,8 +25,9 @@ and their name), so Ray ships a name, not code, and process titles stay those of
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from importlib import import_module
-from typing import Any, Callable
+from typing import Any
 
 
 def _task(module: str, name: str) -> Callable[..., Any]:

@@ -33,7 +33,9 @@ def schedule_for(settings: Settings, dataset: Dataset, seed: int) -> Schedule:
     try:
         rates = learning_rates(make_schedule_object(o.schedule, o.lr, n_steps, **o.schedule_params()), n_steps)
     except ValueError as exc:
-        raise ConfigError(f"optimizer.schedule={o.schedule}: {exc}" if ":" in o.schedule else f"optimizer.{exc}") from None
+        raise ConfigError(
+            f"optimizer.schedule={o.schedule}: {exc}" if ":" in o.schedule else f"optimizer.{exc}"
+        ) from None
     return make_schedule(dataset.n_train, t.batch_size, t.epochs, t.shuffle, seed, rates)
 
 
@@ -66,7 +68,8 @@ def output_weights(settings: Settings, dataset: Dataset) -> tuple[float, ...]:
 
 def check_run(settings: Settings, dataset: Dataset) -> None:
     """Ray task body run before output.dir is claimed: builds the first seed's learning-rate schedule and model and
-    checks them, the user's losses (recipe_for) and influence.output_weights. A custom builder that raises is one ConfigError naming it."""
+    checks them, the user's losses (recipe_for) and influence.output_weights. A custom builder that raises is one
+    ConfigError naming it."""
     output_weights(settings, dataset)
     schedule_for(settings, dataset, settings.train.seeds[0])
     try:
@@ -117,19 +120,19 @@ def _cached_recipe(
     except (ImportError, AttributeError) as exc:
         raise ConfigError(f"train.loss={train.loss} / influence.objective={objective}: cannot import ({exc})") from None
     keras_model = build_model(model, dict(input_shapes), task, width, train.dtype, seed)
-    _refuse_mixed_precision(keras_model, train.dtype)
+    _refuse_mixed_precision(keras_model)
     return Recipe(keras_model, functional_optimizer(optimizer), losses)
 
 
-def _refuse_mixed_precision(model: keras.Model, dtype: str) -> None:
-    """ConfigError for a layer that computes in another dtype than train.dtype (mixed precision): the sweep's
-    derivatives are exact only when every layer computes in float32 or float64."""
+def _refuse_mixed_precision(model: keras.Model) -> None:
+    """ConfigError for a layer whose policy computes in another dtype than it stores its weights in (mixed
+    precision, e.g. mixed_float16): the sweep's derivatives are exact only in float32 or float64 throughout."""
     for layer in model._flatten_layers(include_self=False):
-        compute = layer.dtype_policy.compute_dtype
-        if compute != dtype:
+        policy = layer.dtype_policy
+        if policy.compute_dtype != policy.variable_dtype:
             raise ConfigError(
-                f"model: layer {layer.name!r} computes in {compute} (dtype policy {layer.dtype_policy.name}); mixed "
-                f"precision is not supported, exact derivatives need every layer in train.dtype={dtype}"
+                f"model: layer {layer.name!r} computes in {policy.compute_dtype} (dtype policy {policy.name}); mixed "
+                "precision is not supported, exact derivatives need float32 or float64 throughout"
             )
 
 

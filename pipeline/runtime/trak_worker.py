@@ -5,7 +5,8 @@ Runs in Ray actors (imports TensorFlow)."""
 from __future__ import annotations
 
 import time
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 import tensorflow as tf

@@ -20,3 +20,9 @@ class RunContext:
     queries_key: str | None = None  # io.queries key of the per-query scores; None with influence.queries=mean
     dataset_ref: Any = None  # Ray object reference of `dataset` (set once Ray is up)
     task_options: dict[str, Any] = field(default_factory=dict)  # Ray options of one task (cluster.task_options)
+
+    def require_queries_key(self) -> str:
+        """queries_key, for the stages that only run with influence.queries other than mean."""
+        if self.queries_key is None:
+            raise RuntimeError("no queries_key: influence.queries=mean has no per-query scores")
+        return self.queries_key

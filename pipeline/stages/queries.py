@@ -105,27 +105,32 @@ def run(context: RunContext) -> dict[str, Any]:
     todo = [
         (seed, batch)
         for seed in settings.train.seeds
-        for batch in parts_to_compute(layout, method, seed, plan, n_train, context.queries_key)
+        for batch in parts_to_compute(layout, method, seed, plan, n_train, context.require_queries_key())
     ]
     began = time.perf_counter()
     if REGISTRY[method].features:
         shards = split(n_train, settings.influence.shard_size)
         if todo:
             score_trak.prepare(context, shards, per_sample=True)
-        keys = (context.queries_key, score_trak.features_key(settings, context.trajectory_key), context.score_key)
+        keys = (
+            context.require_queries_key(),
+            score_trak.features_key(settings, context.trajectory_key),
+            context.score_key,
+        )
         calls = [(settings, context.dataset_ref, seed, number, ids, shards, *keys) for seed, (number, ids) in todo]
         options = {**context.task_options, "num_gpus": 0}  # NumPy only
         done = cluster.run_tasks(runtime.score_features_query_batch, calls, options, desc="queries (seed, batch)")
     else:
         calls = [
-            (settings, context.dataset_ref, seed, number, ids, context.queries_key) for seed, (number, ids) in todo
+            (settings, context.dataset_ref, seed, number, ids, context.require_queries_key())
+            for seed, (number, ids) in todo
         ]
         done = cluster.run_tasks(runtime.score_query_batch, calls, context.task_options, desc="queries (seed, batch)")
     wall_seconds = time.perf_counter() - began
     predict(context, plan)
     summaries = {}
     for seed in settings.train.seeds:
-        missing = parts_to_compute(layout, method, seed, plan, n_train, context.queries_key, repair=False)
+        missing = parts_to_compute(layout, method, seed, plan, n_train, context.require_queries_key(), repair=False)
         if missing:
             raise DataError(
                 f"{layout.queries_dir(method, seed)}: query parts {[b[0] for b in missing]} still missing after scoring"
@@ -159,7 +164,7 @@ def predict(context: RunContext, plan: list[Batch]) -> None:
     """The first seed's trained model on every validation row a query uses, written for the report (io.predictions,
     one task, runtime.predict) when missing, bad or of other queries."""
     settings, layout, dataset = context.settings, context.layout, context.dataset
-    seed, key = settings.train.seeds[0], context.queries_key
+    seed, key = settings.train.seeds[0], context.require_queries_key()
     assert key is not None  # queries are claimed (stages.queries.claim) before they run
     rows = np.unique(query_weights(settings.influence.queries, dataset, np.concatenate([ids for _, ids in plan]))[0])
     path = predictions_path(layout, settings.influence.method, seed)
@@ -183,7 +188,7 @@ def write_query_top(context: RunContext) -> dict[str, Any]:
     method, n_train, k = settings.influence.method, dataset.n_train, settings.influence.query_top_k
     plan = batches(query_ids(settings, dataset), settings.influence.query_batch)
     for seed in settings.train.seeds:
-        if parts_to_compute(layout, method, seed, plan, n_train, context.queries_key, repair=False):
+        if parts_to_compute(layout, method, seed, plan, n_train, context.require_queries_key(), repair=False):
             raise ConfigError(
                 f"stages: aggregate needs the {settings.influence.queries} query parts of seed {seed}; "
                 "add score to stages"
@@ -195,7 +200,7 @@ def write_query_top(context: RunContext) -> dict[str, Any]:
         "queries": settings.influence.queries,
         "method": method,
         "seeds": ",".join(map(str, settings.train.seeds)),
-        "artifact_key": context.queries_key,
+        "artifact_key": context.require_queries_key(),
     }
     rows = write_top(top_k(parts_by_seed, n_train, k), layout.query_top, metadata)
     return {"rows": rows, "k": min(k, n_train)}

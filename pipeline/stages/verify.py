@@ -188,7 +188,7 @@ def _query_influence(context: RunContext, seed: int, chosen: np.ndarray) -> np.n
         for number, ids in batches(query_ids(settings, dataset), settings.influence.query_batch)
         if np.isin(ids, chosen).any()
     ]
-    if parts_to_compute(layout, method, seed, needed, n_train, context.queries_key, repair=False):
+    if parts_to_compute(layout, method, seed, needed, n_train, context.require_queries_key(), repair=False):
         raise ConfigError(
             f"stages: verify needs the {settings.influence.queries} query parts of seed {seed} in {layout.root}; "
             "add score to stages"
@@ -293,7 +293,8 @@ def _smoothness(context: RunContext, seed: int, influence: np.ndarray, base: flo
         )
 
     floor = 100 * float(np.finfo(settings.train.dtype).eps) * max(abs(base), 1.0)
-    rows, deviations = [], {}
+    rows: list = []
+    deviations: dict = {}
     for kind, ids in units:
         total = float(np.sum(influence[list(ids)]))
         actual = np.array([next(responses) - base for _ in v.ladder])

@@ -41,10 +41,16 @@ def compose(experiment: str, overrides: list[str]):
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--experiment", default="mnist_seed000", help="conf/experiment/<name>.yaml (default mnist_seed000)")
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--experiment", default="mnist_seed000", help="conf/experiment/<name>.yaml (default mnist_seed000)"
+    )
     parser.add_argument("--out", default=None, help="output .npz (default outputs/peers/<experiment>.npz)")
-    parser.add_argument("overrides", nargs="*", help="further Hydra overrides, as on the pipeline.evaluate command line")
+    parser.add_argument(
+        "overrides", nargs="*", help="further Hydra overrides, as on the pipeline.evaluate command line"
+    )
     args = parser.parse_args()
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -78,8 +84,10 @@ def main() -> None:
     }
     np.savez(out, **arrays, meta=np.array(json.dumps(meta)))
     print(
-        f"wrote {out}: x_train {arrays['x_train'].shape} {arrays['x_train'].dtype}, y_train {arrays['y_train'].shape} {arrays['y_train'].dtype}, "
-        f"x_val {arrays['x_val'].shape}, y_val {arrays['y_val'].shape}, classes {np.bincount(dataset.y_train).tolist()}, sha256 {digest[:16]}"
+        f"wrote {out}: x_train {arrays['x_train'].shape} {arrays['x_train'].dtype}, y_train "
+        f"{arrays['y_train'].shape} {arrays['y_train'].dtype}, "
+        f"x_val {arrays['x_val'].shape}, y_val {arrays['y_val'].shape}, classes "
+        f"{np.bincount(dataset.y_train).tolist()}, sha256 {digest[:16]}"
     )
 
 

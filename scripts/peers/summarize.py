@@ -30,7 +30,10 @@ def main() -> None:
     meta = json.loads(table.schema.metadata[b"peers"])
     models = np.unique(table["model"].to_numpy())
     n = len(table) // len(models)
-    get = lambda name: table[name].to_numpy().reshape(len(models), n)
+
+    def get(name):
+        return table[name].to_numpy().reshape(len(models), n)
+
     score, kernel, q, loss = get("score"), get("kernel"), get("q"), get("train_loss")
     per_model = meta["per_model"]
 
@@ -40,25 +43,43 @@ def main() -> None:
 
     print(f"{path}: {len(models)} models x {n} samples; {meta['versions']}")
     print(f"command: {meta['command']}")
-    for key in ("seconds_train", "seconds_attribute", "seconds_cache", "seconds_attribute_val", "cpu_seconds_train", "cpu_seconds_attribute"):
+    for key in (
+        "seconds_train",
+        "seconds_attribute",
+        "seconds_cache",
+        "seconds_attribute_val",
+        "cpu_seconds_train",
+        "cpu_seconds_attribute",
+    ):
         print(f"{key:>24} per model: {stats(key)}")
     print(f"{'val_ce':>24} per model: {stats('val_ce')}; val accuracy {stats('val_accuracy')}")
     std = score.std(axis=1)
     print(f"score std per model: {', '.join(f'{s:.2e}' for s in std)}  (max/min {std.max() / std.min():.2f})")
     pairs = np.array([spearman(score[a], score[b]) for a, b in combinations(range(len(models)), 2)])
     if pairs.size:
-        print(f"between-model Spearman of score over {pairs.size} pairs: mean {pairs.mean():.3f}, min {pairs.min():.3f}, max {pairs.max():.3f}; model 0 vs 1: {spearman(score[0], score[1]):.3f}")
+        print(
+            f"between-model Spearman of score over {pairs.size} pairs: mean {pairs.mean():.3f}, min "
+            f"{pairs.min():.3f}, max {pairs.max():.3f}; model 0 vs 1: {spearman(score[0], score[1]):.3f}"
+        )
     if len(models) >= 4:  # disjoint halves: how well K/2-model ensembles agree
         half = len(models) // 2
-        print(f"Spearman of the plain ensembles of models 0..{half - 1} vs {half}..{2 * half - 1}: {spearman(score[:half].mean(0), score[half:2 * half].mean(0)):.3f}")
+        print(
+            f"Spearman of the plain ensembles of models 0..{half - 1} vs {half}..{2 * half - 1}: "
+            f"{spearman(score[:half].mean(0), score[half : 2 * half].mean(0)):.3f}"
+        )
     for k in sorted({1, 5, 10, 20, len(models)} & set(range(1, len(models) + 1))):
         plain, dattri = score[:k].mean(0), kernel[:k].mean(0) * q[:k].mean(0)
-        print(f"K={k:>2}: Spearman(plain mean of scores, dattri's mean(kernel) * mean(q)) = {spearman(plain, dattri):.3f}")
+        print(
+            f"K={k:>2}: Spearman(plain mean of scores, dattri's mean(kernel) * mean(q)) = {spearman(plain, dattri):.3f}"
+        )
     neg = score < 0
     top = np.argsort(-loss, axis=1)[:, : max(1, n // 100)]
     print(
-        f"sign: {neg.mean():.1%} of scores negative (harmful); among each model's top 1% training loss {np.take_along_axis(neg, top, 1).mean():.1%}; "
-        f"median training loss of the 1% most negative {np.median(np.take_along_axis(loss, np.argsort(score, axis=1)[:, : max(1, n // 100)], 1)):.3f} vs all {np.median(loss):.4f}"
+        f"sign: {neg.mean():.1%} of scores negative (harmful); among each model's top 1% training loss "
+        f"{np.take_along_axis(neg, top, 1).mean():.1%}; "
+        "median training loss of the 1% most negative "
+        f"{np.median(np.take_along_axis(loss, np.argsort(score, axis=1)[:, : max(1, n // 100)], 1)):.3f} vs all "
+        f"{np.median(loss):.4f}"
     )
     if "check_ensemble" in meta:
         print(f"check_ensemble: {meta['check_ensemble']}")

@@ -66,7 +66,8 @@ PROJ_SEED_STRIDE = 100_000  # dattri's BasicProjector: block seed = proj_seed + 
 
 
 INITS = {
-    "keras": "Keras Dense defaults: glorot_uniform kernels (torch.nn.init.xavier_uniform_, limit sqrt(6 / (fan_in + fan_out))), zero biases",
+    "keras": "Keras Dense defaults: glorot_uniform kernels (torch.nn.init.xavier_uniform_, limit sqrt(6 / (fan_in + "
+    "fan_out))), zero biases",
     "torch": "torch nn.Linear default: kaiming_uniform_(a=sqrt(5)) weights, U(+-1/sqrt(fan_in)) biases",
 }
 
@@ -81,7 +82,9 @@ def build_model(n_inputs: int, n_classes: int, init: str = "keras") -> nn.Module
         with torch.no_grad():
             for layer in model:
                 if isinstance(layer, nn.Linear):
-                    nn.init.xavier_uniform_(layer.weight)  # symmetric in fan_in/fan_out, so torch's [out, in] layout is fine
+                    nn.init.xavier_uniform_(
+                        layer.weight
+                    )  # symmetric in fan_in/fan_out, so torch's [out, in] layout is fine
                     nn.init.zeros_(layer.bias)
     elif init != "torch":
         raise ValueError(f"init={init!r}: expected one of {sorted(INITS)}")
@@ -134,19 +137,35 @@ def trak_functions(model: nn.Module, n_classes: int):
     return margin, correct_probability
 
 
-def attributor_for(model: nn.Module, checkpoints, n_classes: int, proj_seed: int, args: argparse.Namespace) -> TRAKAttributor:
+def attributor_for(
+    model: nn.Module, checkpoints, n_classes: int, proj_seed: int, args: argparse.Namespace
+) -> TRAKAttributor:
     margin, correct_probability = trak_functions(model, n_classes)
     task = AttributionTask(loss_func=margin, model=model, checkpoints=checkpoints)
     # The full dict every time: dattri 0.3.0 updates its module-level DEFAULT_PROJECTOR_KWARGS in place.
-    projector = {"proj_dim": args.proj_dim, "proj_max_batch_size": 32, "proj_seed": proj_seed, "device": "cpu", "proj_type": "normal"}
-    return TRAKAttributor(task=task, correct_probability_func=correct_probability, projector_kwargs=projector, device="cpu", regularization=args.regularization)
+    projector = {
+        "proj_dim": args.proj_dim,
+        "proj_max_batch_size": 32,
+        "proj_seed": proj_seed,
+        "device": "cpu",
+        "proj_type": "normal",
+    }
+    return TRAKAttributor(
+        task=task,
+        correct_probability_func=correct_probability,
+        projector_kwargs=projector,
+        device="cpu",
+        regularization=args.regularization,
+    )
 
 
 def loader(x: torch.Tensor, y: torch.Tensor, batch: int) -> DataLoader:
     return DataLoader(TensorDataset(x, y), batch_size=batch, shuffle=False)
 
 
-def attribute(model: nn.Module, seed: int, data: dict[str, torch.Tensor], n_classes: int, args: argparse.Namespace) -> tuple[np.ndarray, np.ndarray, dict[str, float]]:
+def attribute(
+    model: nn.Module, seed: int, data: dict[str, torch.Tensor], n_classes: int, args: argparse.Namespace
+) -> tuple[np.ndarray, np.ndarray, dict[str, float]]:
     """(kernel [N], q [N], wall and CPU seconds of cache and of attribute). dattri's score matrix is
     (A * Q).T with A = Phi_val (Phi^T Phi)^-1 Phi^T; attribute() runs with Q set to ones so A itself comes
     back and both factors are kept (the mean over validation commutes with the per-row factor Q_i)."""
@@ -160,11 +179,23 @@ def attribute(model: nn.Module, seed: int, data: dict[str, torch.Tensor], n_clas
         attributor.Q = torch.ones_like(q)
         a = attributor.attribute(loader(data["x_val"], data["y_val"], args.batch_size))  # [N, V]
         done, done_cpu = time.perf_counter(), time.process_time()
-    seconds = {"seconds_cache": cached - began, "seconds_attribute_val": done - cached, "cpu_seconds_cache": cached_cpu - began_cpu, "cpu_seconds_attribute_val": done_cpu - cached_cpu}
+    seconds = {
+        "seconds_cache": cached - began,
+        "seconds_attribute_val": done - cached,
+        "cpu_seconds_cache": cached_cpu - began_cpu,
+        "cpu_seconds_attribute_val": done_cpu - cached_cpu,
+    }
     return a.double().mean(dim=1).numpy(), q.double().numpy(), seconds
 
 
-def check_ensemble(models: list[nn.Module], seeds: list[int], rows: dict[str, list], data: dict[str, torch.Tensor], n_classes: int, args: argparse.Namespace) -> dict:
+def check_ensemble(
+    models: list[nn.Module],
+    seeds: list[int],
+    rows: dict[str, list],
+    data: dict[str, torch.Tensor],
+    n_classes: int,
+    args: argparse.Namespace,
+) -> dict:
     """dattri's own multi-checkpoint TRAK on the given models (checkpoint index = seed when seeds are
     0..M-1) against mean(kernel) * mean(q) rebuilt from the per-model columns; and against plain attribute()."""
     assert seeds == list(range(len(seeds))), "--check-ensemble needs --first-seed 0"
@@ -173,18 +204,25 @@ def check_ensemble(models: list[nn.Module], seeds: list[int], rows: dict[str, li
     attributor = attributor_for(template, checkpoints, n_classes, 0, args)
     with torch.no_grad():
         attributor.cache(loader(data["x_train"], data["y_train"], args.batch_size))
-        ensemble = attributor.attribute(loader(data["x_val"], data["y_val"], args.batch_size)).double().mean(dim=1).numpy()
+        ensemble = (
+            attributor.attribute(loader(data["x_val"], data["y_val"], args.batch_size)).double().mean(dim=1).numpy()
+        )
     n, m = data["x_train"].shape[0], len(seeds)
     kernel = np.array(rows["kernel"]).reshape(-1, n)[:m]
     q = np.array(rows["q"]).reshape(-1, n)[:m]
     score = np.array(rows["score"]).reshape(-1, n)[:m]
     rebuilt = kernel.mean(0) * q.mean(0)
     # a plain single-checkpoint attribute() (Q included) on model 0, against the stored score
-    single = attributor_for(build_model(data["x_train"].shape[1], n_classes, args.init).eval(), checkpoints[0], n_classes, 0, args)
+    single = attributor_for(
+        build_model(data["x_train"].shape[1], n_classes, args.init).eval(), checkpoints[0], n_classes, 0, args
+    )
     with torch.no_grad():
         single.cache(loader(data["x_train"], data["y_train"], args.batch_size))
         plain = single.attribute(loader(data["x_val"], data["y_val"], args.batch_size)).double().mean(dim=1).numpy()
-    rel = lambda a, b: float(np.abs(a - b).max() / np.abs(b).max())
+
+    def rel(a, b):
+        return float(np.abs(a - b).max() / np.abs(b).max())
+
     result = {
         "models": m,
         "max_rel_diff_dattri_ensemble_vs_mean_kernel_times_mean_q": rel(rebuilt, ensemble),
@@ -202,32 +240,71 @@ def spearman(a: np.ndarray, b: np.ndarray) -> float:
 
 def write(out: Path, rows: dict[str, list], per_model: list[dict], meta: dict) -> None:
     schema = pa.schema(
-        [("model", pa.int64()), ("sample_id", pa.int64()), ("score", pa.float64()), ("kernel", pa.float64()), ("q", pa.float64()), ("train_loss", pa.float64())],
+        [
+            ("model", pa.int64()),
+            ("sample_id", pa.int64()),
+            ("score", pa.float64()),
+            ("kernel", pa.float64()),
+            ("q", pa.float64()),
+            ("train_loss", pa.float64()),
+        ],
         metadata={b"peers": json.dumps(meta | {"per_model": per_model}).encode()},
     )
-    table = pa.table({name: np.concatenate(values) if values else np.array([]) for name, values in rows.items()}, schema=schema)
+    table = pa.table(
+        {name: np.concatenate(values) if values else np.array([]) for name, values in rows.items()}, schema=schema
+    )
     out.parent.mkdir(parents=True, exist_ok=True)
     pq.write_table(table, out)
-    pq.write_table(pa.Table.from_pylist(per_model).replace_schema_metadata({b"peers": json.dumps(meta).encode()}), out.with_name(out.stem + "_models.parquet"))
+    pq.write_table(
+        pa.Table.from_pylist(per_model).replace_schema_metadata({b"peers": json.dumps(meta).encode()}),
+        out.with_name(out.stem + "_models.parquet"),
+    )
 
 
 def main() -> None:
     root = Path(__file__).resolve().parents[2]
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data", default=str(root / "outputs/peers/mnist_seed000.npz"), help="npz from scripts/peers/export_data.py")
+    parser.add_argument(
+        "--data", default=str(root / "outputs/peers/mnist_seed000.npz"), help="npz from scripts/peers/export_data.py"
+    )
     parser.add_argument("--out", default=str(root / "docs/results/peers/mnist_seed000_dattri_trak.parquet"))
     parser.add_argument("--models", type=int, default=20, help="K: model seeds first_seed .. first_seed+K-1")
     parser.add_argument("--first-seed", type=int, default=0)
     parser.add_argument("--proj-dim", type=int, default=512)
-    parser.add_argument("--batch-size", type=int, default=500, help="samples per per-sample-gradient batch in cache/attribute (dattri draws the projection anew for every batch)")
-    parser.add_argument("--regularization", type=float, default=0.0, help="added to the diagonal of Phi^T Phi (dattri's default 0)")
+    parser.add_argument(
+        "--batch-size",
+        type=int,
+        default=500,
+        help=(
+            "samples per per-sample-gradient batch in cache/attribute (dattri draws the projection anew for every "
+            "batch)"
+        ),
+    )
+    parser.add_argument(
+        "--regularization", type=float, default=0.0, help="added to the diagonal of Phi^T Phi (dattri's default 0)"
+    )
     parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--train-batch", type=int, default=32)
     parser.add_argument("--lr", type=float, default=1e-3)
-    parser.add_argument("--init", choices=sorted(INITS), default="keras", help="initial weights: keras = Glorot-uniform kernels and zero biases (the pipeline's Keras Dense defaults); torch = nn.Linear's default")
+    parser.add_argument(
+        "--init",
+        choices=sorted(INITS),
+        default="keras",
+        help=(
+            "initial weights: keras = Glorot-uniform kernels and zero biases (the pipeline's Keras Dense defaults); "
+            "torch = nn.Linear's default"
+        ),
+    )
     parser.add_argument("--adam-epsilon", type=float, default=1e-7, help="Keras' default (torch's is 1e-8)")
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (1: timings per core)")
-    parser.add_argument("--check-ensemble", type=int, default=0, help="after the run, compare dattri's own multi-checkpoint TRAK on the first M models with the per-model columns")
+    parser.add_argument(
+        "--check-ensemble",
+        type=int,
+        default=0,
+        help=(
+            "after the run, compare dattri's own multi-checkpoint TRAK on the first M models with the per-model columns"
+        ),
+    )
     args = parser.parse_args()
 
     torch.set_num_threads(args.threads)
@@ -243,12 +320,34 @@ def main() -> None:
     meta = {
         "method": "TRAK (dattri TRAKAttributor)",
         "command": " ".join(shlex.quote(a) for a in [".venv-peers/bin/python", *sys.argv]),
-        "versions": {"dattri": md.version("dattri"), "torch": torch.__version__, "numpy": np.__version__, "python": platform.python_version()},
-        "data": {"file": args.data, "n_train": n, "n_val": int(data["x_val"].shape[0]), **{k: data_meta.get(k) for k in ("experiment", "sha256")}},
-        "settings": {k: v for k, v in vars(args).items() if k not in ("data", "out")} | {"init_description": INITS[args.init], "proj_type": "normal", "proj_seed": f"{PROJ_SEED_STRIDE} * model seed", "output_function": "margin: logit_y - logsumexp_{j!=y} logit_j", "checkpoint": "final"},
-        "score": "mean over validation samples of dattri's TRAK score; positive = helpful (raises the validation margins), negative = harmful",
+        "versions": {
+            "dattri": md.version("dattri"),
+            "torch": torch.__version__,
+            "numpy": np.__version__,
+            "python": platform.python_version(),
+        },
+        "data": {
+            "file": args.data,
+            "n_train": n,
+            "n_val": int(data["x_val"].shape[0]),
+            **{k: data_meta.get(k) for k in ("experiment", "sha256")},
+        },
+        "settings": {k: v for k, v in vars(args).items() if k not in ("data", "out")}
+        | {
+            "init_description": INITS[args.init],
+            "proj_type": "normal",
+            "proj_seed": f"{PROJ_SEED_STRIDE} * model seed",
+            "output_function": "margin: logit_y - logsumexp_{j!=y} logit_j",
+            "checkpoint": "final",
+        },
+        "score": "mean over validation samples of dattri's TRAK score; positive = helpful (raises the validation "
+        "margins), negative = harmful",
     }
-    print(f"dattri {meta['versions']['dattri']}, torch {torch.__version__}, threads {torch.get_num_threads()}; {n} train x {meta['data']['n_val']} val; models {seeds}; proj_dim {args.proj_dim}; init {args.init}", flush=True)
+    print(
+        f"dattri {meta['versions']['dattri']}, torch {torch.__version__}, threads {torch.get_num_threads()}; {n} "
+        f"train x {meta['data']['n_val']} val; models {seeds}; proj_dim {args.proj_dim}; init {args.init}",
+        flush=True,
+    )
 
     rows: dict[str, list] = {k: [] for k in ("model", "sample_id", "score", "kernel", "q", "train_loss")}
     per_model, kept_models = [], []
@@ -262,7 +361,14 @@ def main() -> None:
             val_acc = float((model(data["x_val"]).argmax(1) == data["y_val"]).double().mean())
         kernel, q, seconds = attribute(model, seed, data, n_classes, args)
         score = kernel * q
-        for key, value in (("model", np.full(n, seed, dtype=np.int64)), ("sample_id", np.arange(n, dtype=np.int64)), ("score", score), ("kernel", kernel), ("q", q), ("train_loss", train_ce)):
+        for key, value in (
+            ("model", np.full(n, seed, dtype=np.int64)),
+            ("sample_id", np.arange(n, dtype=np.int64)),
+            ("score", score),
+            ("kernel", kernel),
+            ("q", q),
+            ("train_loss", train_ce),
+        ):
             rows[key].append(value)
         per_model.append(
             {
@@ -287,9 +393,11 @@ def main() -> None:
             kept_models.append(model)
         r = per_model[-1]
         print(
-            f"model {seed}: wall (CPU) seconds: train {seconds_train:.2f} ({cpu_seconds_train:.2f}), attribute {r['seconds_attribute']:.2f} ({r['cpu_seconds_attribute']:.2f}) "
+            f"model {seed}: wall (CPU) seconds: train {seconds_train:.2f} ({cpu_seconds_train:.2f}), attribute "
+            f"{r['seconds_attribute']:.2f} ({r['cpu_seconds_attribute']:.2f}) "
             f"= cache {r['seconds_cache']:.2f} + val {r['seconds_attribute_val']:.2f}; "
-            f"val CE {r['val_ce']:.4f}, acc {val_acc:.3f}; score std {r['score_std']:.3e}, Spearman(score, train loss) {r['spearman_score_vs_train_loss']:+.3f}",
+            f"val CE {r['val_ce']:.4f}, acc {val_acc:.3f}; score std {r['score_std']:.3e}, Spearman(score, train "
+            f"loss) {r['spearman_score_vs_train_loss']:+.3f}",
             flush=True,
         )
     if args.check_ensemble:

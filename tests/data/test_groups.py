@@ -59,14 +59,18 @@ def test_g_val_with_a_split_validation_set_is_refused(tmp_path):
 
 
 def frame(groups):
-    return pd.DataFrame({"a": RNG.normal(size=20), "b": RNG.normal(size=20), "label": np.arange(20) % 2, "group": groups})
+    return pd.DataFrame(
+        {"a": RNG.normal(size=20), "b": RNG.normal(size=20), "label": np.arange(20) % 2, "group": groups}
+    )
 
 
 def test_parquet_group_column_with_a_split_column(tmp_path):
     df = frame(np.arange(20) // 4)
     df["split"] = ["train", "train", "val", "val"] * 5
     df.to_parquet(tmp_path / "d.parquet")
-    ds = load_dataset(DataSettings(source="parquet", path=str(tmp_path / "d.parquet"), split_column="split", group_column="group"))
+    ds = load_dataset(
+        DataSettings(source="parquet", path=str(tmp_path / "d.parquet"), split_column="split", group_column="group")
+    )
     is_val = np.array([False, False, True, True] * 5)
     assert ds.g_val.tolist() == (np.arange(20) // 4)[is_val].tolist()
     assert ds.input_shapes == {"x": (2,)}  # the group column is not a feature
@@ -77,7 +81,9 @@ def test_parquet_group_column_follows_the_held_out_rows(tmp_path):
     df = frame(np.arange(20))  # group id = row: the held-out rows' ids must come with them
     df["a"] = np.arange(20, dtype=float)
     df.to_parquet(tmp_path / "d.parquet")
-    ds = load_dataset(DataSettings(source="parquet", path=str(tmp_path / "d.parquet"), group_column="group", feature_columns=("a",)))
+    ds = load_dataset(
+        DataSettings(source="parquet", path=str(tmp_path / "d.parquet"), group_column="group", feature_columns=("a",))
+    )
     assert ds.g_val.tolist() == ds.x_val["x"][:, 0].astype(int).tolist()
 
 

@@ -141,7 +141,13 @@ def test_digits_refuses_regression():
 )
 def test_synthetic_shapes(n_samples, n_features, n_classes, n_informative):
     ds = load_dataset(
-        DataSettings(source="synthetic", n_samples=n_samples, n_features=n_features, n_classes=n_classes, n_informative=n_informative)
+        DataSettings(
+            source="synthetic",
+            n_samples=n_samples,
+            n_features=n_features,
+            n_classes=n_classes,
+            n_informative=n_informative,
+        )
     )
     _assert_canonical(ds)
     n_val = math.ceil(0.2 * n_samples)
@@ -201,7 +207,9 @@ def test_synthetic_regression_ignores_class_settings_and_is_deterministic():
     settings = DataSettings(source="synthetic", n_samples=60, n_classes=10, n_informative=3)
     a, b = load_dataset(settings, task="regression"), load_dataset(settings, task="regression")
     assert np.array_equal(_x(a), _x(b)) and np.array_equal(a.y_train, b.y_train)
-    other = load_dataset(DataSettings(source="synthetic", n_samples=60, n_classes=10, n_informative=3, split_seed=1), task="regression")
+    other = load_dataset(
+        DataSettings(source="synthetic", n_samples=60, n_classes=10, n_informative=3, split_seed=1), task="regression"
+    )
     assert not np.array_equal(other.y_train, a.y_train)
 
 
@@ -316,7 +324,7 @@ def test_npz_keras_mnist_validation_from_test(mnist_like):
     assert np.array_equal(_x(ds)[..., 0], a["x_train"].astype(np.float32) / np.float32(255))
     assert np.array_equal(_x(ds, "val")[..., 0], a["x_test"].astype(np.float32) / np.float32(255))
     assert _x(ds)[0, 0, 0, 0] == 1.0 and _x(ds)[0, 0, 1, 0] == 0.0
-    assert 0.0 <= _x(ds).min() and _x(ds).max() <= 1.0
+    assert _x(ds).min() >= 0.0 and _x(ds).max() <= 1.0
     assert np.array_equal(ds.y_train, a["y_train"]) and np.array_equal(ds.y_val, a["y_test"])
     assert ds.num_classes == 10
 
@@ -353,9 +361,17 @@ def test_npz_split_seed_changes_the_split(mnist_like):
 
 
 def test_npz_data_inputs_x_names_the_single_input(tmp_path):
-    path = _npz(tmp_path / "one.npz", x_train=np.zeros((4, 3)), y_train=np.array([0, 1, 0, 1]), x_val=np.zeros((2, 3)), y_val=np.array([0, 1]))
+    path = _npz(
+        tmp_path / "one.npz",
+        x_train=np.zeros((4, 3)),
+        y_train=np.array([0, 1, 0, 1]),
+        x_val=np.zeros((2, 3)),
+        y_val=np.array([0, 1]),
+    )
     assert _load(path, inputs=("x",)).input_names == ("x",)
-    with pytest.raises(DataError, match=r"^data\.inputs=\['a'\]: .*one\.npz holds a single input 'x_train'; its name is 'x'"):
+    with pytest.raises(
+        DataError, match=r"^data\.inputs=\['a'\]: .*one\.npz holds a single input 'x_train'; its name is 'x'"
+    ):
         _load(path, inputs=("a",))
 
 
@@ -439,7 +455,9 @@ def test_npz_several_inputs_split_keeps_rows_together(tmp_path, two_inputs):
         rows = xs["prices"][:, 0].astype(int)  # the original row of each sample
         assert np.array_equal(xs["image"][..., 0], a["x_train.image"][rows] / np.float32(255)), split
         assert np.array_equal(y, a["y_train"][rows]), split
-    assert sorted(np.concatenate([ds.x_train["prices"][:, 0], ds.x_val["prices"][:, 0]]).astype(int).tolist()) == list(range(12))
+    assert sorted(np.concatenate([ds.x_train["prices"][:, 0], ds.x_val["prices"][:, 0]]).astype(int).tolist()) == list(
+        range(12)
+    )
     assert sorted(ds.y_val.tolist()) == [0, 1, 2]  # stratified
 
 
@@ -457,7 +475,9 @@ def test_npz_input_in_train_but_not_in_val(tmp_path, two_inputs):
     with pytest.raises(DataError, match=r"^x_val\.image: missing in .*noimage\.npz \(x_train\.image is present\)"):
         _load(path)
     # with data.inputs the archive itself is checked against the list
-    with pytest.raises(DataError, match=r"^data\.inputs: no array x_val\.image in .*noimage\.npz \(has x_val\.prices\)"):
+    with pytest.raises(
+        DataError, match=r"^data\.inputs: no array x_val\.image in .*noimage\.npz \(has x_val\.prices\)"
+    ):
         _load(path, inputs=("prices", "image"))
 
 
@@ -472,26 +492,36 @@ def test_npz_input_in_val_but_not_in_train(tmp_path, two_inputs):
 def test_npz_single_and_named_inputs_at_once(tmp_path, two_inputs):
     _, a = two_inputs
     path = _npz(tmp_path / "both.npz", **a, x_train=np.zeros((12, 3)))
-    with pytest.raises(DataError, match=r"^data\.path=.*both\.npz: holds both 'x_train' and x_train\.<name> arrays; use one form"):
+    with pytest.raises(
+        DataError, match=r"^data\.path=.*both\.npz: holds both 'x_train' and x_train\.<name> arrays; use one form"
+    ):
         _load(path)
 
 
 def test_npz_data_inputs_naming_a_missing_input(two_inputs):
     path, _ = two_inputs
-    with pytest.raises(DataError, match=r"^data\.inputs: no array x_train\.volume in .*two\.npz \(has x_train\.prices, x_train\.image\)"):
+    with pytest.raises(
+        DataError,
+        match=r"^data\.inputs: no array x_train\.volume in .*two\.npz \(has x_train\.prices, x_train\.image\)",
+    ):
         _load(path, inputs=("prices", "volume"))
 
 
 def test_npz_data_inputs_leaving_one_out(two_inputs):
     path, _ = two_inputs
-    with pytest.raises(DataError, match=r"^data\.inputs=\['image'\]: leaves out x_train\.prices in .*two\.npz; list every input"):
+    with pytest.raises(
+        DataError, match=r"^data\.inputs=\['image'\]: leaves out x_train\.prices in .*two\.npz; list every input"
+    ):
         _load(path, inputs=("image",))
 
 
 def test_npz_named_input_shapes_differ(tmp_path, two_inputs):
     _, a = two_inputs
     path = _npz(tmp_path / "shape.npz", **dict(a, **{"x_val.prices": np.zeros((3, 4))}))
-    with pytest.raises(DataError, match=re.escape("x_val.prices: sample shape (4,) differs from x_train.prices (3,) in ") + ".*shape\\.npz"):
+    with pytest.raises(
+        DataError,
+        match=re.escape("x_val.prices: sample shape (4,) differs from x_train.prices (3,) in ") + ".*shape\\.npz",
+    ):
         _load(path)
 
 
@@ -502,7 +532,9 @@ def test_npz_named_input_row_count(tmp_path, two_inputs):
         _load(path)
     nosplit = {k: v for k, v in a.items() if not k.startswith(("x_val", "y_val"))}
     path = _npz(tmp_path / "rows_split.npz", **dict(nosplit, **{"x_train.image": a["x_train.image"][:11]}))
-    with pytest.raises(DataError, match=r"^data\.path=.*rows_split\.npz: x_train\.image has 11 rows but y_train has 12"):
+    with pytest.raises(
+        DataError, match=r"^data\.path=.*rows_split\.npz: x_train\.image has 11 rows but y_train has 12"
+    ):
         _load(path, val_from="split")
 
 
@@ -531,34 +563,68 @@ def test_npz_regression_targets_with_several_outputs(tmp_path):
 
 
 def test_npz_integer_targets_are_floats_for_regression(tmp_path):
-    path = _npz(tmp_path / "int.npz", x_train=np.zeros((4, 2)), y_train=np.array([3, 1, 4, 1]), x_val=np.zeros((2, 2)), y_val=np.array([5, 9]))
+    path = _npz(
+        tmp_path / "int.npz",
+        x_train=np.zeros((4, 2)),
+        y_train=np.array([3, 1, 4, 1]),
+        x_val=np.zeros((2, 2)),
+        y_val=np.array([5, 9]),
+    )
     ds = _load(path, task="regression")
     assert ds.y_train.dtype == np.float64 and ds.y_train.tolist() == [3.0, 1.0, 4.0, 1.0]
 
 
 def test_npz_regression_target_widths_differ(tmp_path):
-    path = _npz(tmp_path / "w.npz", x_train=np.zeros((4, 2)), y_train=np.ones((4, 3)), x_val=np.zeros((2, 2)), y_val=np.ones((2, 2)))
+    path = _npz(
+        tmp_path / "w.npz",
+        x_train=np.zeros((4, 2)),
+        y_train=np.ones((4, 3)),
+        x_val=np.zeros((2, 2)),
+        y_val=np.ones((2, 2)),
+    )
     with pytest.raises(DataError, match=re.escape("y_val: target shape (2,) differs from y_train (3,) in ")):
         _load(path, task="regression")
 
 
 def test_npz_regression_targets_of_three_axes(tmp_path):
-    path = _npz(tmp_path / "t.npz", x_train=np.zeros((4, 2)), y_train=np.ones((4, 3, 1)), x_val=np.zeros((2, 2)), y_val=np.ones((2, 3, 1)))
-    with pytest.raises(DataError, match=re.escape("y_train: regression targets must have shape [n] or [n, k], got (4, 3, 1)")):
+    path = _npz(
+        tmp_path / "t.npz",
+        x_train=np.zeros((4, 2)),
+        y_train=np.ones((4, 3, 1)),
+        x_val=np.zeros((2, 2)),
+        y_val=np.ones((2, 3, 1)),
+    )
+    with pytest.raises(
+        DataError, match=re.escape("y_train: regression targets must have shape [n] or [n, k], got (4, 3, 1)")
+    ):
         _load(path, task="regression")
 
 
 def test_npz_float_targets_under_classification_suggest_regression(tmp_path):
     y = np.array([0.25, 1.5, -0.75, 2.0])
     path = _npz(tmp_path / "float.npz", x_train=np.zeros((4, 2)), y_train=y, x_val=np.zeros((2, 2)), y_val=y[:2])
-    with pytest.raises(DataError, match=r"^y_train: class labels must be non-negative integers in .*float\.npz \(for float targets use task=regression\)$"):
+    with pytest.raises(
+        DataError,
+        match=(
+            r"^y_train: class labels must be non-negative integers in .*float\.npz \(for float targets use "
+            r"task=regression\)$"
+        ),
+    ):
         _load(path)
     assert np.array_equal(_load(path, task="regression").y_train, y)
 
 
 def test_npz_target_matrix_under_classification_suggests_regression(tmp_path):
-    path = _npz(tmp_path / "mat.npz", x_train=np.zeros((4, 2)), y_train=np.ones((4, 3)), x_val=np.zeros((2, 2)), y_val=np.ones((2, 3)))
-    with pytest.raises(DataError, match=r"^y_train: class labels must be one class id per sample, got shape \(4, 3\).*task=regression"):
+    path = _npz(
+        tmp_path / "mat.npz",
+        x_train=np.zeros((4, 2)),
+        y_train=np.ones((4, 3)),
+        x_val=np.zeros((2, 2)),
+        y_val=np.ones((2, 3)),
+    )
+    with pytest.raises(
+        DataError, match=r"^y_train: class labels must be one class id per sample, got shape \(4, 3\).*task=regression"
+    ):
         _load(path)
 
 
@@ -642,16 +708,35 @@ def test_parquet_list_column_in_several_row_groups(tmp_path, pandas_lists):
 
 def test_parquet_integer_list_column(tmp_path):
     path = tmp_path / "ints.parquet"
-    pq.write_table(pa.table({"v": pa.array([[1, 2], [3, 4], [5, 6], [7, 8]], pa.list_(pa.int32())), "label": [0, 1, 0, 1], "s": ["train", "train", "val", "val"]}), path)
+    pq.write_table(
+        pa.table(
+            {
+                "v": pa.array([[1, 2], [3, 4], [5, 6], [7, 8]], pa.list_(pa.int32())),
+                "label": [0, 1, 0, 1],
+                "s": ["train", "train", "val", "val"],
+            }
+        ),
+        path,
+    )
     ds = _load(path, split_column="s")
-    assert np.array_equal(_x(ds), np.array([[1, 2], [3, 4]], np.float32)) and np.array_equal(_x(ds, "val"), [[5, 6], [7, 8]])
+    assert np.array_equal(_x(ds), np.array([[1, 2], [3, 4]], np.float32)) and np.array_equal(
+        _x(ds, "val"), [[5, 6], [7, 8]]
+    )
 
 
 def test_parquet_ragged_list_column_is_one_line_data_error(tmp_path):
-    frame = pd.DataFrame({"features": [[1.0, 2.0, 3.0, 4.0], [1.0, 2.0, 3.0], [0.0] * 4, [5.0] * 4], "weight": [1.0, 2.0, 3.0, 4.0], "label": [0, 1, 0, 1]})
+    frame = pd.DataFrame(
+        {
+            "features": [[1.0, 2.0, 3.0, 4.0], [1.0, 2.0, 3.0], [0.0] * 4, [5.0] * 4],
+            "weight": [1.0, 2.0, 3.0, 4.0],
+            "label": [0, 1, 0, 1],
+        }
+    )
     path = tmp_path / "ragged.parquet"
     frame.to_parquet(path)
-    with pytest.raises(DataError, match=r"^column 'features' in .*ragged\.parquet: list rows have different lengths \(3\.\.4\)$") as info:
+    with pytest.raises(
+        DataError, match=r"^column 'features' in .*ragged\.parquet: list rows have different lengths \(3\.\.4\)$"
+    ) as info:
         _load(path)
     assert "\n" not in str(info.value)
 
@@ -662,7 +747,9 @@ def test_parquet_null_list_and_null_inside_list(tmp_path):
     with pytest.raises(DataError, match=r"^column 'f' in .*nulllist\.parquet: 1 missing values"):
         _load(path)
     path = tmp_path / "nullinside.parquet"
-    pq.write_table(pa.table({"f": pa.array([[1.0, None], [2.0, 3.0], [3.0, 4.0], [4.0, 5.0]]), "label": [0, 1, 0, 1]}), path)
+    pq.write_table(
+        pa.table({"f": pa.array([[1.0, None], [2.0, 3.0], [3.0, 4.0], [4.0, 5.0]]), "label": [0, 1, 0, 1]}), path
+    )
     with pytest.raises(DataError, match=r"^column 'f' in .*nullinside\.parquet: 1 missing values inside lists"):
         _load(path)
 
@@ -688,7 +775,9 @@ def test_parquet_numeric_columns_split_column(columns_table):
     ds = _load(columns_table, split_column="part")
     _assert_canonical(ds)
     # every numeric column except the label, in file order; string columns skipped
-    expected = np.array([[1, 0.5, -1], [2, 1.5, -2], [3, 2.5, -3], [4, 3.5, -4], [5, 4.5, -5], [6, 5.5, -6]], np.float32)
+    expected = np.array(
+        [[1, 0.5, -1], [2, 1.5, -2], [3, 2.5, -3], [4, 3.5, -4], [5, 4.5, -5], [6, 5.5, -6]], np.float32
+    )
     train, val = [0, 1, 3, 4], [2, 5]
     assert np.array_equal(_x(ds), expected[train]) and np.array_equal(ds.y_train, [0, 1, 1, 2])
     assert np.array_equal(_x(ds, "val"), expected[val]) and np.array_equal(ds.y_val, [0, 2])
@@ -704,7 +793,9 @@ def test_parquet_feature_columns_selection(columns_table):
 
 def test_parquet_other_label_column(tmp_path):
     path = tmp_path / "t.parquet"
-    pq.write_table(pa.table({"f": [1.0, 2.0, 3.0, 4.0], "target": [1, 0, 1, 0], "split": ["train", "train", "train", "val"]}), path)
+    pq.write_table(
+        pa.table({"f": [1.0, 2.0, 3.0, 4.0], "target": [1, 0, 1, 0], "split": ["train", "train", "train", "val"]}), path
+    )
     ds = _load(path, label_column="target", split_column="split")
     assert np.array_equal(_x(ds)[:, 0], [1, 2, 3]) and np.array_equal(ds.y_train, [1, 0, 1])
 
@@ -736,7 +827,9 @@ def test_parquet_data_inputs_make_several_inputs(pandas_lists):
 def test_parquet_data_inputs_rows_stay_together_in_the_split(tmp_path):
     n = 30
     path = tmp_path / "rows.parquet"
-    pq.write_table(pa.table({"i": np.arange(n, dtype=np.float64), "twice": 2.0 * np.arange(n), "label": np.arange(n) % 3}), path)
+    pq.write_table(
+        pa.table({"i": np.arange(n, dtype=np.float64), "twice": 2.0 * np.arange(n), "label": np.arange(n) % 3}), path
+    )
     ds = _load(path, inputs={"a": ["i"], "b": ["twice"]})
     for xs, y in ((ds.x_train, ds.y_train), (ds.x_val, ds.y_val)):
         assert np.array_equal(xs["b"], 2 * xs["a"])
@@ -750,14 +843,18 @@ def test_parquet_data_inputs_errors(pandas_lists):
         _load(path, inputs={"w": ["weight", "nope"]})
     with pytest.raises(DataError, match=r"^data\.inputs\.w: no columns"):
         _load(path, inputs={"w": []})
-    with pytest.raises(DataError, match=r"^data\.feature_columns: set either data\.feature_columns or data\.inputs, not both"):
+    with pytest.raises(
+        DataError, match=r"^data\.feature_columns: set either data\.feature_columns or data\.inputs, not both"
+    ):
         _load(path, inputs={"w": ["weight"]}, feature_columns=("weight",))
     with pytest.raises(DataError, match=r"^data\.inputs=\['w'\]: for parquet give a mapping name -> \[columns\]"):
         _load(path, inputs=("w",))
 
 
 def test_parquet_data_inputs_non_numeric_column(columns_table):
-    with pytest.raises(DataError, match=r"^column 'note' in .*cols\.parquet: type string is not numeric \(data\.inputs\.n\)"):
+    with pytest.raises(
+        DataError, match=r"^column 'note' in .*cols\.parquet: type string is not numeric \(data\.inputs\.n\)"
+    ):
         _load(columns_table, inputs={"a": ["a"], "n": ["note"]})
 
 
@@ -794,11 +891,20 @@ def test_parquet_regression_from_list_column(tmp_path):
 def test_parquet_float_labels_under_classification(tmp_path):
     path = tmp_path / "fl.parquet"
     pq.write_table(pa.table({"f": [1.0, 2.0, 3.0, 4.0, 5.0, 6.0], "label": [0.1, 0.2, 0.3, 0.4, 0.5, 0.6]}), path)
-    with pytest.raises(DataError, match=r"^y_train: class labels must be non-negative integers in .*fl\.parquet \(for float targets use task=regression\)"):
+    with pytest.raises(
+        DataError,
+        match=(
+            r"^y_train: class labels must be non-negative integers in .*fl\.parquet \(for float targets use "
+            r"task=regression\)"
+        ),
+    ):
         _load(path)
     # integral floats are class ids
     path = tmp_path / "integral.parquet"
-    pq.write_table(pa.table({"f": [1.0, 2.0, 3.0, 4.0], "label": [0.0, 1.0, 1.0, 0.0], "s": ["train", "train", "val", "val"]}), path)
+    pq.write_table(
+        pa.table({"f": [1.0, 2.0, 3.0, 4.0], "label": [0.0, 1.0, 1.0, 0.0], "s": ["train", "train", "val", "val"]}),
+        path,
+    )
     assert _load(path, split_column="s").y_train.tolist() == [0, 1]
 
 
@@ -839,7 +945,9 @@ def test_npz_object_array(tmp_path):
     ragged = np.empty(4, dtype=object)
     ragged[:] = [[1.0, 2.0], [3.0], [4.0], [5.0, 6.0]]
     path = _npz(tmp_path / "obj.npz", x_train=ragged, y_train=Y4, x_val=X2, y_val=Y2)
-    with pytest.raises(DataError, match=r"^data\.path=.*obj\.npz: array 'x_train' holds Python objects; save numeric arrays"):
+    with pytest.raises(
+        DataError, match=r"^data\.path=.*obj\.npz: array 'x_train' holds Python objects; save numeric arrays"
+    ):
         _load(path)
 
 
@@ -905,7 +1013,14 @@ def test_inf_in_x_val(tmp_path):
 def test_nan_in_named_input(tmp_path):
     image = np.zeros((4, 2, 2))
     image[3, 1, 1] = np.nan
-    arrays = {"x_train.a": X4, "x_train.b": image, "y_train": Y4, "x_val.a": X2, "x_val.b": np.zeros((2, 2, 2)), "y_val": Y2}
+    arrays = {
+        "x_train.a": X4,
+        "x_train.b": image,
+        "y_train": Y4,
+        "x_val.a": X2,
+        "x_val.b": np.zeros((2, 2, 2)),
+        "y_val": Y2,
+    }
     path = _npz(tmp_path / "nanb.npz", **arrays)
     with pytest.raises(DataError, match=r"^x_train\.b: NaN or inf in features \(first at row 3\)"):
         _load(path)
@@ -923,7 +1038,9 @@ def test_nan_or_inf_in_targets(tmp_path, task):
 
 @pytest.mark.parametrize("task", ["classification", "regression"])
 def test_non_numeric_targets(tmp_path, task):
-    path = _npz(tmp_path / "ystr.npz", x_train=X4, y_train=np.array(["a", "b", "a", "b"]), x_val=X2, y_val=np.array(["a", "b"]))
+    path = _npz(
+        tmp_path / "ystr.npz", x_train=X4, y_train=np.array(["a", "b", "a", "b"]), x_val=X2, y_val=np.array(["a", "b"])
+    )
     with pytest.raises(DataError, match=r"^y_train: targets must be numeric, got dtype <U1 in .*ystr\.npz"):
         _load(path, task=task)
 
@@ -1018,12 +1135,16 @@ def _write(tmp_path, filename, **columns):
 
 def test_parquet_missing_label_column(tmp_path):
     path = _write(tmp_path, "nolabel.parquet", f=[1.0, 2.0, 3.0, 4.0], target=[0, 1, 0, 1])
-    with pytest.raises(DataError, match=r"data\.label_column='label': no such column in .*nolabel\.parquet \(has f, target\)"):
+    with pytest.raises(
+        DataError, match=r"data\.label_column='label': no such column in .*nolabel\.parquet \(has f, target\)"
+    ):
         _load(path)
 
 
 def test_parquet_label_nulls(tmp_path):
-    path = _write(tmp_path, "nulls.parquet", f=[1.0, 2.0, 3.0, 4.0, 5.0], label=pa.array([0, None, 1, 0, None], pa.int64()))
+    path = _write(
+        tmp_path, "nulls.parquet", f=[1.0, 2.0, 3.0, 4.0, 5.0], label=pa.array([0, None, 1, 0, None], pa.int64())
+    )
     with pytest.raises(DataError, match=r"data\.label_column='label': 2 missing values in .*nulls\.parquet"):
         _load(path)
 
@@ -1060,8 +1181,12 @@ def test_parquet_no_numeric_features(tmp_path):
 
 
 def test_parquet_split_column_bad_value(tmp_path):
-    path = _write(tmp_path, "split.parquet", f=[1.0, 2.0, 3.0, 4.0], label=[0, 1, 0, 1], split=["train", "val", "test", "train"])
-    with pytest.raises(DataError, match=re.escape("data.split_column='split': values must be 'train' or 'val', found 'test'")):
+    path = _write(
+        tmp_path, "split.parquet", f=[1.0, 2.0, 3.0, 4.0], label=[0, 1, 0, 1], split=["train", "val", "test", "train"]
+    )
+    with pytest.raises(
+        DataError, match=re.escape("data.split_column='split': values must be 'train' or 'val', found 'test'")
+    ):
         _load(path, split_column="split")
 
 
@@ -1086,7 +1211,9 @@ def test_parquet_not_parquet(tmp_path):
 
 def test_parquet_string_labels_are_data_error(tmp_path):
     path = _write(tmp_path, "strlabel.parquet", f=[1.0, 2.0, 3.0, 4.0, 5.0, 6.0], label=["x", "y", "x", "y", "x", "y"])
-    with pytest.raises(DataError, match=r"^data\.label_column='label': type string in .*strlabel\.parquet is not numeric"):
+    with pytest.raises(
+        DataError, match=r"^data\.label_column='label': type string in .*strlabel\.parquet is not numeric"
+    ):
         _load(path)
 
 
@@ -1103,6 +1230,8 @@ def test_parquet_hold_out_smaller_than_class_count_is_data_error(tmp_path):
 
 
 def test_parquet_empty_list_rows_are_data_error(tmp_path):
-    path = _write(tmp_path, "emptylists.parquet", v=pa.array([[], [], [], []], pa.list_(pa.float64())), label=[0, 1, 0, 1])
+    path = _write(
+        tmp_path, "emptylists.parquet", v=pa.array([[], [], [], []], pa.list_(pa.float64())), label=[0, 1, 0, 1]
+    )
     with pytest.raises(DataError, match=r"column 'v'"):
         _load(path)

@@ -9,7 +9,17 @@ import json
 import numpy as np
 import pytest
 
-from pipeline.config import DataSettings, InfluenceSettings, ModelSettings, OptimizerSettings, OutputSettings, Settings, TaskSettings, TrainSettings, VerifySettings
+from pipeline.config import (
+    DataSettings,
+    InfluenceSettings,
+    ModelSettings,
+    OptimizerSettings,
+    OutputSettings,
+    Settings,
+    TaskSettings,
+    TrainSettings,
+    VerifySettings,
+)
 from pipeline.examples.make_data import main as make_data
 from pipeline.io.layout import RunLayout
 from pipeline.io.tables import input_grads, read_parts
@@ -17,7 +27,15 @@ from pipeline.run import execute
 
 
 def _run(settings: Settings, method: str, stages: tuple[str, ...]) -> dict:
-    return execute(Settings(**{**settings.__dict__, "influence": InfluenceSettings(method=method, objective=settings.influence.objective), "stages": stages}))
+    return execute(
+        Settings(
+            **{
+                **settings.__dict__,
+                "influence": InfluenceSettings(method=method, objective=settings.influence.objective),
+                "stages": stages,
+            }
+        )
+    )
 
 
 def _scores(root, method: str):
@@ -72,7 +90,13 @@ def test_quadratic_regression_sensitivity_and_trajectory(ray_session, tmp_path):
     # The exact derivative, checked on a shorter run of the same recipe: over 800 Adam steps a ReLU net's
     # E(eps_i) has kinks closer than h = 1e-4 (measured: median x error 0.17 at h = 1e-4, 1.5e-7 at
     # h = 1e-7), which is what the smoothness diagnostics are for; 80 steps are smooth at h = 1e-4.
-    short = Settings(**{**settings.__dict__, "train": TrainSettings(epochs=10, batch_size=32, dtype="float64"), "output": OutputSettings(dir=str(tmp_path / "short"))})
+    short = Settings(
+        **{
+            **settings.__dict__,
+            "train": TrainSettings(epochs=10, batch_size=32, dtype="float64"),
+            "output": OutputSettings(dir=str(tmp_path / "short")),
+        }
+    )
     medians = _gradcheck_medians(_run(short, "trajectory", ("train", "score", "verify")))
     assert medians["eps"] <= 1e-6 and medians["x"] <= 1e-6, medians
 

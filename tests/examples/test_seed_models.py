@@ -77,7 +77,7 @@ def test_make_data_quadratic_layout_and_targets(tmp_path):
             x, y = archive[f"x_{split}"], archive[f"y_{split}"]
             assert x.shape == (n, 1) and y.shape == (n,)
             assert x.dtype == y.dtype == np.float64
-            assert 0.0 <= x.min() and x.max() <= 10.0
+            assert x.min() >= 0.0 and x.max() <= 10.0
             np.testing.assert_array_equal(y, (x[:, 0] - 5.0) ** 2 / 25.0)
 
 
@@ -95,7 +95,11 @@ def test_make_data_prices_layout_and_targets(tmp_path):
             "y_val",
         ]
         for split, n in (("train", 200), ("val", 50)):
-            reference, hidden_inputs, y = (archive[f"x_{split}.reference_prices"], archive[f"x_{split}.hidden_inputs"], archive[f"y_{split}"])
+            reference, hidden_inputs, y = (
+                archive[f"x_{split}.reference_prices"],
+                archive[f"x_{split}.hidden_inputs"],
+                archive[f"y_{split}"],
+            )
             assert reference.shape == (n, 1) and hidden_inputs.shape == (n, 2) and y.shape == (n,)
             assert reference.dtype == hidden_inputs.dtype == y.dtype == np.float64
             assert reference.min() >= 50.0 and reference.max() <= 150.0
@@ -115,7 +119,11 @@ def test_make_data_prices_layout_and_targets(tmp_path):
 )
 def test_make_data_bad_arguments_exit_2_with_one_line(args, message, tmp_path):
     result = subprocess.run(
-        [sys.executable, "-m", "pipeline.examples.make_data", *args], cwd=tmp_path, capture_output=True, text=True, timeout=60
+        [sys.executable, "-m", "pipeline.examples.make_data", *args],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert result.returncode == 2
     assert result.stdout == ""

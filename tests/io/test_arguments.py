@@ -76,10 +76,22 @@ def test_trajectory_arguments_contents():
     assert arguments["data_fingerprint"] == FINGERPRINT
     assert arguments["task"] == {"name": "classification"}
     assert arguments["model"] == dataclasses.asdict(settings.model)
-    assert arguments["optimizer"] == dataclasses.asdict(settings.optimizer)
+    keyed = {f.name for f in dataclasses.fields(OptimizerSettings) if f.metadata["keyed_at_default"]}
+    assert arguments["optimizer"] == {k: v for k, v in dataclasses.asdict(settings.optimizer).items() if k in keyed}
     assert "seeds" not in arguments["train"]
     assert arguments["train"]["checkpoint_every"] == 5
-    assert set(arguments["train"]) == {f.name for f in dataclasses.fields(TrainSettings)} - {"seeds"}
+    assert set(arguments["train"]) == {f.name for f in dataclasses.fields(TrainSettings)} - {"seeds", "label_smoothing"}
+
+
+def test_recipe_settings_enter_the_trajectory_key_only_when_set():
+    """Settings added with the recipes (keyed_at_default=False) leave the key of a run that does not use them as it
+    was, and change it when set."""
+    plain = trajectory_arguments(_settings(), FINGERPRINT)
+    assert "weight_decay" not in plain["optimizer"] and "label_smoothing" not in plain["train"]
+    decayed = _settings(optimizer=OptimizerSettings(weight_decay=0.01), train=TrainSettings(label_smoothing=0.1))
+    arguments = trajectory_arguments(decayed, FINGERPRINT)
+    assert arguments["optimizer"]["weight_decay"] == 0.01 and arguments["train"]["label_smoothing"] == 0.1
+    assert key_of(arguments) != key_of(plain)
 
 
 @pytest.mark.parametrize(
@@ -129,7 +141,9 @@ def test_trajectory_key_ignores_seeds_and_everything_after_training(section, cha
 
 def test_trajectory_key_ignores_stages():
     base = _settings()
-    assert key_of(trajectory_arguments(dataclasses.replace(base, stages=("score",)), FINGERPRINT)) == key_of(trajectory_arguments(base, FINGERPRINT))
+    assert key_of(trajectory_arguments(dataclasses.replace(base, stages=("score",)), FINGERPRINT)) == key_of(
+        trajectory_arguments(base, FINGERPRINT)
+    )
 
 
 # ---------------------------------------------------------------------------------------- score arguments
@@ -137,7 +151,9 @@ def test_trajectory_key_ignores_stages():
 
 @pytest.mark.parametrize("method", sorted(REGISTRY))
 def test_score_arguments_hold_only_the_methods_own_settings(method):
-    settings = _settings(influence=InfluenceSettings(method=method, objective="cross_entropy", output_weights=(1.0, 2.0)))
+    settings = _settings(
+        influence=InfluenceSettings(method=method, objective="cross_entropy", output_weights=(1.0, 2.0))
+    )
     arguments = score_arguments(settings, "traj0000traj0000")
     assert arguments["trajectory_key"] == "traj0000traj0000"
     assert arguments["method"] == method
@@ -182,7 +198,11 @@ def test_score_arguments_method_argument_overrides_the_configured_one():
     settings = _settings(influence=InfluenceSettings(method="trajectory", objective="cross_entropy", steps=4))
     arguments = score_arguments(settings, "t" * 16, "lookahead")
     assert arguments["method"] == "lookahead" and arguments["influence"] == {"objective": "cross_entropy", "steps": 4}
-    assert score_arguments(settings, "t" * 16) == {"trajectory_key": "t" * 16, "method": "trajectory", "influence": {"objective": "cross_entropy"}}
+    assert score_arguments(settings, "t" * 16) == {
+        "trajectory_key": "t" * 16,
+        "method": "trajectory",
+        "influence": {"objective": "cross_entropy"},
+    }
 
 
 # --------------------------------------------------------------------------------------- first_difference
@@ -215,14 +235,21 @@ def test_first_difference_when_nothing_differs():
 
 
 def _arguments(lr: float = 0.1, hidden=(64,)) -> dict:
-    return trajectory_arguments(_settings(optimizer=OptimizerSettings(lr=lr), model=ModelSettings(hidden=hidden)), FINGERPRINT)
+    return trajectory_arguments(
+        _settings(optimizer=OptimizerSettings(lr=lr), model=ModelSettings(hidden=hidden)), FINGERPRINT
+    )
 
 
 @pytest.fixture
 def run(tmp_path):
     """A run dir holding a trajectory, a method's scores and a file the claim must not touch."""
     root = tmp_path / "run"
-    for rel in ("trajectory/seed=0/schedule.parquet", "scores/method=tracin/seed=0/part-00000.parquet", "ranking.parquet", "notes.txt"):
+    for rel in (
+        "trajectory/seed=0/schedule.parquet",
+        "scores/method=tracin/seed=0/part-00000.parquet",
+        "ranking.parquet",
+        "notes.txt",
+    ):
         (root / rel).parent.mkdir(parents=True, exist_ok=True)
         (root / rel).write_text("x")
     return root
@@ -286,18 +313,40 @@ def test_refusal_names_the_method_scores(run):
     settings = _settings(influence=InfluenceSettings(method="lookahead", objective="cross_entropy", steps=1))
     claim(run, path, score_arguments(settings, "t" * 16), "lookahead scores", False, [])
     changed = _with(settings, "influence", steps=2)
-    with pytest.raises(ConfigError, match=r"holds lookahead scores computed with other settings \(influence\.steps=1 there, 2 now\)"):
+    with pytest.raises(
+        ConfigError, match=r"holds lookahead scores computed with other settings \(influence\.steps=1 there, 2 now\)"
+    ):
         claim(run, path, score_arguments(changed, "t" * 16), "lookahead scores", False, [])
     # a setting the method does not depend on does not matter
-    assert claim(run, path, score_arguments(_with(settings, "influence", batch_size=3, shard_size=9), "t" * 16), "lookahead scores", False, []) is True
+    assert (
+        claim(
+            run,
+            path,
+            score_arguments(_with(settings, "influence", batch_size=3, shard_size=9), "t" * 16),
+            "lookahead scores",
+            False,
+            [],
+        )
+        is True
+    )
 
 
 def test_overwrite_removes_the_listed_paths_and_records_the_new_arguments(run):
     path = run / "trajectory" / "_arguments.json"
     claim(run, path, _arguments(lr=0.1), "a trajectory", False, [])
-    removed = [run / "trajectory", run / "scores", run / "ranking.parquet", run / "verify", run / "_SUCCESS"]  # the last two do not exist
+    removed = [
+        run / "trajectory",
+        run / "scores",
+        run / "ranking.parquet",
+        run / "verify",
+        run / "_SUCCESS",
+    ]  # the last two do not exist
     assert claim(run, path, _arguments(lr=0.05), "a trajectory", True, removed) is False
-    assert not (run / "trajectory" / "seed=0").exists() and not (run / "scores").exists() and not (run / "ranking.parquet").exists()
+    assert (
+        not (run / "trajectory" / "seed=0").exists()
+        and not (run / "scores").exists()
+        and not (run / "ranking.parquet").exists()
+    )
     assert (run / "notes.txt").read_text() == "x"
     stored = read_json(path)  # recorded again, inside the folder that was removed
     assert stored["key"] == key_of(_arguments(lr=0.05)) and stored["arguments"]["optimizer"]["lr"] == 0.05
@@ -341,7 +390,6 @@ def test_claim_settings_unrelated_to_the_arguments_do_not_matter(run):
     assert claim(run, path, trajectory_arguments(other, FINGERPRINT), "a trajectory", False, []) is True
 
 
-
 # ------------------------------------------------------------------ which settings change which artifact, said once
 
 
@@ -349,8 +397,11 @@ def test_the_trajectory_key_holds_the_settings_whose_fields_say_they_change_it()
     arguments = trajectory_arguments(_settings(), FINGERPRINT)
     for section in (TaskSettings, ModelSettings, OptimizerSettings, TrainSettings):
         name = section.__name__.removesuffix("Settings").lower()
-        assert tuple(arguments[name]) == changed_by(section, TRAJECTORY)
-    assert changed_by(TrainSettings, TRAJECTORY) == tuple(f.name for f in dataclasses.fields(TrainSettings) if f.name != "seeds")
+        quiet = {f.name for f in dataclasses.fields(section) if not f.metadata.get("keyed_at_default", True)}
+        assert tuple(arguments[name]) == tuple(k for k in changed_by(section, TRAJECTORY) if k not in quiet)
+    assert changed_by(TrainSettings, TRAJECTORY) == tuple(
+        f.name for f in dataclasses.fields(TrainSettings) if f.name != "seeds"
+    )
     for section in (InfluenceSettings, VerifySettings, ClusterSettings, OutputSettings):
         assert changed_by(section, TRAJECTORY) == ()
 
@@ -360,8 +411,16 @@ def test_a_methods_own_settings_are_settings_that_change_scores():
     assert set().union(*(m.settings for m in REGISTRY.values())) == scores  # each listed by some method
     features = [m for m in REGISTRY.values() if m.features]
     assert all(set(FEATURE_SETTINGS) <= set(m.settings) for m in features)  # features change that method's scores
-    assert FEATURE_SETTINGS == changed_by(InfluenceSettings, FEATURES) == ("objective", "proj_dim", "proj_seed", "checkpoints", "feature_dtype")
-    assert QUERY_SETTINGS == changed_by(InfluenceSettings, QUERIES) == ("objective", "queries", "query_ids", "query_input_grad")
+    assert (
+        FEATURE_SETTINGS
+        == changed_by(InfluenceSettings, FEATURES)
+        == ("objective", "proj_dim", "proj_seed", "checkpoints", "feature_dtype")
+    )
+    assert (
+        QUERY_SETTINGS
+        == changed_by(InfluenceSettings, QUERIES)
+        == ("objective", "queries", "query_ids", "query_input_grad")
+    )
 
 
 def test_a_method_measures_validation_error_exactly_when_its_scores_depend_on_the_objective():
@@ -381,5 +440,7 @@ def test_the_keys_elsewhere_follow_these_definitions():
     assert tuple(query_arguments(settings, "t" * 16)["influence"]) == QUERY_SETTINGS
     score_trak = importlib.import_module("pipeline.stages.score_trak")
     assert getattr(score_trak, "features_key", features_key)(settings, "t" * 16) == features_key(settings, "t" * 16)
-    assert features_key(_with(settings, "influence", damping=0.5), "t" * 16) == features_key(settings, "t" * 16)  # not damping
+    assert features_key(_with(settings, "influence", damping=0.5), "t" * 16) == features_key(
+        settings, "t" * 16
+    )  # not damping
     assert features_key(_with(settings, "influence", proj_dim=64), "t" * 16) != features_key(settings, "t" * 16)

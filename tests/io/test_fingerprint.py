@@ -13,7 +13,11 @@ from pipeline.io.fingerprint import fingerprint
 @pytest.fixture
 def arrays() -> dict[str, np.ndarray]:
     rng = np.random.default_rng(0)
-    return {"x_train": rng.normal(size=(50, 3, 4)).astype(np.float32), "y_train": rng.integers(0, 10, size=50), "x_val": rng.normal(size=(7, 12))}
+    return {
+        "x_train": rng.normal(size=(50, 3, 4)).astype(np.float32),
+        "y_train": rng.integers(0, 10, size=50),
+        "x_val": rng.normal(size=(7, 12)),
+    }
 
 
 def test_is_16_hex_digits_and_deterministic(arrays: dict[str, np.ndarray]) -> None:

@@ -47,8 +47,14 @@ def test_missing_part(tmp_path: Path) -> None:
 
 def test_wrong_or_absent_key(tmp_path: Path) -> None:
     ids = np.arange(8)
-    assert check_part(_write_part(tmp_path / "a.parquet", ids, key="abc"), ids, "def") == "written under key abc, expected def"
-    assert check_part(_write_part(tmp_path / "b.parquet", ids, key=None), ids, "def") == "has no artifact_key metadata, expected key def"
+    assert (
+        check_part(_write_part(tmp_path / "a.parquet", ids, key="abc"), ids, "def")
+        == "written under key abc, expected def"
+    )
+    assert (
+        check_part(_write_part(tmp_path / "b.parquet", ids, key=None), ids, "def")
+        == "has no artifact_key metadata, expected key def"
+    )
 
 
 @pytest.mark.parametrize(
@@ -78,7 +84,11 @@ def test_quarantine_never_overwrites(tmp_path: Path) -> None:
     second = quarantine(part)
     part.write_bytes(b"third")
     third = quarantine(part)
-    assert (first.name, second.name, third.name) == (".part-00003.parquet.corrupt", ".part-00003.parquet.corrupt.1", ".part-00003.parquet.corrupt.2")
+    assert (first.name, second.name, third.name) == (
+        ".part-00003.parquet.corrupt",
+        ".part-00003.parquet.corrupt.1",
+        ".part-00003.parquet.corrupt.2",
+    )
     assert (first.read_bytes(), second.read_bytes(), third.read_bytes()) == (b"first", b"second", b"third")
     assert first.parent == second.parent == tmp_path
     assert not part.exists()

@@ -47,7 +47,7 @@ def test_schedule_shapes_and_last_batch():
     assert s.lr.dtype == np.float64 and s.lr.tolist() == [0.25] * 9
     # unused slots hold -1
     for t in range(9):
-        assert (s.index[t, s.size[t]:] == -1).all()
+        assert (s.index[t, s.size[t] :] == -1).all()
         assert (s.index[t, : s.size[t]] >= 0).all()
 
 
@@ -132,7 +132,11 @@ def test_schedule_parquet_round_trip(tmp_path, n, b, epochs, shuffle):
 
     table = pq.read_table(path)
     assert table.schema.equals(SCHEDULE_SCHEMA)
-    assert [(f.name, f.type) for f in table.schema] == [("step", pa.int64()), ("sample_id", pa.int64()), ("lr", pa.float64())]
+    assert [(f.name, f.type) for f in table.schema] == [
+        ("step", pa.int64()),
+        ("sample_id", pa.int64()),
+        ("lr", pa.float64()),
+    ]
     assert table.num_rows == epochs * n
     step = table["step"].to_numpy()
     sample = table["sample_id"].to_numpy()
@@ -262,7 +266,9 @@ def test_load_state_with_other_scalar_shape(tmp_path):
     save_state(path, LAYOUT, _state())
     layout = list(LAYOUT)
     layout[3] = ("non_trainable/0001", (2,), "seed_generator/state")
-    with pytest.raises(DataError, match=r"non_trainable/0001 has shape \(\) but the model's seed_generator/state has \(2,\)"):
+    with pytest.raises(
+        DataError, match=r"non_trainable/0001 has shape \(\) but the model's seed_generator/state has \(2,\)"
+    ):
         load_state(path, layout, FIX)
 
 
@@ -385,11 +391,17 @@ def test_stored_states_read_from_disk_on_each_access(tmp_path):
 
 def test_stored_states_bad_checkpoint_raises_data_error_with_fix(tmp_path):
     save_state(tmp_path / "step=0.npz", LAYOUT, _state(0))
-    other = [(key, (2, *shape), variable) if key == "trainable/0000" else (key, shape, variable) for key, shape, variable in LAYOUT]
+    other = [
+        (key, (2, *shape), variable) if key == "trainable/0000" else (key, shape, variable)
+        for key, shape, variable in LAYOUT
+    ]
     states = StoredStates(Checkpoints(tmp_path), [0, 5], FakeRecipe(other), FIX)
     with pytest.raises(DataError) as info:
         states[0]
-    assert "trainable/0000 has shape (4, 3) but the model's mlp/dense/kernel has (2, 4, 3)" in _assert_one_line_data_error(info, tmp_path / "step=0.npz")
+    assert (
+        "trainable/0000 has shape (4, 3) but the model's mlp/dense/kernel has (2, 4, 3)"
+        in _assert_one_line_data_error(info, tmp_path / "step=0.npz")
+    )
     with pytest.raises(DataError) as info:
         states[5]
     assert "checkpoint missing" in _assert_one_line_data_error(info, tmp_path / "step=5.npz")
@@ -443,7 +455,9 @@ def test_scores_table_values(scores):
     for i in range(6):
         assert table["input_grad"][i].as_py() == grad[i].astype(np.float32).reshape(-1, order="C").tolist()
     norms = table["input_grad_norm"].to_numpy()
-    assert np.allclose(norms, np.linalg.norm(grad.astype(np.float32).reshape(6, -1).astype(np.float64), axis=1), rtol=1e-12, atol=0)
+    assert np.allclose(
+        norms, np.linalg.norm(grad.astype(np.float32).reshape(6, -1).astype(np.float64), axis=1), rtol=1e-12, atol=0
+    )
     back = input_grads(table)
     assert list(back) == ["x"]
     assert back["x"].dtype == np.float32 and back["x"].shape == (6, 2, 3)
@@ -467,11 +481,16 @@ def test_scores_table_regression_vector_target(scores, tmp_path):
     targets = np.arange(18, dtype=np.float32).reshape(6, 3) / 7
     table = scores_table(**{**scores, "task": "regression", "targets": targets})
     field = table.schema.field("target")
-    assert pa.types.is_fixed_size_list(field.type) and field.type.list_size == 3 and field.type.value_type == pa.float64()
+    assert (
+        pa.types.is_fixed_size_list(field.type) and field.type.list_size == 3 and field.type.value_type == pa.float64()
+    )
     assert np.array_equal(np.array(table["target"].to_pylist()), targets.astype(np.float64))
     write_table(table, tmp_path / "p.parquet")
     back = pq.read_table(tmp_path / "p.parquet")
-    assert pa.types.is_fixed_size_list(back.schema.field("target").type) and back.schema.field("target").type.list_size == 3
+    assert (
+        pa.types.is_fixed_size_list(back.schema.field("target").type)
+        and back.schema.field("target").type.list_size == 3
+    )
     assert np.array_equal(np.array(back["target"].to_pylist()), targets.astype(np.float64))
 
 
@@ -480,7 +499,14 @@ def test_scores_table_several_inputs(scores):
     grads = {"image": rng.normal(size=(6, 2, 2, 1)), "tabular": rng.normal(size=(6, 3)), "scalar": rng.normal(size=6)}
     table = scores_table(**{**scores, "input_grad": grads})
     assert table.schema.names == [
-        "sample_id", "label", "influence", "input_grad.image", "input_grad.tabular", "input_grad.scalar", "input_grad_norm", "train_loss",
+        "sample_id",
+        "label",
+        "influence",
+        "input_grad.image",
+        "input_grad.tabular",
+        "input_grad.scalar",
+        "input_grad_norm",
+        "train_loss",
     ]
     assert "input_grad" not in table.schema.names
     assert table.schema.field("input_grad.image").type == pa.list_(pa.float32(), 4)
@@ -530,8 +556,14 @@ def _write_parts(folder: Path, scores: dict, sizes: list[int]) -> list[Path]:
     paths, start = [], 0
     for i, size in enumerate(sizes):
         rows = slice(start, start + size)
-        part = {**scores, "sample_id": scores["sample_id"][rows], "targets": scores["targets"][rows], "influence": scores["influence"][rows],
-                "train_loss": scores["train_loss"][rows], "input_grad": {k: v[rows] for k, v in scores["input_grad"].items()}}
+        part = {
+            **scores,
+            "sample_id": scores["sample_id"][rows],
+            "targets": scores["targets"][rows],
+            "influence": scores["influence"][rows],
+            "train_loss": scores["train_loss"][rows],
+            "input_grad": {k: v[rows] for k, v in scores["input_grad"].items()},
+        }
         paths.append(folder / f"part-{i:05d}.parquet")
         write_table(scores_table(**part), paths[-1])
         start += size
@@ -573,11 +605,10 @@ def test_write_table_replaces_atomically(tmp_path):
 
 def test_failure_inside_atomic_path_leaves_no_file(tmp_path):
     target = tmp_path / "sub" / "out.bin"
-    with pytest.raises(RuntimeError, match="boom"):
-        with atomic_path(target) as tmp:
-            assert tmp.parent == target.parent and tmp.name.startswith(".out.bin.") and tmp.name.endswith(".tmp")
-            tmp.write_bytes(b"partial")
-            raise RuntimeError("boom")
+    with pytest.raises(RuntimeError, match="boom"), atomic_path(target) as tmp:
+        assert tmp.parent == target.parent and tmp.name.startswith(".out.bin.") and tmp.name.endswith(".tmp")
+        tmp.write_bytes(b"partial")
+        raise RuntimeError("boom")
     assert not target.exists()
     assert list(target.parent.iterdir()) == []
 
@@ -585,10 +616,9 @@ def test_failure_inside_atomic_path_leaves_no_file(tmp_path):
 def test_failure_inside_atomic_path_keeps_previous_file(tmp_path):
     target = tmp_path / "out.json"
     write_json(target, {"v": 1})
-    with pytest.raises(RuntimeError):
-        with atomic_path(target) as tmp:
-            tmp.write_text("{broken")
-            raise RuntimeError("boom")
+    with pytest.raises(RuntimeError), atomic_path(target) as tmp:
+        tmp.write_text("{broken")
+        raise RuntimeError("boom")
     assert read_json(target) == {"v": 1}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.json"]
 
@@ -618,10 +648,17 @@ def test_write_json_round_trip(tmp_path):
 
 
 def _settings(root: Path, lr: float = 0.1, overwrite: bool = False, **changes) -> Settings:
-    return Settings(optimizer=OptimizerSettings(lr=lr), output=OutputSettings(dir=str(root), overwrite=overwrite), **changes)
+    return Settings(
+        optimizer=OptimizerSettings(lr=lr), output=OutputSettings(dir=str(root), overwrite=overwrite), **changes
+    )
 
 
-RESULTS = ("trajectory/seed=0/schedule.parquet", "scores/method=trajectory/seed=0/part-00000.parquet", "verify/loo.parquet", "ranking.parquet")
+RESULTS = (
+    "trajectory/seed=0/schedule.parquet",
+    "scores/method=trajectory/seed=0/part-00000.parquet",
+    "verify/loo.parquet",
+    "ranking.parquet",
+)
 
 
 def _populate(root: Path) -> None:
@@ -660,7 +697,9 @@ def test_manifest_reopen_same_config_keeps_stage_records(tmp_path):
     first.finish("succeeded")
     _populate(root)
     # cluster, output.overwrite and stages are not result settings
-    again = Manifest.open(layout, dataclasses.replace(_settings(root, overwrite=True), stages=("train", "score", "verify")), {"k": 1})
+    again = Manifest.open(
+        layout, dataclasses.replace(_settings(root, overwrite=True), stages=("train", "score", "verify")), {"k": 1}
+    )
     payload = read_json(layout.manifest)
     assert payload["status"] == "running" and payload["k"] == 1
     assert payload["stages"] == {"train": {"seconds": 1.235, "seeds": {"0": {"n_steps": 3}}}}
@@ -738,8 +777,17 @@ def test_layout_paths(tmp_path):
     assert layout.checkpoint(3, 40) == tmp_path / "trajectory" / "seed=3" / "checkpoints" / "step=40.npz"
     assert layout.trajectory_arguments == tmp_path / "trajectory" / "_arguments.json"
     assert layout.score_arguments("tracin") == tmp_path / "scores" / "method=tracin" / "_arguments.json"
-    assert layout.score_part("trajectory", 1, 2) == tmp_path / "scores" / "method=trajectory" / "seed=1" / "part-00002.parquet"
-    assert layout.derived_dirs == (tmp_path / "scores", tmp_path / "features", tmp_path / "queries", tmp_path / "verify", tmp_path / "report")
+    assert (
+        layout.score_part("trajectory", 1, 2)
+        == tmp_path / "scores" / "method=trajectory" / "seed=1" / "part-00002.parquet"
+    )
+    assert layout.derived_dirs == (
+        tmp_path / "scores",
+        tmp_path / "features",
+        tmp_path / "queries",
+        tmp_path / "verify",
+        tmp_path / "report",
+    )
     assert layout.result_files == (tmp_path / "ranking.parquet", tmp_path / "query_top.parquet")
 
 
@@ -747,7 +795,13 @@ def test_layout_score_parts_skip_quarantined_and_temporary_files(tmp_path):
     layout = RunLayout(tmp_path)
     folder = layout.scores_dir("loss", 0)
     folder.mkdir(parents=True)
-    for name in ("part-00001.parquet", "part-00000.parquet", "part-00002.parquet.corrupt", ".part-00003.parquet.1a2b3c4d.tmp", "_summary.json"):
+    for name in (
+        "part-00001.parquet",
+        "part-00000.parquet",
+        "part-00002.parquet.corrupt",
+        ".part-00003.parquet.1a2b3c4d.tmp",
+        "_summary.json",
+    ):
         (folder / name).write_text("x")
     assert layout.score_parts("loss", 0) == [folder / "part-00000.parquet", folder / "part-00001.parquet"]
     assert layout.score_parts("loss", 1) == []

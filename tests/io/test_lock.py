@@ -16,12 +16,17 @@ from pipeline.errors import ConfigError
 from pipeline.io.lock import RunLock, process_identity, refuse_if_busy
 
 REPO = Path(__file__).resolve().parents[2]
-HOLD = "import sys, time; from pathlib import Path; from pipeline.io.lock import RunLock\nwith RunLock(Path(sys.argv[1])):\n    time.sleep(60)"
+HOLD = (
+    "import sys, time; from pathlib import Path; from pipeline.io.lock import RunLock\nwith "
+    "RunLock(Path(sys.argv[1])):\n    time.sleep(60)"
+)
 
 
 def _dead_pid() -> int:
     """The pid of a process that has finished and been reaped."""
-    done = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, check=True)
+    done = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, check=True
+    )
     return int(done.stdout)
 
 
@@ -47,9 +52,13 @@ def test_acquire_writes_record_and_release_removes_it(tmp_path: Path) -> None:
 def test_second_acquisition_while_held_refuses_and_keeps_the_lock(tmp_path: Path) -> None:
     with RunLock(tmp_path):
         held = (tmp_path / ".lock").read_bytes()
-        with pytest.raises(ConfigError, match=rf"^output\.dir={tmp_path}: in use by another run \(pid {os.getpid()} on host "):
-            with RunLock(tmp_path):
-                pytest.fail("entered a held lock")
+        with (
+            pytest.raises(
+                ConfigError, match=rf"^output\.dir={tmp_path}: in use by another run \(pid {os.getpid()} on host "
+            ),
+            RunLock(tmp_path),
+        ):
+            pytest.fail("entered a held lock")
         assert (tmp_path / ".lock").read_bytes() == held
     assert not (tmp_path / ".lock").exists()
 
@@ -62,9 +71,11 @@ def test_lock_held_by_live_process_refuses_then_is_taken_over_once_it_dies(tmp_p
             assert holder.poll() is None and time.monotonic() < deadline, "holder did not take the lock"
             time.sleep(0.02)
         way_out = rf"choose another output\.dir \(if you are sure that run is dead, delete {tmp_path}/\.lock\)$"
-        with pytest.raises(ConfigError, match=rf"in use by another run \(pid {holder.pid} on host .*{way_out}"):
-            with RunLock(tmp_path):
-                pytest.fail("entered a lock held by a live process")
+        with (
+            pytest.raises(ConfigError, match=rf"in use by another run \(pid {holder.pid} on host .*{way_out}"),
+            RunLock(tmp_path),
+        ):
+            pytest.fail("entered a lock held by a live process")
     finally:
         holder.kill()
         holder.wait()
@@ -74,7 +85,9 @@ def test_lock_held_by_live_process_refuses_then_is_taken_over_once_it_dies(tmp_p
 
 
 def test_stale_lock_of_dead_pid_is_taken_over_silently(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    (tmp_path / ".lock").write_text(json.dumps({"pid": _dead_pid(), "host": socket.gethostname(), "started_at": "yesterday"}))
+    (tmp_path / ".lock").write_text(
+        json.dumps({"pid": _dead_pid(), "host": socket.gethostname(), "started_at": "yesterday"})
+    )
     with RunLock(tmp_path):
         assert _record(tmp_path / ".lock")["pid"] == os.getpid()
     assert not (tmp_path / ".lock").exists()
@@ -91,10 +104,16 @@ def test_garbage_lock_is_taken_over(tmp_path: Path, content: bytes) -> None:
 
 
 def test_lock_of_another_host_refuses_and_says_how_to_clear_it(tmp_path: Path) -> None:
-    (tmp_path / ".lock").write_text(json.dumps({"pid": _dead_pid(), "host": "elsewhere.invalid", "started_at": "2024-01-01T00:00:00+00:00"}))
-    with pytest.raises(ConfigError, match=r"on host elsewhere\.invalid, since 2024-01-01T00:00:00\+00:00\).*delete .*\.lock\)$") as refused:
-        with RunLock(tmp_path):
-            pytest.fail("entered a lock of another host")
+    (tmp_path / ".lock").write_text(
+        json.dumps({"pid": _dead_pid(), "host": "elsewhere.invalid", "started_at": "2024-01-01T00:00:00+00:00"})
+    )
+    with (
+        pytest.raises(
+            ConfigError, match=r"on host elsewhere\.invalid, since 2024-01-01T00:00:00\+00:00\).*delete .*\.lock\)$"
+        ) as refused,
+        RunLock(tmp_path),
+    ):
+        pytest.fail("entered a lock of another host")
     assert "\n" not in str(refused.value)
     assert _record(tmp_path / ".lock")["host"] == "elsewhere.invalid"
 
@@ -109,26 +128,38 @@ def test_exit_leaves_a_lock_that_is_no_longer_its_own(tmp_path: Path) -> None:
 def test_output_dir_that_is_a_file_refuses(tmp_path: Path) -> None:
     target = tmp_path / "out"
     target.write_text("data")
-    with pytest.raises(ConfigError, match=rf"^output\.dir={target}: cannot write there \(it is a file, not a directory\)$"):
-        with RunLock(target):
-            pytest.fail("entered a lock in a file")
+    with (
+        pytest.raises(
+            ConfigError, match=rf"^output\.dir={target}: cannot write there \(it is a file, not a directory\)$"
+        ),
+        RunLock(target),
+    ):
+        pytest.fail("entered a lock in a file")
     assert target.read_text() == "data"
 
 
 def test_output_dir_under_proc_refuses() -> None:
-    with pytest.raises(ConfigError, match=r"^output\.dir=/proc/x/run: cannot write there \(.+\)$"):
-        with RunLock(Path("/proc/x/run")):
-            pytest.fail("entered a lock under /proc")
+    with (
+        pytest.raises(ConfigError, match=r"^output\.dir=/proc/x/run: cannot write there \(.+\)$"),
+        RunLock(Path("/proc/x/run")),
+    ):
+        pytest.fail("entered a lock under /proc")
 
 
-def test_takeover_never_deletes_a_lock_written_after_it_was_judged_stale(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_takeover_never_deletes_a_lock_written_after_it_was_judged_stale(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Two drivers find the same stale lock; the slower one must not delete the faster one's fresh lock."""
     fresh = {"pid": os.getpid(), "host": socket.gethostname(), "started_at": "just now"}
     (tmp_path / ".lock").write_text(json.dumps(fresh))
     monkeypatch.setattr(RunLock, "_settled_content", lambda self: b"stale garbage seen earlier")
-    with pytest.raises(ConfigError, match=rf"^output\.dir={tmp_path}: another run took over its stale lock at the same moment"):
-        with RunLock(tmp_path):
-            pytest.fail("entered a lock taken over by another run")
+    with (
+        pytest.raises(
+            ConfigError, match=rf"^output\.dir={tmp_path}: another run took over its stale lock at the same moment"
+        ),
+        RunLock(tmp_path),
+    ):
+        pytest.fail("entered a lock taken over by another run")
     assert _record(tmp_path / ".lock") == fresh
     assert [p.name for p in tmp_path.iterdir()] == [".lock"]
 
@@ -159,9 +190,11 @@ def test_lock_of_the_same_live_process_still_refuses(tmp_path: Path) -> None:
     try:
         record = {"pid": other.pid, "host": socket.gethostname(), "started_at": "now", **process_identity(other.pid)}
         (tmp_path / ".lock").write_text(json.dumps(record))
-        with pytest.raises(ConfigError, match=rf"in use by another run \(pid {other.pid} on host "):
-            with RunLock(tmp_path):
-                pytest.fail("entered a lock held by a live process")
+        with (
+            pytest.raises(ConfigError, match=rf"in use by another run \(pid {other.pid} on host "),
+            RunLock(tmp_path),
+        ):
+            pytest.fail("entered a lock held by a live process")
         assert _record(tmp_path / ".lock") == record
     finally:
         other.kill()
@@ -171,9 +204,8 @@ def test_lock_of_the_same_live_process_still_refuses(tmp_path: Path) -> None:
 def test_old_lock_without_a_start_time_of_a_live_pid_refuses(tmp_path: Path) -> None:
     """Locks written before start times were recorded are judged by their pid alone, as before."""
     (tmp_path / ".lock").write_text(json.dumps({"pid": os.getppid(), "host": socket.gethostname(), "started_at": "x"}))
-    with pytest.raises(ConfigError, match=r"in use by another run"):
-        with RunLock(tmp_path):
-            pytest.fail("entered a lock of a live pid")
+    with pytest.raises(ConfigError, match=r"in use by another run"), RunLock(tmp_path):
+        pytest.fail("entered a lock of a live pid")
 
 
 def test_refuse_if_busy_only_reads(tmp_path: Path) -> None:
@@ -181,6 +213,10 @@ def test_refuse_if_busy_only_reads(tmp_path: Path) -> None:
     (tmp_path / ".lock").write_text(json.dumps({"pid": _dead_pid(), "host": socket.gethostname(), "started_at": "x"}))
     refuse_if_busy(tmp_path)  # stale: free, and left for RunLock to take over
     assert (tmp_path / ".lock").exists()
-    with RunLock(tmp_path / "held"):
-        with pytest.raises(ConfigError, match=rf"^output\.dir={tmp_path / 'held'}: in use by another run \(pid {os.getpid()}"):
-            refuse_if_busy(tmp_path / "held")
+    with (
+        RunLock(tmp_path / "held"),
+        pytest.raises(
+            ConfigError, match=rf"^output\.dir={tmp_path / 'held'}: in use by another run \(pid {os.getpid()}"
+        ),
+    ):
+        refuse_if_busy(tmp_path / "held")

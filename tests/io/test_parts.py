@@ -65,7 +65,9 @@ def test_part_metadata():
 
 
 def test_part_metadata_follows_the_settings():
-    settings = Settings(task=TaskSettings(name="regression"), influence=InfluenceSettings(method="lookahead", objective="huber"))
+    settings = Settings(
+        task=TaskSettings(name="regression"), influence=InfluenceSettings(method="lookahead", objective="huber")
+    )
     meta = part_metadata(settings, 0, OTHER_KEY)
     assert meta["method"] == "lookahead" and meta["method_meaning"] == REGISTRY["lookahead"].description
     assert meta["task"] == "regression" and meta["objective"] == "huber" and meta["artifact_key"] == OTHER_KEY
@@ -93,7 +95,10 @@ def _write_part(path: Path, ids: np.ndarray, key: str = KEY, seed: int = 0) -> P
 
 
 def _write_all(layout: RunLayout, shards, seed: int = 0, key: str = KEY) -> list[Path]:
-    return [_write_part(layout.score_part(METHOD, seed, number), np.arange(start, stop), key, seed) for number, start, stop in shards]
+    return [
+        _write_part(layout.score_part(METHOD, seed, number), np.arange(start, stop), key, seed)
+        for number, start, stop in shards
+    ]
 
 
 def _snapshot(folder: Path) -> dict[str, bytes]:
@@ -168,7 +173,9 @@ def test_bad_parts_are_recomputed_and_moved_aside(tmp_path, capsys):
     lines = capsys.readouterr().out.splitlines()
     assert len(lines) == 3  # one per bad part, none for the missing one
     for line, number, reason in zip(
-        lines, (2, 3, 4), (f"written under key {OTHER_KEY}, expected {KEY}", "unreadable (", "sample_ids differ from the shard's")
+        lines,
+        (2, 3, 4),
+        (f"written under key {OTHER_KEY}, expected {KEY}", "unreadable (", "sample_ids differ from the shard's"),
     ):
         path = layout.score_part(METHOD, 0, number)
         assert line.startswith(f"[score] {path}: ") and reason in line
@@ -195,7 +202,11 @@ def test_parts_of_an_earlier_shard_size_are_moved_aside(tmp_path, capsys):
     _write_all(layout, split(10, 4))  # parts 0..2
     shards = split(10, 5)  # parts 0..1
     assert parts_to_compute(layout, METHOD, 0, shards, KEY) == shards
-    assert _names(layout) == [".part-00000.parquet.corrupt", ".part-00001.parquet.corrupt", ".part-00002.parquet.corrupt"]
+    assert _names(layout) == [
+        ".part-00000.parquet.corrupt",
+        ".part-00001.parquet.corrupt",
+        ".part-00002.parquet.corrupt",
+    ]
     out = capsys.readouterr().out.splitlines()
     assert len(out) == 3
     stray = layout.score_part(METHOD, 0, 2)

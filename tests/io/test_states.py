@@ -21,7 +21,11 @@ def segments(rng):
     out = {}
     for start, stop in ((0, 3), (3, 6), (6, 7)):
         n = stop - start
-        out[start] = [rng.normal(size=(n, 3, 2)).astype("float32"), rng.normal(size=(n, 2)).astype("float32"), rng.integers(0, 9, size=(n, 2))]
+        out[start] = [
+            rng.normal(size=(n, 3, 2)).astype("float32"),
+            rng.normal(size=(n, 2)).astype("float32"),
+            rng.integers(0, 9, size=(n, 2)),
+        ]
     return out
 
 
@@ -66,7 +70,10 @@ def test_bad_files_are_refused_with_a_reason(tmp_path):
     path = tmp_path / "states.npy"
     assert open_states(path, LAYOUT, DTYPES, N_STEPS) == (None, "missing")
     write(path, segments(np.random.default_rng(2)))
-    assert open_states(path, LAYOUT, DTYPES, N_STEPS + 1)[1] == f"holds {N_STEPS} states, the schedule has {N_STEPS + 1} steps"
+    assert (
+        open_states(path, LAYOUT, DTYPES, N_STEPS + 1)[1]
+        == f"holds {N_STEPS} states, the schedule has {N_STEPS + 1} steps"
+    )
     other = [*LAYOUT[:2], ("non_trainable/0000", (3,), "seed")]
     assert open_states(path, other, DTYPES, N_STEPS)[1] == "holds the states of another model"
     data = path.read_bytes()
@@ -79,7 +86,15 @@ def test_bad_files_are_refused_with_a_reason(tmp_path):
 
 @pytest.mark.parametrize(
     "text, expected",
-    [("2GB", 2 * 10**9), ("512MiB", 512 * 2**20), ("1.5g", 1_500_000_000), ("100", 100), (4096, 4096), ("3 kb", 3000), ("10Ki", 10240)],
+    [
+        ("2GB", 2 * 10**9),
+        ("512MiB", 512 * 2**20),
+        ("1.5g", 1_500_000_000),
+        ("100", 100),
+        (4096, 4096),
+        ("3 kb", 3000),
+        ("10Ki", 10240),
+    ],
 )
 def test_sizes(text, expected):
     assert parse_size(text) == expected
@@ -133,7 +148,9 @@ def test_two_sweeps_of_one_damaged_file_quarantine_it_once(tmp_path):
     told = []
     runs = [open_states(path, LAYOUT, DTYPES, N_STEPS, told.append)[0] for _ in range(2)]
     assert [sweep(run)[0] for run in runs] == [None, None]
-    assert told == ["segment 0 (steps 0..2) does not match its digest" + tail for tail in ("; moved to .states.npy.corrupt", "")]
+    assert told == [
+        "segment 0 (steps 0..2) does not match its digest" + tail for tail in ("; moved to .states.npy.corrupt", "")
+    ]
     assert sorted(p.name for p in tmp_path.iterdir()) == [".states.npy.corrupt", "states.digests.json"]
 
 
@@ -143,9 +160,15 @@ def test_states_without_valid_digests_are_not_trusted(tmp_path):
     recorded = json.loads(digests_path(path).read_text())
     digests_path(path).unlink()  # as written by an older version
     run, problem = open_states(path, LAYOUT, DTYPES, N_STEPS)
-    assert run is None and problem == "has no digests (states.digests.json missing: written by an older version), so it is not trusted"
+    assert (
+        run is None
+        and problem == "has no digests (states.digests.json missing: written by an older version), so it is not trusted"
+    )
     digests_path(path).write_text(json.dumps({**recorded, "segments": recorded["segments"][1:]}))
-    assert open_states(path, LAYOUT, DTYPES, N_STEPS)[1] == "has digests (states.digests.json) that do not cover its 7 rows, so it is not trusted"
+    assert (
+        open_states(path, LAYOUT, DTYPES, N_STEPS)[1]
+        == "has digests (states.digests.json) that do not cover its 7 rows, so it is not trusted"
+    )
     digests_path(path).write_text("{")
     assert open_states(path, LAYOUT, DTYPES, N_STEPS)[1].startswith("has unreadable digests (states.digests.json: ")
 

@@ -27,7 +27,14 @@ def recorded(digits_subset):
 
     data = digits_subset(N_TRAIN)
     schedule = make_schedule(N_TRAIN, 16, 2, shuffle=True, seed=1, lr=0.01)
-    model = build_model(ModelSettings(hidden=(8,), batch_norm=True), data.input_shapes, "classification", data.num_classes, DTYPE, seed=0)
+    model = build_model(
+        ModelSettings(hidden=(8,), batch_norm=True),
+        data.input_shapes,
+        "classification",
+        data.num_classes,
+        DTYPE,
+        seed=0,
+    )
     recipe = Recipe(model, optimizers.adam(), make_task("classification", "cross_entropy", "cross_entropy"))
     batches = make_batches(data.x_train["x"], data.y_train, schedule, DTYPE, recipe.task)
     checkpoints, kept, steps = {}, {}, checkpoint_steps(schedule.n_steps, 4)
@@ -50,7 +57,9 @@ def every_state(kept):
 def test_kept_states_are_the_states_before_each_step(recorded):
     recipe, checkpoints, steps, _, _, kept = recorded
     assert sorted(kept) == steps[:-1]
-    assert recipe.state_dtypes() == [np.dtype(t.dtype.as_numpy_dtype) for t in recipe.flatten(recipe.initial_state())]  # what states.npy records
+    assert recipe.state_dtypes() == [
+        np.dtype(t.dtype.as_numpy_dtype) for t in recipe.flatten(recipe.initial_state())
+    ]  # what states.npy records
     for start in steps[:-1]:
         for kept_tensor, checkpoint_tensor in zip(kept[start], recipe.flatten(checkpoints[start])):
             np.testing.assert_array_equal(kept_tensor[0], checkpoint_tensor.numpy())
@@ -73,7 +82,9 @@ def test_queries_without_replay_equal_the_replaying_queries(recorded):
     sweep = ReverseSweep(recipe)
     weights = tf.constant(np.eye(int(y_val.shape[0]))[[0, 4, 9]], tf.float64)
     replayed = sweep.run_queries(checkpoints, steps, batches, x_val, y_val, weights, input_grad=True)
-    read = sweep.run_queries(checkpoints, steps, batches, x_val, y_val, weights, input_grad=True, every_state=every_state(kept))
+    read = sweep.run_queries(
+        checkpoints, steps, batches, x_val, y_val, weights, input_grad=True, every_state=every_state(kept)
+    )
     np.testing.assert_array_equal(read.influence, replayed.influence)
     np.testing.assert_array_equal(read.input_grad[0], replayed.input_grad[0])
 

@@ -37,7 +37,9 @@ def test_smoothed_loss_is_keras_categorical_crossentropy(from_logits):
     labels = tf.constant(rng.integers(0, 4, size=7))
     outputs = logits if from_logits else keras.activations.softmax(logits)
     mine = make_task("classification", "cross_entropy", "cross_entropy", from_logits, SMOOTHING).loss(outputs, labels)
-    keras_loss = keras.losses.CategoricalCrossentropy(from_logits=from_logits, label_smoothing=SMOOTHING, reduction=None, dtype="float64")
+    keras_loss = keras.losses.CategoricalCrossentropy(
+        from_logits=from_logits, label_smoothing=SMOOTHING, reduction=None, dtype="float64"
+    )
     theirs = keras_loss(tf.one_hot(labels, 4, dtype=tf.float64), outputs)
     np.testing.assert_allclose(mine.numpy(), theirs.numpy(), rtol=1e-12 if from_logits else 1e-6)
 
@@ -52,7 +54,9 @@ def test_only_the_training_loss_is_smoothed():
 
 def _recipe(seed: int) -> Recipe:
     model = build_model(MODEL, {"x": (FEATURES,)}, "classification", CLASSES, "float64", seed=seed)
-    return Recipe(model, optimizers.build("adam"), make_task("classification", "cross_entropy", "cross_entropy", True, SMOOTHING))
+    return Recipe(
+        model, optimizers.build("adam"), make_task("classification", "cross_entropy", "cross_entropy", True, SMOOTHING)
+    )
 
 
 def test_training_with_label_smoothing_matches_model_fit(data, float64_keras):
@@ -60,7 +64,13 @@ def test_training_with_label_smoothing_matches_model_fit(data, float64_keras):
     recipe = _recipe(seed=1)
     schedule = make_schedule(N, BATCH, EPOCHS, shuffle=False, seed=0, lr=LR)
     final = {}
-    train(recipe, recipe.initial_state(), make_batches(x, y, schedule, "float64", recipe.task), [0, schedule.n_steps], final.__setitem__)
+    train(
+        recipe,
+        recipe.initial_state(),
+        make_batches(x, y, schedule, "float64", recipe.task),
+        [0, schedule.n_steps],
+        final.__setitem__,
+    )
     model = build_model(MODEL, {"x": (FEATURES,)}, "classification", CLASSES, "float64", seed=1)
     loss = keras.losses.CategoricalCrossentropy(from_logits=True, label_smoothing=SMOOTHING, dtype="float64")
     model.compile(optimizer=optimizers.OPTIMIZERS["adam"].keras(LR), loss=loss, jit_compile=False)
@@ -82,7 +92,13 @@ def test_sweep_through_the_smoothed_loss_matches_finite_differences(data):
 
     def retrained(eps: np.ndarray) -> float:
         final = {}
-        train(recipe, recipe.initial_state(), make_batches(x, y, schedule, "float64", recipe.task, eps), [0, schedule.n_steps], final.__setitem__)
+        train(
+            recipe,
+            recipe.initial_state(),
+            make_batches(x, y, schedule, "float64", recipe.task, eps),
+            [0, schedule.n_steps],
+            final.__setitem__,
+        )
         return float(recipe.objective(final[schedule.n_steps], *validation))
 
     h = 1e-5

@@ -1,4 +1,5 @@
-"""Per-sample methods (lookahead, tracin, loss, saliency, sensitivity) against finite differences and hand computation."""
+"""Per-sample methods (lookahead, tracin, loss, saliency, sensitivity) against finite differences
+and hand computation."""
 
 from __future__ import annotations
 
@@ -26,7 +27,13 @@ def trained(digits_subset):
     recipe = Recipe(model, optimizers.momentum(0.9), make_task("classification", "cross_entropy", "cross_entropy"))
     schedule = make_schedule(100, 20, 2, True, 0, 0.05)
     states = {}
-    train(recipe, recipe.initial_state(), make_batches(data.x_train["x"], data.y_train, schedule, "float64", recipe.task), [0, 5, 10], states.__setitem__)
+    train(
+        recipe,
+        recipe.initial_state(),
+        make_batches(data.x_train["x"], data.y_train, schedule, "float64", recipe.task),
+        [0, 5, 10],
+        states.__setitem__,
+    )
     return data, recipe, states
 
 
@@ -53,7 +60,9 @@ def test_loss_and_saliency(trained):
     scorer, final = SampleScorer(recipe), states[10]
     x, y = _batch(data, np.arange(12))
     loss, (grad,) = scorer.loss(final, x, y)
-    np.testing.assert_allclose(loss.numpy(), per_sample_losses(recipe, final, [data.x_train["x"][:12]], data.y_train[:12]), rtol=1e-12)
+    np.testing.assert_allclose(
+        loss.numpy(), per_sample_losses(recipe, final, [data.x_train["x"][:12]], data.y_train[:12]), rtol=1e-12
+    )
     norm, (same_grad,) = scorer.saliency(final, x, y)
     np.testing.assert_allclose(norm.numpy(), np.linalg.norm(grad.numpy().reshape(12, -1), axis=1), rtol=1e-12)
     np.testing.assert_array_equal(same_grad.numpy(), grad.numpy())
@@ -82,7 +91,9 @@ def test_tracin_matches_per_sample_gradients_by_hand(trained):
         for row in range(ids.size):
             with tf.GradientTape() as tape:
                 tape.watch(c.state.trainable)
-                out, _ = recipe.forward(c.state.trainable, c.state.non_trainable, (x[0][row : row + 1],), training=False)
+                out, _ = recipe.forward(
+                    c.state.trainable, c.state.non_trainable, (x[0][row : row + 1],), training=False
+                )
                 loss = cross_entropy(from_logits=True)(out, y[row : row + 1])[0]
             grad_l = tape.gradient(loss, c.state.trainable)
             expected[row] -= c.weight * sum(float(tf.reduce_sum(a * b)) for a, b in zip(grad_e, grad_l))
@@ -97,7 +108,14 @@ def test_tracin_matches_per_sample_gradients_by_hand(trained):
 
 def _lookahead_objective(recipe, state, x_i, y_i, eps, data, steps, lr, first_step):
     for k in range(steps):
-        state, _ = recipe.step(state, as_inputs(x_i[None], DT), tf.constant(y_i[None]), tf.constant([eps], DT), tf.constant(lr, tf.float64), tf.constant(first_step + k))
+        state, _ = recipe.step(
+            state,
+            as_inputs(x_i[None], DT),
+            tf.constant(y_i[None]),
+            tf.constant([eps], DT),
+            tf.constant(lr, tf.float64),
+            tf.constant(first_step + k),
+        )
     return float(recipe.objective(state, *_val(data)))
 
 
@@ -111,7 +129,10 @@ def test_lookahead_matches_finite_differences(trained, steps):
     h = 1e-5
     for row, i in enumerate(ids):
         x_i = data.x_train["x"][i]
-        f = lambda eps=1.0, dx=0.0: _lookahead_objective(recipe, final, x_i + dx, data.y_train[i], eps, data, steps, 0.05, 10)  # noqa: E731
+
+        def f(eps=1.0, dx=0.0, x_i=x_i, i=i):
+            return _lookahead_objective(recipe, final, x_i + dx, data.y_train[i], eps, data, steps, 0.05, 10)
+
         assert relative_errors(influence.numpy()[row], (f(eps=1 + h) - f(eps=1 - h)) / (2 * h)) < 1e-6
         u = _direction(x_i, i)
         assert relative_errors(np.sum(input_grad.numpy()[row] * u), (f(dx=h * u) - f(dx=-h * u)) / (2 * h)) < 1e-6

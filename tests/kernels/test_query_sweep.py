@@ -28,7 +28,9 @@ def run(digits_subset):
 
     data = digits_subset(N_TRAIN)
     schedule = make_schedule(N_TRAIN, 20, 2, shuffle=True, seed=0, lr=0.05)
-    model = build_model(ModelSettings(hidden=(8,)), data.input_shapes, "classification", data.num_classes, DTYPE, seed=0)
+    model = build_model(
+        ModelSettings(hidden=(8,)), data.input_shapes, "classification", data.num_classes, DTYPE, seed=0
+    )
     recipe = Recipe(model, optimizers.momentum(0.9), make_task("classification", "cross_entropy", "cross_entropy"))
     stored, steps = {}, checkpoint_steps(schedule.n_steps, 4)
     batches = make_batches(data.x_train["x"], data.y_train, schedule, DTYPE, recipe.task)
@@ -45,7 +47,13 @@ def test_one_hot_query_equals_mean_over_that_single_validation_sample(run):
     data, sweep, stored, steps, batches = run
     weights = tf.constant(np.eye(len(QUERIES)), tf.float64)
     result = sweep.run_queries(stored, steps, batches, *_validation(data, QUERIES), weights, input_grad=True)
-    assert result.influence.shape == (len(QUERIES), N_TRAIN) and result.input_grad[0].shape == (len(QUERIES), N_TRAIN, 8, 8, 1)
+    assert result.influence.shape == (len(QUERIES), N_TRAIN) and result.input_grad[0].shape == (
+        len(QUERIES),
+        N_TRAIN,
+        8,
+        8,
+        1,
+    )
     assert result.replay_error == 0.0
     for q, j in enumerate(QUERIES):
         single = sweep.run(stored, steps, batches, *_validation(data, [j]))
@@ -61,7 +69,9 @@ def test_mean_of_per_sample_queries_equals_the_mean_objective(run):
     mean = sweep.run(stored, steps, batches, *_validation(data))
     assert result.input_grad == ()
     assert np.mean(result.objective) == pytest.approx(mean.objective, rel=1e-12)
-    np.testing.assert_allclose(result.influence.mean(axis=0), mean.influence, rtol=1e-8, atol=1e-15 * np.abs(mean.influence).max())
+    np.testing.assert_allclose(
+        result.influence.mean(axis=0), mean.influence, rtol=1e-8, atol=1e-15 * np.abs(mean.influence).max()
+    )
 
 
 def test_class_query_is_the_mean_over_that_class(run):
@@ -71,6 +81,9 @@ def test_class_query_is_the_mean_over_that_class(run):
     weights[0, rows] = 1 / rows.size
     weights[1] = 1 / data.n_val  # the mean objective, as a query
     result = sweep.run_queries(stored, steps, batches, *_validation(data), tf.constant(weights, tf.float64))
-    of_class, mean = sweep.run(stored, steps, batches, *_validation(data, rows)), sweep.run(stored, steps, batches, *_validation(data))
+    of_class, mean = (
+        sweep.run(stored, steps, batches, *_validation(data, rows)),
+        sweep.run(stored, steps, batches, *_validation(data)),
+    )
     np.testing.assert_allclose(result.influence[0], of_class.influence, rtol=1e-8, atol=1e-15)
     np.testing.assert_allclose(result.influence[1], mean.influence, rtol=1e-8, atol=1e-15)

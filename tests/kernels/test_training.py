@@ -47,10 +47,16 @@ def _functional_run(digits, model_settings, opt_name, dtype):
 def _keras_fit(digits, model_settings, opt_name, dtype, schedule):
     _, reference, _ = OPTIMIZERS[opt_name]
     model = build_model(model_settings, digits.input_shapes, "classification", 10, dtype, seed=1)
-    model.compile(optimizer=reference(), loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True, dtype=dtype), jit_compile=False)
+    model.compile(
+        optimizer=reference(),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True, dtype=dtype),
+        jit_compile=False,
+    )
     steps_per_epoch = schedule.n_steps // EPOCHS
     for epoch in range(EPOCHS):
-        order = np.concatenate([schedule.batch(t) for t in range(epoch * steps_per_epoch, (epoch + 1) * steps_per_epoch)])
+        order = np.concatenate(
+            [schedule.batch(t) for t in range(epoch * steps_per_epoch, (epoch + 1) * steps_per_epoch)]
+        )
         x = digits.x_train["x"][order].astype(dtype)
         model.fit(x, digits.y_train[order], batch_size=BATCH, epochs=1, shuffle=False, verbose=0)
     return model
@@ -71,8 +77,12 @@ def test_dropout_and_batch_norm_state_is_threaded_like_fit(digits):
     settings = ModelSettings(hidden=(16,), dropout=0.3, batch_norm=True)
     schedule, recipe, final, _ = _functional_run(digits, settings, "momentum", "float64")
     fitted = _keras_fit(digits, settings, "momentum", "float64", schedule)
-    for mine, theirs in zip(final.trainable + final.non_trainable, fitted.trainable_variables + fitted.non_trainable_variables):
-        np.testing.assert_allclose(np.asarray(mine, dtype=np.float64), np.asarray(theirs.numpy(), dtype=np.float64), rtol=0, atol=1e-12)
+    for mine, theirs in zip(
+        final.trainable + final.non_trainable, fitted.trainable_variables + fitted.non_trainable_variables
+    ):
+        np.testing.assert_allclose(
+            np.asarray(mine, dtype=np.float64), np.asarray(theirs.numpy(), dtype=np.float64), rtol=0, atol=1e-12
+        )
 
 
 def test_stored_states_are_the_states_after_t_steps(digits):
@@ -90,7 +100,9 @@ def test_stored_states_are_the_states_after_t_steps(digits):
 def test_per_sample_loss_is_cross_entropy_by_hand(digits):
     _, recipe, final, _ = _functional_run(digits, ModelSettings(hidden=(8,)), "sgd", "float64")
     losses = per_sample_losses(recipe, final, [digits.x_train["x"][:20]], digits.y_train[:20], chunk=7)
-    logits, _ = recipe.forward(final.trainable, final.non_trainable, as_inputs(digits.x_train["x"][:20], "float64"), training=False)
+    logits, _ = recipe.forward(
+        final.trainable, final.non_trainable, as_inputs(digits.x_train["x"][:20], "float64"), training=False
+    )
     logits = logits.numpy()
     by_hand = np.log(np.exp(logits).sum(axis=1)) - logits[np.arange(20), digits.y_train[:20]]
     np.testing.assert_allclose(losses, by_hand, rtol=1e-12)
@@ -137,7 +149,11 @@ def test_softmax_model_trains_like_fit(monkeypatch):
         np.testing.assert_array_equal(a.numpy(), b.numpy())
 
     fitted = build_model(settings, {"x": (784,)}, "classification", 10, "float64", seed=5)
-    fitted.compile(optimizer=keras.optimizers.Adam(1e-3), loss=keras.losses.SparseCategoricalCrossentropy(dtype="float64"), jit_compile=False)
+    fitted.compile(
+        optimizer=keras.optimizers.Adam(1e-3),
+        loss=keras.losses.SparseCategoricalCrossentropy(dtype="float64"),
+        jit_compile=False,
+    )
     previous = keras.config.floatx()
     keras.config.set_floatx("float64")  # fit casts float64 arrays to floatx: keep them float64
     try:
@@ -154,4 +170,7 @@ def test_softmax_model_trains_like_fit(monkeypatch):
 
     monkeypatch.setattr(task_module, "keras_logits", lambda outputs: None)
     clipped, _ = _seed000_run(x, y, schedule)
-    assert max(float(np.max(np.abs(a.numpy() - b.numpy()))) for a, b in zip(clipped.trainable, fitted.trainable_variables)) > 1e-6
+    assert (
+        max(float(np.max(np.abs(a.numpy() - b.numpy()))) for a, b in zip(clipped.trainable, fitted.trainable_variables))
+        > 1e-6
+    )

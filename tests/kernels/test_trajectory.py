@@ -28,7 +28,16 @@ def digits(digits_subset):
 class Problem:
     """A small training run with helpers to retrain it under perturbations."""
 
-    def __init__(self, digits, model=ModelSettings(hidden=(8,)), optimizer=None, lr=0.1, loss="cross_entropy", objective="cross_entropy", schedule=None):
+    def __init__(
+        self,
+        digits,
+        model=ModelSettings(hidden=(8,)),
+        optimizer=None,
+        lr=0.1,
+        loss="cross_entropy",
+        objective="cross_entropy",
+        schedule=None,
+    ):
         self.digits = digits
         self.x_train, self.x_val = digits.x_train["x"], digits.x_val["x"]  # [N, 8, 8, 1]
         self.schedule = schedule or make_schedule(N_TRAIN, 20, 2, shuffle=True, seed=0, lr=lr)
@@ -41,14 +50,20 @@ class Problem:
         steps = checkpoint_steps(self.schedule.n_steps, every)
         batches = make_batches(self.x_train, self.digits.y_train, self.schedule, DTYPE, self.recipe.task)
         train(self.recipe, self.initial, batches, steps, stored.__setitem__)
-        return ReverseSweep(self.recipe).run(stored, steps, batches, as_inputs(self.x_val, DTYPE), tf.constant(self.digits.y_val))
+        return ReverseSweep(self.recipe).run(
+            stored, steps, batches, as_inputs(self.x_val, DTYPE), tf.constant(self.digits.y_val)
+        )
 
     def retrained_objective(self, eps=None, x=None):
         x = self.x_train.astype(DTYPE) if x is None else x
         batches = make_batches(x, self.digits.y_train, self.schedule, DTYPE, self.recipe.task, eps)
         out = {}
         train(self.recipe, self.initial, batches, [0, self.schedule.n_steps], out.__setitem__)
-        return float(self.recipe.objective(out[self.schedule.n_steps], as_inputs(self.x_val, DTYPE), tf.constant(self.digits.y_val)))
+        return float(
+            self.recipe.objective(
+                out[self.schedule.n_steps], as_inputs(self.x_val, DTYPE), tf.constant(self.digits.y_val)
+            )
+        )
 
     def fd_eps(self, i, h):
         eps = np.ones(N_TRAIN)
@@ -118,7 +133,14 @@ def _full_tape_reference(problem):
         state = problem.initial
         for t in range(s.n_steps):
             ids = s.batch(t)
-            state, _ = r.step(state, (tf.gather(x, ids),), tf.constant(problem.digits.y_train[ids]), tf.gather(eps, ids), tf.constant(s.lr[t]), tf.constant(t))
+            state, _ = r.step(
+                state,
+                (tf.gather(x, ids),),
+                tf.constant(problem.digits.y_train[ids]),
+                tf.gather(eps, ids),
+                tf.constant(s.lr[t]),
+                tf.constant(t),
+            )
         value = r.objective(state, as_inputs(problem.x_val, DTYPE), tf.constant(problem.digits.y_val))
     d_eps, d_x = tape.gradient(value, [eps, x])
     return float(value), tf.convert_to_tensor(d_eps).numpy(), tf.convert_to_tensor(d_x).numpy()
@@ -146,7 +168,6 @@ def test_sample_never_used_in_training_gets_exactly_zero(digits):
     assert np.count_nonzero(result.influence) == N_TRAIN - 1
 
 
-
 def test_truncated_sweep_differentiates_only_the_last_steps(digits):
     problem = Problem(digits, optimizer=optimizers.momentum(0.9), lr=0.05)
     stored, steps = {}, checkpoint_steps(problem.schedule.n_steps, 3)
@@ -160,7 +181,11 @@ def test_truncated_sweep_differentiates_only_the_last_steps(digits):
 
     horizon = 4  # not a multiple of the checkpoint interval: the cut falls inside a segment
     cut = sweep.run(stored, steps, batches, *validation, horizon=horizon)
-    last_steps = np.unique(np.concatenate([problem.schedule.batch(t) for t in range(problem.schedule.n_steps - horizon, problem.schedule.n_steps)]))
+    last_steps = np.unique(
+        np.concatenate(
+            [problem.schedule.batch(t) for t in range(problem.schedule.n_steps - horizon, problem.schedule.n_steps)]
+        )
+    )
     unused = np.setdiff1d(np.arange(N_TRAIN), last_steps)
     assert np.all(cut.influence[unused] == 0) and np.all(cut.influence[last_steps] != 0)
 
@@ -171,7 +196,14 @@ def test_truncated_sweep_differentiates_only_the_last_steps(digits):
     eps = tf.ones(len(ids), tf.float64)
     with tf.GradientTape() as tape:
         tape.watch(eps)
-        after, _ = problem.recipe.step(state, (tf.constant(problem.x_train[ids]),), tf.constant(digits.y_train[ids]), eps, tf.constant(problem.schedule.lr[t]), tf.constant(t))
+        after, _ = problem.recipe.step(
+            state,
+            (tf.constant(problem.x_train[ids]),),
+            tf.constant(digits.y_train[ids]),
+            eps,
+            tf.constant(problem.schedule.lr[t]),
+            tf.constant(t),
+        )
         value = problem.recipe.objective(after, *validation)
     by_hand = tape.gradient(value, eps).numpy()
     one = sweep.run(stored, steps, batches, *validation, horizon=1)

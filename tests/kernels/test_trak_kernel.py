@@ -28,7 +28,14 @@ def _whole(projection: Projection) -> np.ndarray:
 
 def test_blocks_cover_every_parameter_once():
     plan = blocks([5, 12, 3], block_rows=4)
-    assert [(b.variable, b.start, b.stop) for b in plan] == [(0, 0, 4), (0, 4, 5), (1, 0, 4), (1, 4, 8), (1, 8, 12), (2, 0, 3)]
+    assert [(b.variable, b.start, b.stop) for b in plan] == [
+        (0, 0, 4),
+        (0, 4, 5),
+        (1, 0, 4),
+        (1, 4, 8),
+        (1, 8, 12),
+        (2, 0, 3),
+    ]
 
 
 def test_projection_is_rademacher_reproducible_and_consistent():
@@ -90,7 +97,10 @@ def test_scores_from_features_equal_the_lifted_direction_and_its_x_gradient(clas
     # d/dx_i of the score, against central differences along a random direction of x_i
     i, h = 5, 1e-5
     u = np.random.default_rng(1).normal(size=x[0].shape[1:])
-    shifted = [scorer.directional(state, direction, (x[0][i : i + 1] + s * h * u,), y[i : i + 1])[0].numpy()[0] for s in (1, -1)]
+    shifted = [
+        scorer.directional(state, direction, (x[0][i : i + 1] + s * h * u,), y[i : i + 1])[0].numpy()[0]
+        for s in (1, -1)
+    ]
     np.testing.assert_allclose((shifted[0] - shifted[1]) / (2 * h), np.sum(grad.numpy()[i] * u), rtol=1e-6)
 
 
@@ -98,7 +108,9 @@ def test_mean_of_per_sample_objective_features_is_the_objective_feature(classifi
     data, _, state, scorer = classifier
     x_val, y_val = as_inputs(data.x_val["x"], DT), tf.constant(data.y_val)
     rows = scorer.objective_features(state, x_val, y_val).numpy()
-    np.testing.assert_allclose(rows.mean(axis=0), scorer.objective_feature(state, x_val, y_val).numpy(), rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(
+        rows.mean(axis=0), scorer.objective_feature(state, x_val, y_val).numpy(), rtol=1e-4, atol=1e-6
+    )
 
 
 def test_least_squares_trak_is_the_influence_function_with_unit_curvature():
@@ -138,4 +150,6 @@ def test_self_influence_is_the_quadratic_form():
     inverse = trak_scores.kernel_inverse(phi.T @ phi, 0.1)
     expected = [slope[i] ** 2 * phi[i] @ inverse @ phi[i] for i in range(9)]
     np.testing.assert_allclose(trak_scores.self_influence(phi, slope, inverse), expected, rtol=1e-12)
-    np.testing.assert_allclose(inverse, np.linalg.inv(phi.T @ phi + 0.1 * np.trace(phi.T @ phi) / 4 * np.eye(4)), rtol=1e-12)
+    np.testing.assert_allclose(
+        inverse, np.linalg.inv(phi.T @ phi + 0.1 * np.trace(phi.T @ phi) / 4 * np.eye(4)), rtol=1e-12
+    )

@@ -46,7 +46,9 @@ def test_builds_trains_and_differentiates(name, input_shape):
 
 
 def test_same_seed_same_weights_other_seed_other_weights():
-    a, b, c = (build_model(SETTINGS["mlp"], {"x": (8, 8, 1)}, "classification", 10, "float32", seed=s) for s in (1, 1, 2))
+    a, b, c = (
+        build_model(SETTINGS["mlp"], {"x": (8, 8, 1)}, "classification", 10, "float32", seed=s) for s in (1, 1, 2)
+    )
     assert all(np.array_equal(x.numpy(), y.numpy()) for x, y in zip(a.trainable_variables, b.trainable_variables))
     assert not np.array_equal(a.trainable_variables[0].numpy(), c.trainable_variables[0].numpy())
 
@@ -73,15 +75,32 @@ def test_cnn_refuses_flat_data():
 )
 def test_custom_builder_errors_name_the_setting(builder, message):
     with pytest.raises(ConfigError, match=message):
-        build_model(ModelSettings(name="custom", builder=builder), {"x": (8, 8, 1)}, "classification", 10, "float32", seed=0)
+        build_model(
+            ModelSettings(name="custom", builder=builder), {"x": (8, 8, 1)}, "classification", 10, "float32", seed=0
+        )
 
 
 def test_builder_gets_the_arguments_it_declares():
     """Old builders take (input_shape, num_classes); regression builders output_dim; multi-input input_shapes."""
-    keyword_only = build_model(ModelSettings(name="custom", builder="custom_models:regression_head"), {"x": (3,)}, "regression", 2, "float64", seed=0)
+    keyword_only = build_model(
+        ModelSettings(name="custom", builder="custom_models:regression_head"),
+        {"x": (3,)},
+        "regression",
+        2,
+        "float64",
+        seed=0,
+    )
     assert keyword_only(np.zeros((4, 3))).shape == (4, 2)
-    with pytest.raises(ConfigError, match=r"model.builder=custom_models:build: asks for 'num_classes'; a builder can take input_shape, input_shapes, output_dim"):
-        build_model(ModelSettings(name="custom", builder="custom_models:build"), {"x": (3,)}, "regression", 1, "float64", seed=0)
+    with pytest.raises(
+        ConfigError,
+        match=(
+            r"model.builder=custom_models:build: asks for 'num_classes'; a builder can take input_shape, "
+            r"input_shapes, output_dim"
+        ),
+    ):
+        build_model(
+            ModelSettings(name="custom", builder="custom_models:build"), {"x": (3,)}, "regression", 1, "float64", seed=0
+        )
 
 
 def test_builtin_models_refuse_several_inputs():
@@ -96,10 +115,16 @@ def test_unnamed_sequential_built_repeatedly_keeps_its_state_layout(tmp_path):
 
     settings = ModelSettings(name="custom", builder="pipeline.examples.seed_models:mnist_mlp", from_logits=False)
     recipes = [
-        Recipe(build_model(settings, {"x": (784,)}, "classification", 10, "float32", seed=0), optimizers.adam(), make_task("classification", "cross_entropy", "mse", False))
+        Recipe(
+            build_model(settings, {"x": (784,)}, "classification", 10, "float32", seed=0),
+            optimizers.adam(),
+            make_task("classification", "cross_entropy", "mse", False),
+        )
         for _ in range(2)
     ]
-    assert [v.path for v in recipes[0].model.trainable_variables] != [v.path for v in recipes[1].model.trainable_variables]
+    assert [v.path for v in recipes[0].model.trainable_variables] != [
+        v.path for v in recipes[1].model.trainable_variables
+    ]
     first = recipes[0].initial_state()
     save_state(tmp_path / "s.npz", recipes[0].state_layout(), [t.numpy() for t in recipes[0].flatten(first)])
     back = recipes[1].unflatten(load_state(tmp_path / "s.npz", recipes[1].state_layout(), "retrain"))
@@ -111,13 +136,33 @@ def test_saved_model_loads_with_its_weights(tmp_path):
     original = build_model(SETTINGS["mlp"], {"x": (8, 8, 1)}, "classification", 10, "float32", seed=3)
     path = tmp_path / "model.keras"
     original.save(path)
-    loaded = build_model(ModelSettings(name="saved", path=str(path)), {"x": (8, 8, 1)}, "classification", 10, "float32", seed=0)
+    loaded = build_model(
+        ModelSettings(name="saved", path=str(path)), {"x": (8, 8, 1)}, "classification", 10, "float32", seed=0
+    )
     for a, b in zip(original.trainable_variables, loaded.trainable_variables):
         np.testing.assert_array_equal(a.numpy(), b.numpy())
     with pytest.raises(ConfigError, match=r"model.path=.*nope.keras: file not found"):
-        build_model(ModelSettings(name="saved", path=str(tmp_path / "nope.keras")), {"x": (8, 8, 1)}, "classification", 10, "float32", seed=0)
+        build_model(
+            ModelSettings(name="saved", path=str(tmp_path / "nope.keras")),
+            {"x": (8, 8, 1)},
+            "classification",
+            10,
+            "float32",
+            seed=0,
+        )
     (tmp_path / "bad.keras").write_bytes(b"not a model")
     with pytest.raises(ConfigError, match=r"model.path=.*bad.keras: not a loadable Keras model"):
-        build_model(ModelSettings(name="saved", path=str(tmp_path / "bad.keras")), {"x": (8, 8, 1)}, "classification", 10, "float32", seed=0)
-    with pytest.raises(ConfigError, match=r"model.path=.*model.keras: the model's variables are float32, train.dtype is float64"):
-        build_model(ModelSettings(name="saved", path=str(path)), {"x": (8, 8, 1)}, "classification", 10, "float64", seed=0)
+        build_model(
+            ModelSettings(name="saved", path=str(tmp_path / "bad.keras")),
+            {"x": (8, 8, 1)},
+            "classification",
+            10,
+            "float32",
+            seed=0,
+        )
+    with pytest.raises(
+        ConfigError, match=r"model.path=.*model.keras: the model's variables are float32, train.dtype is float64"
+    ):
+        build_model(
+            ModelSettings(name="saved", path=str(path)), {"x": (8, 8, 1)}, "classification", 10, "float64", seed=0
+        )

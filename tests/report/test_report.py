@@ -53,8 +53,14 @@ def prices_data(n: int = N) -> Dataset:
     y = (hidden @ [0.05, -0.03] + 1.02) * reference[:, 0]
     split = lambda a: (a[:n], a[n:])  # noqa: E731
     (rt, rv), (ht, hv), (yt, yv) = split(reference), split(hidden), split(y)
-    return make_dataset("prices", "regression", {"reference_prices": rt, "hidden_inputs": ht}, yt,
-                        {"reference_prices": rv, "hidden_inputs": hv}, yv)
+    return make_dataset(
+        "prices",
+        "regression",
+        {"reference_prices": rt, "hidden_inputs": ht},
+        yt,
+        {"reference_prices": rv, "hidden_inputs": hv},
+        yv,
+    )
 
 
 def mixed_data(n: int = N) -> Dataset:
@@ -62,8 +68,14 @@ def mixed_data(n: int = N) -> Dataset:
     rng = np.random.default_rng(4)
     image, meta = rng.uniform(0, 1, size=(n + 10, 8, 8, 1)), rng.normal(size=(n + 10, 3))
     y = np.arange(n + 10) % 4
-    return make_dataset("mixed", "classification", {"image": image[:n], "meta": meta[:n]}, y[:n],
-                        {"image": image[n:], "meta": meta[n:]}, y[n:])
+    return make_dataset(
+        "mixed",
+        "classification",
+        {"image": image[:n], "meta": meta[:n]},
+        y[:n],
+        {"image": image[n:], "meta": meta[n:]},
+        y[n:],
+    )
 
 
 def make_run(
@@ -92,29 +104,50 @@ def make_run(
             influence.append(scores)
             grads = {name: rng.normal(size=(n, *shape)) for name, shape in dataset.input_shapes.items()}
             for shard, ids in enumerate(np.array_split(np.arange(n), 2)):
-                table = scores_table(ids, targets[ids], task, scores[ids], {k: g[ids] for k, g in grads.items()},
-                                     rng.uniform(0, 2, ids.size), {})
+                table = scores_table(
+                    ids,
+                    targets[ids],
+                    task,
+                    scores[ids],
+                    {k: g[ids] for k, g in grads.items()},
+                    rng.uniform(0, 2, ids.size),
+                    {},
+                )
                 write_table(table, layout.score_part(method, seed, shard))
             layout.score_part(method, seed, 2).with_name(".part-00002.parquet.corrupt").write_bytes(b"not parquet")
         mean = np.mean(influence, axis=0)
         order = np.argsort(-mean)
         target_name = "label" if task == "classification" else "target"
-        ranking.append(pa.table({
-            "method": pa.array([method] * n, pa.string()),
-            "sample_id": pa.array(order, pa.int64()),
-            "influence_mean": pa.array(mean[order], pa.float64()),
-            "influence_std": pa.array(np.std(influence, axis=0)[order], pa.float64()),
-            "n_seeds": pa.array(np.full(n, len(seeds)), pa.int64()),
-            "input_grad_norm_mean": pa.array(rng.uniform(0, 1, n), pa.float64()),
-            "train_loss_mean": pa.array(rng.uniform(0, 2, n), pa.float64()),
-            "rank": pa.array(np.arange(1, n + 1), pa.int64()),
-            target_name: target_array(targets[order], task),
-        }))
+        ranking.append(
+            pa.table(
+                {
+                    "method": pa.array([method] * n, pa.string()),
+                    "sample_id": pa.array(order, pa.int64()),
+                    "influence_mean": pa.array(mean[order], pa.float64()),
+                    "influence_std": pa.array(np.std(influence, axis=0)[order], pa.float64()),
+                    "n_seeds": pa.array(np.full(n, len(seeds)), pa.int64()),
+                    "input_grad_norm_mean": pa.array(rng.uniform(0, 1, n), pa.float64()),
+                    "train_loss_mean": pa.array(rng.uniform(0, 2, n), pa.float64()),
+                    "rank": pa.array(np.arange(1, n + 1), pa.int64()),
+                    target_name: target_array(targets[order], task),
+                }
+            )
+        )
     pq.write_table(pa.concat_tables(ranking), layout.ranking)
 
     stages = {
-        "train": {"seconds": 3.2, "seeds": {str(s): {"val_loss": 0.25, "val_accuracy": 0.95 if task == "classification" else float("nan"),
-                                                     "n_steps": 20, "seconds": 1.0} for s in seeds}},
+        "train": {
+            "seconds": 3.2,
+            "seeds": {
+                str(s): {
+                    "val_loss": 0.25,
+                    "val_accuracy": 0.95 if task == "classification" else float("nan"),
+                    "n_steps": 20,
+                    "seconds": 1.0,
+                }
+                for s in seeds
+            },
+        },
         "score": {"seconds": 1.5},
     }
     if verify:
@@ -122,25 +155,43 @@ def make_run(
         m = len(kinds)
         errors = np.array([0.01, 1e-9] + [0.0, 0.05] * (m - 1))
         layout.verify_dir.mkdir()
-        pq.write_table(pa.table({
-            "seed": pa.array([0] * 2 * m, pa.int64()),
-            "sample_id": pa.array([1, 7] * m, pa.int64()),
-            "kind": pa.array([kind for kind in kinds for _ in range(2)]),
-            "predicted": pa.array(np.ones(2 * m)),
-            "finite_difference": pa.array(1 + errors),
-            "relative_error": pa.array(errors),
-        }), layout.verify_dir / "gradcheck.parquet")
+        pq.write_table(
+            pa.table(
+                {
+                    "seed": pa.array([0] * 2 * m, pa.int64()),
+                    "sample_id": pa.array([1, 7] * m, pa.int64()),
+                    "kind": pa.array([kind for kind in kinds for _ in range(2)]),
+                    "predicted": pa.array(np.ones(2 * m)),
+                    "finite_difference": pa.array(1 + errors),
+                    "relative_error": pa.array(errors),
+                }
+            ),
+            layout.verify_dir / "gradcheck.parquet",
+        )
         predicted = rng.normal(size=6) * 1e-3
-        pq.write_table(pa.table({
-            "seed": pa.array([0] * 6, pa.int64()),
-            "sample_id": pa.array(np.arange(6), pa.int64()),
-            "predicted_change": pa.array(predicted),
-            "actual_change": pa.array(predicted * 1.1),
-        }), layout.verify_dir / "loo.parquet")
-        gradcheck = {kind: {"n": 2, "median_relative_error": float(np.median(errors[2 * i:2 * i + 2])),
-                            "max_relative_error": float(errors[2 * i:2 * i + 2].max())} for i, kind in enumerate(kinds)}
+        pq.write_table(
+            pa.table(
+                {
+                    "seed": pa.array([0] * 6, pa.int64()),
+                    "sample_id": pa.array(np.arange(6), pa.int64()),
+                    "predicted_change": pa.array(predicted),
+                    "actual_change": pa.array(predicted * 1.1),
+                }
+            ),
+            layout.verify_dir / "loo.parquet",
+        )
+        gradcheck = {
+            kind: {
+                "n": 2,
+                "median_relative_error": float(np.median(errors[2 * i : 2 * i + 2])),
+                "max_relative_error": float(errors[2 * i : 2 * i + 2].max()),
+            }
+            for i, kind in enumerate(kinds)
+        }
         stages["verify"] = {
-            "seconds": 9.0, "fd_step": 0.01, "gradcheck": gradcheck,
+            "seconds": 9.0,
+            "fd_step": 0.01,
+            "gradcheck": gradcheck,
             "loo": {"n": 6, "pearson": 0.987654, "spearman": 0.912345, "kendall": 0.811111},
         }
     if aggregate is not None:
@@ -152,7 +203,14 @@ def make_run(
             "data": {"source": "digits", "path": None},
             "model": model or {"name": "mlp", "hidden": [64], "activation": "tanh"},
             "optimizer": {"name": "sgd", "lr": 0.1},
-            "train": {"epochs": 10, "batch_size": 32, "seeds": list(seeds), "dtype": "float32", "loss": loss, "checkpoint_every": None},
+            "train": {
+                "epochs": 10,
+                "batch_size": 32,
+                "seeds": list(seeds),
+                "dtype": "float32",
+                "loss": loss,
+                "checkpoint_every": None,
+            },
             "influence": {"method": methods[0], "objective": loss, "output_weights": None},
         },
         "config_hash": "abc123",
@@ -179,7 +237,7 @@ def listed_ids(page: str, role: str, method: str) -> list[int]:
 
 def table_cells(markup: str) -> list[list[str]]:
     """Markup of the body cells of the (first) table in markup, row by row."""
-    body = markup[markup.index("<tbody>"):]
+    body = markup[markup.index("<tbody>") :]
     return [re.findall(r"<td[^>]*>(.*?)</td>", row) for row in re.findall(r"<tr>(.*?)</tr>", body)]
 
 
@@ -200,14 +258,14 @@ def input_cell(cell: str) -> tuple[str, str]:
 
 def table_header(markup: str) -> list[str]:
     """Header cells of the (first) table in markup."""
-    head = markup[markup.index("<thead>"):markup.index("</thead>")]
+    head = markup[markup.index("<thead>") : markup.index("</thead>")]
     return [re.sub(r"<[^>]+>", "", cell) for cell in re.findall(r"<th[^>]*>(.*?)</th>", head)]
 
 
 def section(page: str, start: str) -> str:
     """From the first occurrence of start to the end of the next table."""
     begin = page.index(start)
-    return page[begin:page.index("</table>", begin) + len("</table>")]
+    return page[begin : page.index("</table>", begin) + len("</table>")]
 
 
 def embedded_pngs(page: str) -> list[bytes]:
@@ -235,11 +293,26 @@ def test_image_run_report(tmp_path):
     assert not re.search(r'(src|href)\s*=\s*["\']?\s*(https?:)?//', page, re.I)
     assert "<script" not in page.lower()
     assert SIGN in page
-    for text in ("fake", "mlp", "sgd (lr=0.1)", "float32", "cross_entropy", "3.2 s", "classification", "x: 8 x 8 x 1 (image)"):
+    for text in (
+        "fake",
+        "mlp",
+        "sgd (lr=0.1)",
+        "float32",
+        "cross_entropy",
+        "3.2 s",
+        "classification",
+        "x: 8 x 8 x 1 (image)",
+    ):
         assert text in page
     assert re.search(r"<th>classes</th><td>4</td>", page)
     assert '<span class="status-succeeded">succeeded</span>' in page and 'status-running">' not in page
-    assert table_header(section(page, "Training result per seed")) == ["seed", "val_loss", "val_accuracy", "steps", "seconds"]
+    assert table_header(section(page, "Training result per seed")) == [
+        "seed",
+        "val_loss",
+        "val_accuracy",
+        "steps",
+        "seconds",
+    ]
 
     for method in ("trajectory", "loss"):
         ids = ranked_ids(run, method)
@@ -317,9 +390,19 @@ def test_regression_run_has_quantile_table_and_value_tables(tmp_path):
     grads = mean_grads(run, "trajectory", "input_grad")
     for role, expected in (("harmful", ranking.head(12)), ("helpful", ranking[::-1].head(12))):
         table = section(page, f"Most {role} training samples")
-        assert "Input <code>x</code>: the sample's values" in table and "input gradient dE/dx (mean over seeds)" in table
-        assert table_header(table) == ["rank", "sample_id", "target", "influence_mean", "influence_std", "input_grad_norm_mean",
-                                       "train_loss_mean", "x"]
+        assert (
+            "Input <code>x</code>: the sample's values" in table and "input gradient dE/dx (mean over seeds)" in table
+        )
+        assert table_header(table) == [
+            "rank",
+            "sample_id",
+            "target",
+            "influence_mean",
+            "influence_std",
+            "input_grad_norm_mean",
+            "train_loss_mean",
+            "x",
+        ]
         rows = table_rows(table)
         assert [int(row[1]) for row in rows] == expected.sample_id.tolist()
         assert [row[2] for row in rows] == [f"{t:.4g}" for t in expected.target]
@@ -368,8 +451,10 @@ def test_two_input_run_names_both_inputs(tmp_path):
     for row, sid in zip(table_cells(table), ranking.sample_id[:12]):
         assert int(row[1]) == sid
         assert input_cell(row[7]) == (f"{data.x_train['reference_prices'][sid, 0]:.4g}", f"{reference[sid, 0]:+.2e}")
-        assert input_cell(row[8]) == (", ".join(f"{v:.4g}" for v in data.x_train["hidden_inputs"][sid]),
-                                      ", ".join(f"{v:+.2e}" for v in hidden[sid]))
+        assert input_cell(row[8]) == (
+            ", ".join(f"{v:.4g}" for v in data.x_train["hidden_inputs"][sid]),
+            ", ".join(f"{v:+.2e}" for v in hidden[sid]),
+        )
 
     rows = {row[0]: row for row in table_rows(section(page, "<h3>Gradient check</h3>"))}
     assert set(rows) == {"eps", "x.reference_prices", "x.hidden_inputs"}
@@ -413,19 +498,31 @@ def test_run_without_verify_omits_the_section(tmp_path):
 
 def test_config_text_is_escaped(tmp_path):
     model = {"name": "custom", "builder": "a<b>:f", "from_logits": True}
-    data = make_dataset("a<b>", "regression", {"p<q>": np.ones((N, 1))}, np.arange(N, dtype=float), {"p<q>": np.ones((5, 1))}, np.zeros(5))
+    data = make_dataset(
+        "a<b>",
+        "regression",
+        {"p<q>": np.ones((N, 1))},
+        np.arange(N, dtype=float),
+        {"p<q>": np.ones((5, 1))},
+        np.zeros(5),
+    )
     run = make_run(tmp_path / "run", data, model=model, verify=False)
     page = write_report(run, data).read_text()
     assert "a&lt;b&gt;:f" in page and "p&lt;q&gt;" in page
     assert "a<b>" not in page and "p<q>" not in page
 
 
-
 def test_script_in_the_data_is_escaped(tmp_path):
     """A <script> in the data's names or the manifest's error shows as text, escaped wherever the page shows it."""
     evil = "<script>alert(1)</script>"
-    data = make_dataset(f"d{evil}", "regression", {evil: np.ones((N, 1))}, np.arange(N, dtype=float),
-                        {evil: np.ones((5, 1))}, np.zeros(5))
+    data = make_dataset(
+        f"d{evil}",
+        "regression",
+        {evil: np.ones((N, 1))},
+        np.arange(N, dtype=float),
+        {evil: np.ones((5, 1))},
+        np.zeros(5),
+    )
     run = make_run(tmp_path / "run", data, verify=False, status="failed")
     manifest = json.loads((run / "manifest.json").read_text())
     manifest["error"] = f"boom {evil}"
@@ -480,6 +577,7 @@ def test_page_is_self_contained(tmp_path):
     assert elements.tags.count("style") == 1 and "".join(elements.style).strip() == css.strip()
     assert "@import" not in css and "url(" not in css
 
+
 def test_rewrite_replaces_the_report(tmp_path):
     data = image_data()
     run = make_run(tmp_path / "run", data, verify=False)
@@ -498,7 +596,9 @@ def test_dataset_must_match_the_run(tmp_path):
         write_report(run, image_data(n=20))
     x = {"x": np.zeros((N, 7, 7, 1))}
     with pytest.raises(ValueError, match=r"input shapes \{'x': \(8, 8, 1\)\} differ"):
-        write_report(run, make_dataset("fake", "classification", x, data.y_train, {"x": np.zeros((10, 7, 7, 1))}, data.y_val))
+        write_report(
+            run, make_dataset("fake", "classification", x, data.y_train, {"x": np.zeros((10, 7, 7, 1))}, data.y_val)
+        )
     assert not (run / "report" / "index.html").exists()
 
 
@@ -512,7 +612,9 @@ def test_render_script_without_chromium(tmp_path):
     (tmp_path / "report" / "index.html").write_text("<html></html>")
     result = subprocess.run(
         [sys.executable, str(REPO / "scripts" / "render_report.py"), str(tmp_path)],
-        capture_output=True, text=True, env={"PATH": str(tmp_path)},
+        capture_output=True,
+        text=True,
+        env={"PATH": str(tmp_path)},
     )
     assert result.returncode == 2
     assert result.stderr.strip().count("\n") == 0

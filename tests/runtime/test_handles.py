@@ -26,11 +26,23 @@ def _target(handle) -> object:
 
 
 def test_the_handles_are_every_task_and_actor_the_stages_use():
-    assert sorted(HANDLES) == sorted([
-        "check_run", "train_seed", "score_seed", "score_query_batch", "score_features_query_batch", "predict_queries",
-        "retrained_objective", "retrained_objectives", "objective_after_training", "perturbation_growth",
-        "float64_influence", "ShardScorer", "TrakWorker",
-    ])
+    assert sorted(HANDLES) == sorted(
+        [
+            "check_run",
+            "train_seed",
+            "score_seed",
+            "score_query_batch",
+            "score_features_query_batch",
+            "predict_queries",
+            "retrained_objective",
+            "retrained_objectives",
+            "objective_after_training",
+            "perturbation_growth",
+            "float64_influence",
+            "ShardScorer",
+            "TrakWorker",
+        ]
+    )
 
 
 @pytest.mark.parametrize("name", sorted(HANDLES))

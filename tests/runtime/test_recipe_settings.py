@@ -31,8 +31,15 @@ RECIPES = {
         name="adamw", lr=0.01, weight_decay=0.004, schedule="warmup_cosine", warmup_steps=2, global_clipnorm=1.0
     ),
     "sgd-nesterov+decay+exponential+clipnorm": dict(
-        name="sgd", lr=0.1, momentum=0.9, nesterov=True, weight_decay=5e-4, schedule="exponential",
-        decay_steps=2, decay_rate=0.5, clipnorm=0.5,
+        name="sgd",
+        lr=0.1,
+        momentum=0.9,
+        nesterov=True,
+        weight_decay=5e-4,
+        schedule="exponential",
+        decay_steps=2,
+        decay_rate=0.5,
+        clipnorm=0.5,
     ),
 }
 
@@ -50,7 +57,10 @@ def test_recipe_settings_train_like_model_fit(digits_subset, float64_keras, opti
     rate = make_schedule_object(o.schedule, o.lr, schedule.n_steps, **o.schedule_params())
     spec = optimizers.OPTIMIZERS[o.name]
     keras_optimizer = spec.keras(
-        rate, weight_decay=o.weight_decay, clipnorm=o.clipnorm, global_clipnorm=o.global_clipnorm,
+        rate,
+        weight_decay=o.weight_decay,
+        clipnorm=o.clipnorm,
+        global_clipnorm=o.global_clipnorm,
         **{k: getattr(o, k) for k in spec.hyper},
     )
     model = build_model(settings.model, data.input_shapes, "classification", 10, "float64", seed=0)
@@ -90,12 +100,18 @@ def test_bad_recipe_settings_are_one_line_errors(optimizer, message):
 def mixed_precision_model(input_shape: tuple[int, ...], num_classes: int) -> keras.Model:
     """A custom builder with one float16 layer (mixed precision)."""
     return keras.Sequential(
-        [keras.Input(input_shape), keras.layers.Flatten(), keras.layers.Dense(8, dtype="mixed_float16"),
-         keras.layers.Dense(num_classes, dtype="float32")]
+        [
+            keras.Input(input_shape),
+            keras.layers.Flatten(),
+            keras.layers.Dense(8, dtype="mixed_float16"),
+            keras.layers.Dense(num_classes, dtype="float32"),
+        ]
     )
 
 
 def test_mixed_precision_is_refused_naming_the_layer(digits_subset):
     settings = Settings(model=ModelSettings(name="custom", builder=f"{__name__}:mixed_precision_model"))
-    with pytest.raises(ConfigError, match=r"^model: layer 'dense' computes in float16 .*mixed precision is not supported"):
+    with pytest.raises(
+        ConfigError, match=r"^model: layer 'dense' computes in float16 .*mixed precision is not supported"
+    ):
         recipe_for(settings, digits_subset(N_TRAIN), 0)
