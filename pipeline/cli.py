@@ -62,7 +62,7 @@ def explain(exc: HydraException, config_dir: str, config_name: str, argv: list[s
         groups = _groups(loader, "")
         picks = [o for o in overrides if o.key_or_group in groups and not o.is_delete() and not o.is_sweep_override()]
         valid = [
-            o.input_line for o in picks if o.get_value_element_as_str() in loader.get_group_options(o.key_or_group)
+            str(o.input_line) for o in picks if o.get_value_element_as_str() in loader.get_group_options(o.key_or_group)
         ]
         for attempt in (valid, []):  # the keys of the chosen options, or else of the defaults
             try:
@@ -73,6 +73,7 @@ def explain(exc: HydraException, config_dir: str, config_name: str, argv: list[s
         else:
             return fallback
         config = OmegaConf.to_container(cfg, resolve=False)
+        assert isinstance(config, dict)  # a composed config is a mapping
         choices = config["hydra"]["runtime"]["choices"]
         for o in overrides:
             problem = _problem(o, config, groups, choices, loader, args.multirun)
@@ -93,7 +94,7 @@ def _groups(loader: Any, parent: str) -> set[str]:
 
 
 def _problem(
-    o: Any, config: dict[str, Any], groups: set[str], choices: dict[str, Any], loader: Any, multirun: bool
+    o: Any, config: dict[Any, Any], groups: set[str], choices: dict[str, Any], loader: Any, multirun: bool
 ) -> str | None:
     """Why override `o` cannot apply to the composed `config` (a plain dict, hydra node included), or None."""
     key, text = o.key_or_group, o.input_line

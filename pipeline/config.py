@@ -161,7 +161,7 @@ class Section:
 
     def validate(self, prefix: str, settings: Settings | None = None) -> None:
         """Every field against its own rules, in field order, then the rules that read several settings."""
-        nullable = _nullable(type(self))
+        nullable = _nullable(type(self))  # type: ignore[arg-type]  # a class is hashable; mypy misreads dataclass eq
         for f in fields(self):  # type: ignore[arg-type]
             value = getattr(self, f.name)
             if value is None and nullable[f.name]:
@@ -791,11 +791,12 @@ def _section(cls: type, cfg: DictConfig | None, prefix: str) -> Any:
         raise ConfigError(f"{exc.full_key}: required but not set (pass {exc.full_key}=...)") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{prefix}: expected a mapping, got {raw!r}")
+    values = {str(k): v for k, v in raw.items()}  # YAML keys of a section are names
     types = _hints(cls)
-    unknown = sorted(set(raw) - set(types))
+    unknown = sorted(set(values) - set(types))
     if unknown:
         raise ConfigError(f"{prefix}.{unknown[0]}: unknown setting (known: {', '.join(sorted(types))})")
-    return cls(**{k: _typed(v, types[k], f"{prefix}.{k}") for k, v in raw.items()})
+    return cls(**{k: _typed(v, types[k], f"{prefix}.{k}") for k, v in values.items()})
 
 
 _KINDS = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}  # checked by type

@@ -310,10 +310,10 @@ def evaluate(settings: Settings, ev: EvaluationSettings) -> Rows:
             rows.add("ensemble", method, "seconds", k * per_model, ensemble=k)
     if ev.peer_scores:
         equal_compute_rows(rows, seconds, peer, ev.cross_seed_drops, ev.ensemble_sizes)
-    for label, direction, k, _ in removals:
+    for label, direction, fraction, _ in removals:
         mean, se = stats.paired_change(next(fresh), full)
-        rows.add("removal", label, f"delta_E_{direction}", mean, k)
-        rows.add("removal", label, f"delta_E_{direction}_se", se, k)
+        rows.add("removal", label, f"delta_E_{direction}", mean, fraction)
+        rows.add("removal", label, f"delta_E_{direction}_se", se, fraction)
 
     if dataset.task == "classification":
         flip_rows(rows, settings, dataset, ev, horizon, root, rng)
@@ -362,7 +362,7 @@ def flip_rows(
 ) -> None:
     """Flip evaluation.flip_fraction of the training labels, score every method on that data and record
     how well each finds the flips (AUC, share found among the top 10/20/30%)."""
-    y, flipped = stats.flip_labels(rng, dataset.y_train, int(dataset.num_classes), ev.flip_fraction)
+    y, flipped = stats.flip_labels(rng, dataset.y_train, dataset.width, ev.flip_fraction)
     path = root / "flipped.npz"
     single = dataset.input_names == (SINGLE_INPUT,)
     arrays = {("x_train" if single else f"x_train.{k}"): v for k, v in dataset.x_train.items()} | {

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 from scipy import stats
 
 
-def central_difference(plus: float, minus: float, step: float) -> float:
-    """(f(a + h) - f(a - h)) / 2h."""
+def central_difference(plus: Any, minus: Any, step: float) -> Any:
+    """(f(a + h) - f(a - h)) / 2h, of floats or elementwise of arrays."""
     return (plus - minus) / (2 * step)
 
 

@@ -62,6 +62,13 @@ class Dataset:
             return None
         return 1 if self.y_train.ndim == 1 else int(self.y_train.shape[1])
 
+    @property
+    def width(self) -> int:
+        """Model outputs the task needs: num_classes (classification) or output_dim (regression)."""
+        if self.task == "classification":
+            return int(max(self.y_train.max(), self.y_val.max())) + 1
+        return 1 if self.y_train.ndim == 1 else int(self.y_train.shape[1])
+
     def summary(self) -> dict[str, object]:
         return {
             "name": self.name,

@@ -359,7 +359,7 @@ def describe(dataset: Dataset) -> str:
     """One line for the log: sizes, inputs and classes or target width."""
     inputs = ", ".join(f"{name} {'x'.join(map(str, shape))}" for name, shape in dataset.input_shapes.items())
     if dataset.task == "classification":
-        target = f"{dataset.num_classes} classes (labels 0..{dataset.num_classes - 1})"
+        target = f"{dataset.width} classes (labels 0..{dataset.width - 1})"
     else:
         target = f"float targets of width {dataset.output_dim}"
     return f"{dataset.name}: {dataset.n_train} training / {dataset.n_val} validation samples; inputs {inputs}; {target}"

@@ -130,7 +130,7 @@ def query_table(
         arrays.append(pa.FixedSizeListArray.from_arrays(pa.array(flat.reshape(-1)), flat.shape[1]))
     shapes = {name: list(g.shape[2:]) for name, g in input_grad.items()}
     extra = {
-        QUERY_IDS: json.dumps([int(i) for i in query_ids]),
+        QUERY_IDS.decode(): json.dumps([int(i) for i in query_ids]),
         "sign_convention": QUERY_SIGN_CONVENTION,
         "input_shapes": json.dumps(shapes),
     }

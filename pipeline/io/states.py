@@ -126,7 +126,8 @@ class StateWriter:
 
     def discard(self) -> None:
         self._copier.shutdown(wait=True, cancel_futures=True)
-        self._rows = None
+        if hasattr(self, "_rows"):
+            del self._rows  # closes the memory map before its file goes
         self._tmp.unlink(missing_ok=True)
 
 
@@ -157,11 +158,12 @@ class StoredRun:
         if self.damaged is not None:
             return None
         first, last = bisect_right(self._starts, start) - 1, bisect_right(self._starts, stop - 1) - 1
-        blocks = [self._take(i) for i in range(first, last + 1)]
-        bad = next((i for i, block in zip(range(first, last + 1), blocks) if block is None), None)
+        taken = [self._take(i) for i in range(first, last + 1)]
+        bad = next((i for i, block in zip(range(first, last + 1), taken) if block is None), None)
         if bad is not None:
             self._reject(bad)
             return None
+        blocks = [block for block in taken if block is not None]
         if first > 0:
             self._ahead = (first - 1, self._reader.submit(self._read, first - 1))
         offset = self._starts[first]

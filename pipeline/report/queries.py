@@ -103,9 +103,9 @@ def validation_rows(kind: str, query_id: int, dataset: Dataset, path: Path) -> n
     if kind == "per_class":
         members, what = dataset.y_val, "class"
     elif kind == "groups":
-        members, what = dataset.g_val, "group"
-        if members is None:
+        if dataset.g_val is None:
             raise ValueError(f"{path}: holds groups queries but the dataset has no validation group ids (g_val)")
+        members, what = dataset.g_val, "group"
     else:
         raise ValueError(f"{path}: unknown kind of queries {kind!r} (known: per_sample, per_class, groups)")
     rows = np.flatnonzero(np.asarray(members) == query_id)

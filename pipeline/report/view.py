@@ -18,6 +18,7 @@ import numpy as np
 from markupsafe import Markup
 
 from pipeline import ensembles, smoothness
+from pipeline.config import OPTIMIZER_COMMON, OPTIMIZER_KERNELS, OPTIMIZERS, SCHEDULE_SETTINGS
 from pipeline.methods import REGISTRY
 from pipeline.report import figures
 from pipeline.report.inputs import Ranking, Verify, mean_input_grads
@@ -336,17 +337,23 @@ def _model_text(model: dict[str, Any]) -> str:
 
 
 def _optimizer_text(opt: dict[str, Any]) -> str:
+    """'adamw (lr=0.001, beta_1=0.9, ...; weight_decay=0.004, global_clipnorm=1; schedule warmup_cosine
+    (warmup_steps=45))': the optimizer's own hyperparameters (not those off by default and off), then the recipe
+    parts that are set."""
     name = opt.get("name", "?")
+    defaults = OPTIMIZER_KERNELS[name].hyper if name in OPTIMIZER_KERNELS else {}
+    off = [k for k, v in defaults.items() if not v and not opt.get(k)]  # off by default and off: not worth a word
+    own = [k for k in OPTIMIZERS.get(name, ()) if k not in OPTIMIZER_COMMON and k in opt and k not in off]
     parts = [f"lr={_fmt(opt.get('lr'))}"]
-    if name == "momentum":
-        parts.append(f"momentum={_fmt(opt.get('momentum'))}" + (", nesterov" if opt.get("nesterov") else ""))
-    elif name == "adam":
-        parts += [
-            f"beta_1={_fmt(opt.get('beta_1'))}",
-            f"beta_2={_fmt(opt.get('beta_2'))}",
-            f"epsilon={_fmt(opt.get('epsilon'))}",
-        ]
-    return f"{name} ({', '.join(parts)})"
+    parts += [k if opt[k] is True else f"{k}={_fmt(opt[k])}" for k in own]
+    recipe = [f"{k}={_fmt(opt[k])}" for k in ("weight_decay", "clipnorm", "clipvalue", "global_clipnorm") if opt.get(k)]
+    text = f"{name} ({', '.join(parts)}{'; ' + ', '.join(recipe) if recipe else ''})"
+    if opt.get("schedule", "constant") != "constant":
+        params = {k: opt.get(k) for k in SCHEDULE_SETTINGS if k != "schedule_args" and opt.get(k) is not None}
+        params |= dict(opt.get("schedule_args") or {})
+        shown = ", ".join(f"{k}={_fmt(v)}" for k, v in params.items())
+        text += f"; schedule {opt['schedule']}" + (f" ({shown})" if shown else "")
+    return text
 
 
 def _settings(config: dict[str, Any], dataset: Dataset) -> KeyValues:
@@ -363,6 +370,7 @@ def _settings(config: dict[str, Any], dataset: Dataset) -> KeyValues:
         ("seeds", ", ".join(str(s) for s in seeds) if isinstance(seeds, (list, tuple)) else seeds),
         ("dtype", train.get("dtype")),
         ("training loss", train.get("loss")),
+        *([("label smoothing", _fmt(train["label_smoothing"]))] if train.get("label_smoothing") else []),
         ("method", influence.get("method")),
     ]
     if influence.get("method") == "sensitivity":

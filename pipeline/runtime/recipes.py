@@ -52,14 +52,9 @@ def functional_optimizer(settings: OptimizerSettings) -> FunctionalOptimizer:
     )
 
 
-def output_width(dataset: Dataset) -> int:
-    """Model outputs the task needs: num_classes (classification) or output_dim (regression)."""
-    return int(dataset.num_classes if dataset.task == "classification" else dataset.output_dim)
-
-
 def output_weights(settings: Settings, dataset: Dataset) -> tuple[float, ...]:
     """influence.output_weights (ones when null), one weight per model output; ConfigError otherwise."""
-    width = output_width(dataset)
+    width = dataset.width
     weights = settings.influence.output_weights or (1.0,) * width
     if len(weights) != width:
         raise ConfigError(f"influence.output_weights has {len(weights)} values; the model has {width} outputs")
@@ -96,7 +91,7 @@ def recipe_for(settings: Settings, dataset: Dataset, seed: int) -> Recipe:
         settings.train,
         settings.influence.objective,
         tuple(dataset.input_shapes.items()),
-        output_width(dataset),
+        dataset.width,
         seed,
     )
     _check_losses(settings, recipe, dataset)

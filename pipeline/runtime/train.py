@@ -49,6 +49,7 @@ def train_seed(settings: Settings, dataset: Dataset, seed: int, key: str) -> dic
     def keep(start: int, segment: list[np.ndarray]) -> None:
         nonlocal io_seconds
         began = time.perf_counter()
+        assert writer is not None  # keep is handed to train only with a writer
         writer.write(start, segment)
         io_seconds += time.perf_counter() - began
 
@@ -97,6 +98,7 @@ def state_writer(
     if influence.state_memory is None or not (REGISTRY[influence.method].sweep or influence.queries != "mean"):
         return None, None
     need, budget = n_steps * state_bytes(state_layout, dtypes), parse_size(influence.state_memory)
+    assert budget is not None  # influence.state_memory was validated as a size
     if need > budget:
         print(
             f"[train] seed={seed}: every state needs {need / 2**20:.0f} MiB, over "

@@ -148,7 +148,9 @@ class TrakWorker:
                 scorer.directional(state, direction, x, y) for x, y in self._batches(dataset, start, stop, recipe)
             ]
             grads.append([np.concatenate([r[1][k].numpy() for r in results]) for k in range(len(dataset.input_names))])
-        input_grad = {name: sum(g[k] for g in grads) / n_checkpoints for k, name in enumerate(dataset.input_names)}
+        input_grad = {
+            name: np.asarray(sum(g[k] for g in grads) / n_checkpoints) for k, name in enumerate(dataset.input_names)
+        }
         x = [a[start:stop] for a in dataset.x_train.values()]
         y = dataset.y_train[start:stop]
         if not (np.all(np.isfinite(influence)) and all(np.all(np.isfinite(g)) for g in input_grad.values())):

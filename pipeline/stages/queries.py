@@ -117,7 +117,9 @@ def run(context: RunContext) -> dict[str, Any]:
             score_trak.features_key(settings, context.trajectory_key),
             context.score_key,
         )
-        calls = [(settings, context.dataset_ref, seed, number, ids, shards, *keys) for seed, (number, ids) in todo]
+        calls: list[tuple[Any, ...]] = [
+            (settings, context.dataset_ref, seed, number, ids, shards, *keys) for seed, (number, ids) in todo
+        ]
         options = {**context.task_options, "num_gpus": 0}  # NumPy only
         done = cluster.run_tasks(runtime.score_features_query_batch, calls, options, desc="queries (seed, batch)")
     else:

@@ -11,6 +11,8 @@ every sample ends in exactly one part. Driver side.
 
 from __future__ import annotations
 
+from typing import Any
+
 import ray
 
 from pipeline import cluster, runtime
@@ -24,7 +26,7 @@ def score_shards(context: RunContext, todo: list[tuple[int, Shard]]) -> None:
     and the worker seconds of each seed's shards go to the seeds' score summaries (`actors`, `seconds`)."""
     settings, options = context.settings, context.task_options
     method = settings.influence.method
-    scorer = ray.remote(runtime.ShardScorer).options(
+    scorer: Any = ray.remote(runtime.ShardScorer).options(
         num_cpus=options["num_cpus"], num_gpus=options["num_gpus"], runtime_env=options["runtime_env"]
     )
     jobs = [(seed, *shard) for seed, shard in todo]

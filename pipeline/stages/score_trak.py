@@ -18,6 +18,8 @@ Driver side: the map and score jobs run on runtime.trak_worker.TrakWorker actors
 
 from __future__ import annotations
 
+import functools
+import operator
 import time
 from typing import Any
 
@@ -116,7 +118,7 @@ def _reduce(context: RunContext, seed: int, shards: list[Shard], key: str) -> No
     folder = store.features_dir(context.layout.root, context.settings.influence.method, seed)
     if store.read_npz(folder / "kernel.npz", context.score_key) is not None:
         return
-    gram = sum(store.read_shard(folder, number).gram for number, _, _ in shards)
+    gram = functools.reduce(operator.add, [store.read_shard(folder, number).gram for number, _, _ in shards])
     validation = store.read_npz(folder / "validation.npz", key)
     if validation is None:
         raise DataError(f"{folder / 'validation.npz'}: missing after the features jobs; rerun to recompute it")
@@ -130,7 +132,7 @@ def worker_pool(context: RunContext, n_jobs: int) -> cluster.ActorPool:
     """A pool of TrakWorker actors (runtime.trak_worker; one per free CPU, at most n_jobs) with the run's task
     resources."""
     settings, options = context.settings, context.task_options
-    actor = ray.remote(runtime.TrakWorker).options(
+    actor: Any = ray.remote(runtime.TrakWorker).options(
         num_cpus=options["num_cpus"], num_gpus=options["num_gpus"], runtime_env=options["runtime_env"]
     )
     arguments = (settings, context.score_key, features_key(settings, context.trajectory_key))

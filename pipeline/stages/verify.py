@@ -225,10 +225,11 @@ def _query_checks(
     rows, weights = query_weights(settings.influence.queries, dataset, chosen)
     gradcheck_rows, loo_rows = [], []
     for plan in plans:
-        objectives = {
+        objectives: dict[Any, np.ndarray] = {
             key: weights @ result[1][rows] for (s, key), result in retrained.items() if s == plan.seed
         }  # E_q [Q'] of each retraining
         influence = plan.query_influence
+        assert influence is not None  # set for every plan when queries are verified
         for i in sorted({*plan.grad_ids, *plan.query_grad_ids}):
             measured = metrics.central_difference(objectives[("eps", i, 1)], objectives[("eps", i, -1)], h)
             gradcheck_rows += [

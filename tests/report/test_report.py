@@ -619,3 +619,30 @@ def test_render_script_without_chromium(tmp_path):
     assert result.returncode == 2
     assert result.stderr.strip().count("\n") == 0
     assert "apt-get install chromium" in result.stderr
+
+
+def test_the_optimizer_line_names_the_recipe():
+    """Weight decay, clipping and the schedule with its parameters are on the report's optimizer line; settings that
+    are off by default and off are not."""
+    from pipeline.report.view import _optimizer_text
+
+    recipe = {
+        "name": "adamw",
+        "lr": 0.001,
+        "beta_1": 0.9,
+        "beta_2": 0.999,
+        "epsilon": 1e-7,
+        "amsgrad": False,
+        "weight_decay": 0.004,
+        "clipnorm": None,
+        "global_clipnorm": 1.0,
+        "schedule": "warmup_cosine",
+        "warmup_steps": 45,
+        "alpha": None,
+        "schedule_args": None,
+    }
+    assert _optimizer_text(recipe) == (
+        "adamw (lr=0.001, beta_1=0.9, beta_2=0.999, epsilon=1.000e-07; weight_decay=0.004, global_clipnorm=1); "
+        "schedule warmup_cosine (warmup_steps=45)"
+    )
+    assert _optimizer_text({"name": "sgd", "lr": 0.1, "momentum": 0.0, "nesterov": False}) == "sgd (lr=0.1)"
