@@ -103,7 +103,7 @@ def mixed_precision_model(input_shape: tuple[int, ...], num_classes: int) -> ker
         [
             keras.Input(input_shape),
             keras.layers.Flatten(),
-            keras.layers.Dense(8, dtype="mixed_float16"),
+            keras.layers.Dense(8, dtype="mixed_float16", name="half"),
             keras.layers.Dense(num_classes, dtype="float32"),
         ]
     )
@@ -112,6 +112,6 @@ def mixed_precision_model(input_shape: tuple[int, ...], num_classes: int) -> ker
 def test_mixed_precision_is_refused_naming_the_layer(digits_subset):
     settings = Settings(model=ModelSettings(name="custom", builder=f"{__name__}:mixed_precision_model"))
     with pytest.raises(
-        ConfigError, match=r"^model: layer 'dense' computes in float16 .*mixed precision is not supported"
+        ConfigError, match=r"^model: layer 'half' computes in float16 .*mixed precision is not supported"
     ):
         recipe_for(settings, digits_subset(N_TRAIN), 0)
