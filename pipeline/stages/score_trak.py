@@ -61,8 +61,9 @@ def run(context: RunContext, todo: list[tuple[int, Shard]], shards: list[Shard])
     began = time.perf_counter()
     settings, layout, method = context.settings, context.layout, context.settings.influence.method
     jobs = [("score", seed, number, start, stop) for seed, (number, start, stop) in todo]
+    per_sample = settings.influence.queries != "mean"  # the queries' validation rows too, while the pool is warm
     with worker_pool(context, len(settings.train.seeds) * len(shards)) as pool:  # one start-up for both phases
-        prepared = prepare(context, shards, per_sample=False, pool=pool)
+        prepared = prepare(context, shards, per_sample=per_sample, pool=pool)
         done = prepared.pop("jobs") + list(zip(jobs, _run_jobs(pool, context.dataset_ref, jobs, f"score {method}")))
     for seed in sorted({seed for seed, _ in todo}):
         path = layout.score_summary(method, seed)
