@@ -65,9 +65,10 @@ class Dataset:
     @property
     def width(self) -> int:
         """Model outputs the task needs: num_classes (classification) or output_dim (regression)."""
-        if self.task == "classification":
-            return int(max(self.y_train.max(), self.y_val.max())) + 1
-        return 1 if self.y_train.ndim == 1 else int(self.y_train.shape[1])
+        width = self.num_classes if self.task == "classification" else self.output_dim
+        if width is None:
+            raise DataError(f"task {self.task!r}: neither classification nor regression")
+        return width
 
     def summary(self) -> dict[str, object]:
         return {

@@ -22,12 +22,12 @@ import pyarrow.parquet as pq
 
 from pipeline import __version__
 from pipeline.config import Settings
+from pipeline.io.arguments import QUERY_SETTINGS
 from pipeline.io.files import atomic_path
 from pipeline.io.integrity import _UNREADABLE, check_part, reconcile
 from pipeline.io.layout import RunLayout
 from pipeline.io.tables import input_grad_column
 
-QUERY_SETTINGS = ("objective", "queries", "query_ids", "query_input_grad")  # influence.* that change the query parts
 ROW_GROUP_BYTES = 4 << 20
 QUERY_IDS = b"query_ids"  # schema metadata: JSON list of the part's query ids, in order
 

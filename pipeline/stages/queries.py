@@ -114,7 +114,7 @@ def run(context: RunContext) -> dict[str, Any]:
             score_trak.prepare(context, shards, per_sample=True)
         keys = (
             context.require_queries_key(),
-            score_trak.features_key(settings, context.trajectory_key),
+            arguments.features_key(settings, context.trajectory_key),
             context.score_key,
         )
         calls: list[tuple[Any, ...]] = [

@@ -27,7 +27,6 @@ import numpy as np
 import ray
 
 from pipeline import cluster, runtime
-from pipeline.config import Settings
 from pipeline.errors import DataError
 from pipeline.io import arguments
 from pipeline.io import features as store
@@ -37,23 +36,8 @@ from pipeline.kernels import trak_scores
 from pipeline.runtime.jobs import chosen_steps
 from pipeline.stages.context import RunContext
 
+
 # influence.* the features depend on
-FEATURE_SETTINGS = ("objective", "proj_dim", "proj_seed", "checkpoints", "feature_dtype")
-
-
-def features_key(settings: Settings, trajectory_key: str) -> str:
-    """Key of the features: the trajectory and the settings of FEATURE_SETTINGS (not damping: the kernel is
-    reduced again for another damping, the features are reused)."""
-    influence = settings.to_dict()["influence"]
-    return arguments.key_of(
-        {
-            "trajectory_key": trajectory_key,
-            "method": settings.influence.method,
-            **{k: influence[k] for k in FEATURE_SETTINGS},
-        }
-    )
-
-
 def run(context: RunContext, todo: list[tuple[int, Shard]], shards: list[Shard]) -> dict[str, Any]:
     """Features, kernels and the score parts in `todo`; returns {"computed_shards", "checkpoints", "wall_seconds"}.
     Each seed's score summary gets `seconds` and `cpu_seconds`: the worker (and process) seconds of its features,
@@ -80,7 +64,7 @@ def prepare(
     then reduce and invert each seed's kernel. Returns {"computed_shards", "checkpoints", "jobs": [(job, its
     result)]}."""
     settings, layout = context.settings, context.layout
-    method, key = settings.influence.method, features_key(settings, context.trajectory_key)
+    method, key = settings.influence.method, arguments.features_key(settings, context.trajectory_key)
     jobs: list[tuple] = []
     steps = {}
     for seed in settings.train.seeds:
@@ -136,9 +120,9 @@ def worker_pool(context: RunContext, n_jobs: int) -> cluster.ActorPool:
     actor: Any = ray.remote(runtime.TrakWorker).options(
         num_cpus=options["num_cpus"], num_gpus=options["num_gpus"], runtime_env=options["runtime_env"]
     )
-    arguments = (settings, context.score_key, features_key(settings, context.trajectory_key))
+    actor_arguments = (settings, context.score_key, arguments.features_key(settings, context.trajectory_key))
     return cluster.ActorPool(
-        actor, arguments, cluster.pool_size(settings.cluster, max(1, n_jobs)), settings.cluster.max_retries
+        actor, actor_arguments, cluster.pool_size(settings.cluster, max(1, n_jobs)), settings.cluster.max_retries
     )
 
 
