@@ -35,14 +35,38 @@ LOST = (RayActorError, NodeDiedError, WorkerCrashedError, ObjectLostError)
 SINGLE_MACHINE_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 
 
+PROGRESS_ENV = "PIPELINE_PROGRESS"  # "1": progress bars (driver and workers); "0": none; unset: when stderr is a TTY
+
+
+def progress_enabled() -> bool:
+    """Whether to draw progress bars: PIPELINE_PROGRESS if set, else off under TQDM_DISABLE or when stderr is not a
+    terminal (CI, a log file: the stages' own lines are the output, one per stage and seed)."""
+    chosen = os.environ.get(PROGRESS_ENV)
+    if chosen is not None:
+        return chosen == "1"
+    return not os.environ.get("TQDM_DISABLE") and sys.stderr.isatty()
+
+
+def worker_bar(total: int, desc: str, unit: str) -> Any:
+    """A progress bar in a Ray worker, drawn by the driver (ray.experimental.tqdm_ray), or a silent stand-in when
+    the driver draws none (workers inherit PIPELINE_PROGRESS from it, see worker_env)."""
+    if not progress_enabled():
+        return tqdm(total=total, disable=True)
+    from ray.experimental.tqdm_ray import tqdm as ray_tqdm
+
+    return ray_tqdm(total=total, desc=desc, unit=unit)
+
+
 def worker_env(settings: ClusterSettings) -> dict[str, str]:
-    """Environment of every worker: TensorFlow thread limits (TF ignores OMP_NUM_THREADS) and quiet logs."""
+    """Environment of every worker: TensorFlow thread limits (TF ignores OMP_NUM_THREADS), quiet logs, and whether
+    the driver draws progress bars."""
     threads = str(settings.tf_threads)
     return {
         "TF_NUM_INTRAOP_THREADS": threads,
         "TF_NUM_INTEROP_THREADS": threads,
         "TF_CPP_MIN_LOG_LEVEL": "2",
         "TF_ENABLE_ONEDNN_OPTS": "0",
+        PROGRESS_ENV: "1" if progress_enabled() else "0",
     }
 
 
@@ -189,7 +213,7 @@ def run_tasks(fn: Callable[..., T], calls: Iterable[tuple], options: dict[str, A
     position = {ref: i for i, ref in enumerate(refs)}
     results: list[Any] = [None] * len(refs)
     pending = list(refs)
-    with tqdm(total=len(refs), desc=desc, unit="task", disable=not refs) as bar:
+    with tqdm(total=len(refs), desc=desc, unit="task", disable=not refs or not progress_enabled()) as bar:
         try:
             while pending:
                 done, pending = ray.wait(pending, num_returns=1)
@@ -273,7 +297,9 @@ class ActorPool:
         tries = [0] * len(jobs)
         todo = deque(range(len(jobs)))
         running: dict[Any, tuple[Any, int]] = {}  # reference -> (actor, job)
-        with tqdm(total=sum(weight(job) for job in jobs), desc=desc, unit=unit, disable=not jobs) as bar:
+        with tqdm(
+            total=sum(weight(job) for job in jobs), desc=desc, unit=unit, disable=not jobs or not progress_enabled()
+        ) as bar:
             try:
                 while todo or running:
                     while todo and self.idle:

@@ -41,7 +41,7 @@ from pipeline.io.states import parse_size
 from pipeline.kernels.optimizers import OPTIMIZERS as OPTIMIZER_KERNELS  # imports TensorFlow only to build one
 from pipeline.kernels.schedule import LR_SCHEDULES
 from pipeline.methods import REGISTRY
-from pipeline.models import MODELS
+from pipeline.models import AUGMENTATIONS, MODELS
 from pipeline.stage_registry import STAGES
 
 # The options of the config groups without a registry of their own: option -> the settings it reads.
@@ -50,7 +50,7 @@ DATA_SOURCES = {  # data.source; every source reads DATA_COMMON too
     "synthetic": ("n_samples", "n_features", "n_classes", "n_informative"),
     "mnist": (),
     "npz": ("path", "inputs", "val_from"),
-    "parquet": ("path", "label_column", "feature_columns", "inputs", "split_column", "group_column"),
+    "parquet": ("path", "label_column", "feature_columns", "inputs", "split_column", "group_column", "weight_column"),
 }
 DATA_COMMON = ("val_fraction", "split_seed", "max_train")
 # optimizer.schedule's parameters as settings of their own (any other parameter: optimizer.schedule_args)
@@ -220,6 +220,12 @@ class DataSettings(Section):
         None, "one input from these columns; null: every numeric or list column but label and split"
     )
     split_column: str | None = setting(None, "a column of train / val; null: hold out data.val_fraction of the rows")
+    weight_column: str | None = setting(
+        None,
+        "a column of per-sample weights >= 0 (model.fit's sample_weight; the npz form is an array w_train); "
+        "null: all 1",
+        keyed_at_default=False,
+    )
     group_column: str | None = setting(
         None, "integer group ids; the validation rows' ids define influence.queries=groups"
     )
@@ -232,12 +238,28 @@ class ModelSettings(Section):
     hidden: tuple[int, ...] = setting((64,), "widths of the hidden Dense layers", POSITIVE_INTS)
     activation: str = setting("tanh", "activation of the hidden layers (any Keras activation: tanh, relu, ...)")
     dropout: float = setting(0.0, "dropout rate (mlp: after each hidden layer; cnn: before the logits)", BELOW_ONE)
-    batch_norm: bool = setting(False, "BatchNormalization after each hidden Dense layer")
+    batch_norm: bool = setting(
+        False, "BatchNormalization after each hidden Dense layer (mlp) or convolution, before its activation (cnn)"
+    )
     filters: tuple[int, ...] = setting((32, 64), "filters of each Conv-Pool block", POSITIVE_INTS)
     kernel_size: int = setting(3, "convolution kernel size")
+    augment: tuple[str, ...] = setting(
+        (),
+        f"random augmentation layers on image inputs, in this order, active in training only: "
+        f"{', '.join(AUGMENTATIONS)}",
+        each(lambda v: v in AUGMENTATIONS, f"must be a list of {', '.join(AUGMENTATIONS)}"),
+        DISTINCT,
+        keyed_at_default=False,
+    )
     builder: str | None = setting(None, "package.module:function building the keras.Model", FUNCTION)
     path: str | None = setting(None, "a .keras file")
     from_logits: bool = setting(True, "false when the model ends in a softmax")
+    freeze: tuple[str, ...] = setting(
+        (),
+        "layers kept at their initial weights: a layer's name, or a prefix of names (conv_ freezes conv_0, conv_1)",
+        each(lambda v: isinstance(v, str) and v != "", "must be a list of layer names or name prefixes"),
+        keyed_at_default=False,
+    )
 
 
 @dataclass(frozen=True)
@@ -367,9 +389,21 @@ class TrainSettings(Section):
         keyed_at_default=False,
     )
 
+    class_weight: tuple[float, ...] | None = setting(
+        None,
+        "weight of each class's samples in the training loss, one per class (class 0 first), as model.fit's "
+        "class_weight; null: all 1",
+        each(lambda v: _is_number(v) and v >= 0, "must be a non-empty list of numbers >= 0", non_empty=True),
+        keyed_at_default=False,
+    )
+
     def together(self, settings: Settings | None) -> None:
         if settings is not None:
             _check_loss("train.loss", self.loss, settings.task.name)
+            _check(
+                self.class_weight is None or settings.task.name == "classification",
+                "train.class_weight: needs task=classification",
+            )
             smoothable = settings.task.name == "classification" and self.loss == "cross_entropy"
             _check(
                 not self.label_smoothing or smoothable,

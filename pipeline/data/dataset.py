@@ -31,6 +31,7 @@ class Dataset:
     x_val: dict[str, np.ndarray]  # name -> [V, *shape], as x_train
     y_val: np.ndarray
     g_val: np.ndarray | None = None  # [V] int64 group id of each validation sample (influence.queries=groups)
+    w_train: np.ndarray | None = None  # [N] float64 weight of each training sample (model.fit's sample_weight)
 
     @property
     def input_names(self) -> tuple[str, ...]:
@@ -79,7 +80,7 @@ class Dataset:
             "inputs": {name: list(shape) for name, shape in self.input_shapes.items()},
             "num_classes": self.num_classes,
             "output_dim": self.output_dim,
-        }
+        } | ({} if self.w_train is None else {"sample_weights": True})
 
 
 def make_dataset(
@@ -91,6 +92,7 @@ def make_dataset(
     y_val: np.ndarray,
     where: str = "",
     g_val: np.ndarray | None = None,
+    w_train: np.ndarray | None = None,
 ) -> Dataset:
     """Check the arrays and return a Dataset with canonical dtypes; `where` (e.g. " in data.npz") ends messages."""
     if not x_train:
@@ -123,7 +125,24 @@ def make_dataset(
     elif y_train.shape[1:] != y_val.shape[1:]:
         raise DataError(f"y_val: target shape {y_val.shape[1:]} differs from y_train {y_train.shape[1:]}{where}")
     groups = None if g_val is None else _groups(g_val, y_val.shape[0], where)
-    return Dataset(name, task, inputs["train"], y_train, inputs["val"], y_val, groups)
+    weights = None if w_train is None else _weights(w_train, y_train.shape[0], where)
+    return Dataset(name, task, inputs["train"], y_train, inputs["val"], y_val, groups, weights)
+
+
+def _weights(w: np.ndarray, n_train: int, where: str) -> np.ndarray:
+    """w_train as [N] float64: one finite weight >= 0 per training sample, not all 0."""
+    w = np.asarray(w)
+    if w.ndim != 1 or w.shape[0] != n_train:
+        raise DataError(f"w_train: needs one weight per training sample ({n_train}), got shape {w.shape}{where}")
+    if not (np.issubdtype(w.dtype, np.number) or w.dtype == bool):
+        raise DataError(f"w_train: weights must be numbers, got dtype {w.dtype}{where}")
+    w = w.astype(np.float64)
+    bad = np.flatnonzero(~np.isfinite(w) | (w < 0))
+    if bad.size:
+        raise DataError(f"w_train: weights must be finite and >= 0 (row {int(bad[0])} is {w[bad[0]]}){where}")
+    if not w.any():
+        raise DataError(f"w_train: every weight is 0{where}")
+    return w
 
 
 def _groups(g: np.ndarray, n_val: int, where: str) -> np.ndarray:

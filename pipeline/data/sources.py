@@ -23,29 +23,38 @@ from pipeline.data.dataset import SINGLE_INPUT, Dataset, make_dataset
 from pipeline.errors import DataError
 
 Inputs = dict[str, np.ndarray]
-Arrays = tuple[str, Inputs, np.ndarray, Inputs, np.ndarray, np.ndarray | None]
+# (name, x_train, y_train, x_val, y_val, g_val [V] group ids or None, w_train [N] sample weights or None)
+Arrays = tuple[str, Inputs, np.ndarray, Inputs, np.ndarray, np.ndarray | None, np.ndarray | None]
 
 
 def load_dataset(settings: DataSettings, task: str = "classification") -> Dataset:
     """Load and check the configured source for `task`; raises DataError naming the file, key or column at fault."""
     loaders = {"digits": _digits, "synthetic": _synthetic, "mnist": _mnist, "npz": _npz, "parquet": _parquet}
-    name, x_train, y_train, x_val, y_val, g_val = loaders[settings.source](settings, task)
+    name, x_train, y_train, x_val, y_val, g_val, w_train = loaders[settings.source](settings, task)
     where = f" in {settings.path}" if settings.path else ""
     if settings.max_train is not None:
         for key, x in x_train.items():
             if x.shape[:1] != y_train.shape[:1]:  # checked before cutting, which would hide it
                 name = "x_train" if key == SINGLE_INPUT else f"x_train.{key}"
                 raise DataError(f"{name} has {x.shape[0]} rows but its targets have {y_train.shape[0]}{where}")
+        if w_train is not None and w_train.shape[:1] != y_train.shape[:1]:
+            raise DataError(f"w_train has {w_train.shape[0]} rows but y_train has {y_train.shape[0]}{where}")
         x_train = {k: v[: settings.max_train] for k, v in x_train.items()}
         y_train = y_train[: settings.max_train]
-    return make_dataset(name, task, x_train, y_train, x_val, y_val, where, g_val=g_val)
+        w_train = None if w_train is None else w_train[: settings.max_train]
+    return make_dataset(name, task, x_train, y_train, x_val, y_val, where, g_val=g_val, w_train=w_train)
 
 
 def _split(
-    inputs: Inputs, y: np.ndarray, s: DataSettings, task: str, groups: np.ndarray | None = None
-) -> tuple[Inputs, np.ndarray, Inputs, np.ndarray, np.ndarray | None]:
+    inputs: Inputs,
+    y: np.ndarray,
+    s: DataSettings,
+    task: str,
+    groups: np.ndarray | None = None,
+    weights: np.ndarray | None = None,
+) -> tuple[Inputs, np.ndarray, Inputs, np.ndarray, np.ndarray | None, np.ndarray | None]:
     """Hold out `val_fraction` of the rows, stratified by class for classification (when every class has 2+);
-    `groups` (one id per row) are kept for the validation rows."""
+    `groups` (one id per row) are kept for the validation rows, `weights` (one per row) for the training rows."""
     stratify = None
     if task == "classification" and y.ndim == 1:
         _, counts = np.unique(y, return_counts=True)
@@ -64,12 +73,14 @@ def _split(
             f"data.val_fraction={s.val_fraction}: cannot hold out a validation set from {rows.size} rows ({exc})"
         ) from None
     g_val = None if groups is None else groups[val_rows]
+    w_train = None if weights is None else weights[train_rows]
     return (
         {k: v[train_rows] for k, v in inputs.items()},
         y[train_rows],
         {k: v[val_rows] for k, v in inputs.items()},
         y[val_rows],
         g_val,
+        w_train,
     )
 
 
@@ -171,6 +182,7 @@ def _npz(s: DataSettings, task: str) -> Arrays:
             raise DataError(f"data.path={path}: missing array 'y_train' (has {', '.join(keys)})")
         x_train, y_train = inputs("x_train"), array("y_train")
         g_val = array("g_val") if "g_val" in keys else None
+        w_train = array("w_train") if "w_train" in keys else None
         if "y_val" in keys:
             x_val, y_val = inputs("x_val"), array("y_val")
         elif s.val_from == "test" and "y_test" in keys:
@@ -187,10 +199,14 @@ def _npz(s: DataSettings, task: str) -> Arrays:
                     f"data.path={path}: g_val needs its validation arrays (x_val/y_val or x_test/y_test), not "
                     "data.val_from=split"
                 )
-            x_train, y_train, x_val, y_val, _ = _split(x_train, y_train, s, task)
+            if w_train is not None and w_train.shape[:1] != y_train.shape[:1]:
+                raise DataError(
+                    f"data.path={path}: w_train has {w_train.shape[0]} rows but y_train has {y_train.shape[0]}"
+                )
+            x_train, y_train, x_val, y_val, _, w_train = _split(x_train, y_train, s, task, weights=w_train)
         else:
             raise DataError(f"data.path={path}: needs x_val/y_val or x_test/y_test (or set data.val_from=split)")
-    return (path.stem, _as_model_input(x_train), y_train, _as_model_input(x_val), y_val, g_val)
+    return (path.stem, _as_model_input(x_train), y_train, _as_model_input(x_val), y_val, g_val, w_train)
 
 
 def _npz_input_names(keys: list[str], split: str, s: DataSettings, path: Path) -> list[str]:
@@ -245,6 +261,8 @@ def _parquet(s: DataSettings, task: str) -> Arrays:
         raise DataError(f"data.split_column={s.split_column!r}: no such column in {path}")
     if s.group_column is not None and s.group_column not in names:
         raise DataError(f"data.group_column={s.group_column!r}: no such column in {path} (has {', '.join(names)})")
+    if s.weight_column is not None and s.weight_column not in names:
+        raise DataError(f"data.weight_column={s.weight_column!r}: no such column in {path} (has {', '.join(names)})")
     columns_of = _parquet_input_columns(table, s, path)
     setting = lambda name: f"data.inputs.{name}" if isinstance(s.inputs, dict) else "data.feature_columns"  # noqa: E731
     x = {
@@ -253,8 +271,9 @@ def _parquet(s: DataSettings, task: str) -> Arrays:
     }
     y = _column_targets(table, s.label_column, path)
     groups = None if s.group_column is None else _column_groups(table, s.group_column, path)
+    weights = None if s.weight_column is None else _column_weights(table, s.weight_column, path)
     if s.split_column is None:
-        return (path.stem, *_split(x, y, s, task, groups))
+        return (path.stem, *_split(x, y, s, task, groups, weights))
     split = np.asarray(table[s.split_column].to_pylist(), dtype=object)
     bad = sorted({str(v) for v in split} - {"train", "val"})
     if bad:
@@ -268,7 +287,17 @@ def _parquet(s: DataSettings, task: str) -> Arrays:
         {k: v[~is_train] for k, v in x.items()},
         y[~is_train],
         g_val,
+        None if weights is None else weights[is_train],
     )
+
+
+def _column_weights(table: pa.Table, column: str, path: Path) -> np.ndarray:
+    """Sample weights of a numeric column (checked again in dataset.make_dataset); nulls are refused."""
+    if table[column].null_count:
+        raise DataError(f"data.weight_column={column!r}: {table[column].null_count} null values in {path}")
+    if not (pa.types.is_integer(table[column].type) or pa.types.is_floating(table[column].type)):
+        raise DataError(f"data.weight_column={column!r}: weights must be numbers, got {table[column].type} in {path}")
+    return table[column].to_numpy().astype(np.float64)
 
 
 def _column_groups(table: pa.Table, column: str, path: Path) -> np.ndarray:
@@ -362,4 +391,12 @@ def describe(dataset: Dataset) -> str:
         target = f"{dataset.width} classes (labels 0..{dataset.width - 1})"
     else:
         target = f"float targets of width {dataset.output_dim}"
-    return f"{dataset.name}: {dataset.n_train} training / {dataset.n_val} validation samples; inputs {inputs}; {target}"
+    weights = (
+        ""
+        if dataset.w_train is None
+        else f"; sample weights (w_train) {dataset.w_train.min():.3g}..{dataset.w_train.max():.3g}"
+    )
+    return (
+        f"{dataset.name}: {dataset.n_train} training / {dataset.n_val} validation samples; inputs {inputs}; {target}"
+        f"{weights}"
+    )

@@ -33,11 +33,14 @@ class TrainState(NamedTuple):
 
 class Batches(NamedTuple):
     """Everything a run of steps reads. x: one tensor [N, *shape] per model input; y: [N] class ids or
-    [N] / [N, k] float targets; eps: [N] sample weights; index: [T, B_max] (-1 padded), size: [T], lr: [T]."""
+    [N] / [N, k] float targets; eps: [N] each sample's loss weight, eps_i * w_i (eps_i: 1 as trained, 0 removed;
+    w_i: its weight from the data and the class weights); weight: [N] w_i; index: [T, B_max] (-1 padded),
+    size: [T], lr: [T]."""
 
     x: tuple[tf.Tensor, ...]
     y: tf.Tensor
     eps: tf.Tensor
+    weight: tf.Tensor
     index: tf.Tensor
     size: tf.Tensor
     lr: tf.Tensor
@@ -66,13 +69,17 @@ def make_batches(
     dtype: str,
     task: Task,
     eps: np.ndarray | None = None,
+    weight: np.ndarray | None = None,
 ) -> Batches:
-    """Tensors for the compiled loops; eps defaults to ones (every sample at full weight)."""
-    eps = np.ones(y.shape[0]) if eps is None else eps
+    """Tensors for the compiled loops; eps [N] defaults to ones (every sample as trained), weight [N] (the samples'
+    weights w_i, Keras' sample_weight times class_weight) to ones. The loss weighs sample i by eps_i * w_i."""
+    eps = np.ones(y.shape[0]) if eps is None else np.asarray(eps, np.float64)
+    weight = np.ones(y.shape[0]) if weight is None else np.asarray(weight, np.float64)
     return Batches(
         x=as_inputs(x, dtype),
         y=as_targets(y, task, dtype),
-        eps=tf.constant(eps, dtype=dtype),
+        eps=tf.constant(eps * weight, dtype=dtype),
+        weight=tf.constant(weight, dtype=dtype),
         index=tf.constant(schedule.index, dtype=tf.int64),
         size=tf.constant(schedule.size, dtype=tf.int32),
         lr=tf.constant(schedule.lr, dtype=tf.float64),
@@ -91,8 +98,14 @@ class Recipe:
         self.optimizer = optimizer
         self.task = task
         self.dtype = tf.as_dtype(model.trainable_variables[0].dtype)
-        # Float non-trainables (BatchNorm statistics) carry an adjoint; integer ones (seed state) do not.
-        self.float_non_trainable = [v.dtype.startswith("float") for v in model.non_trainable_variables]
+        # Non-trainables that carry an adjoint: the float ones a step changes (BatchNorm statistics); not integer seed
+        # state, nor the weights of frozen layers (trainable=False: constant, so they cost the sweep nothing).
+        frozen = {
+            id(v) for layer in model._flatten_layers(include_self=False) if not layer.trainable for v in layer.weights
+        }
+        self.adjoint_non_trainable = [
+            v.dtype.startswith("float") and id(v) not in frozen for v in model.non_trainable_variables
+        ]
         # stateless_call passes keyword arguments to call() as they are; custom models may lack `training`.
         self._takes_training = "training" in inspect.signature(model.call).parameters
         use_twice_differentiable_batch_norm()
@@ -141,8 +154,8 @@ class Recipe:
         return TrainState(tensors[:n_t], tensors[n_t : n_t + n_nt], tensors[n_t + n_nt :])
 
     def differentiable(self, state: TrainState) -> TrainState:
-        """The part of the state that carries an adjoint (drops integer seed state)."""
-        nt = [v for v, is_float in zip(state.non_trainable, self.float_non_trainable) if is_float]
+        """The part of the state that carries an adjoint (drops integer seed state and frozen weights)."""
+        nt = [v for v, carries in zip(state.non_trainable, self.adjoint_non_trainable) if carries]
         return TrainState(state.trainable, nt, state.optimizer)
 
     # ----- math --------------------------------------------------------------------------------

@@ -34,7 +34,7 @@ from pipeline.kernels.training import Batches, Recipe, TrainState, raise_if_nonf
 
 class Hypergradients(NamedTuple):
     objective: float  # E at the final state
-    influence: np.ndarray  # [N] dE/d eps_i
+    influence: np.ndarray  # [N] dE/d eps_i (= w_i dE/d(loss weight of i); batches.eps holds eps_i w_i)
     input_grad: tuple[np.ndarray, ...]  # per model input [N, *shape]: dE/d x_i, in the training dtype
     replay_error: float  # max |state swept - stored checkpoint| at segment boundaries (0 when bit-exact)
 
@@ -80,9 +80,10 @@ class ReverseSweep:
 
     def _merge(self, state: TrainState, diff: TrainState) -> TrainState:
         """`state` with its differentiable tensors replaced by those of `diff` (so the tape sees them)."""
-        floats = iter(diff.non_trainable)
+        carried = iter(diff.non_trainable)
         nt = [
-            next(floats) if is_float else v for v, is_float in zip(state.non_trainable, self.recipe.float_non_trainable)
+            next(carried) if carries else v
+            for v, carries in zip(state.non_trainable, self.recipe.adjoint_non_trainable)
         ]
         return TrainState(list(diff.trainable), nt, list(diff.optimizer))
 
@@ -158,7 +159,7 @@ class ReverseSweep:
         )
         return Hypergradients(
             objective=float(value.numpy()),
-            influence=influence.numpy().astype(np.float64),
+            influence=influence.numpy().astype(np.float64) * batches.weight.numpy(),
             input_grad=tuple(g.numpy() for g in input_grad),
             replay_error=replay_error,
         )
@@ -260,7 +261,7 @@ class ReverseSweep:
         )
         return QueryHypergradients(
             objective=values.numpy().astype(np.float64),
-            influence=influence.numpy().T.astype(np.float64),
+            influence=influence.numpy().T.astype(np.float64) * batches.weight.numpy(),
             input_grad=tuple(np.moveaxis(g.numpy(), 1, 0) for g in grads),
             replay_error=replay_error,
         )

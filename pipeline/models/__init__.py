@@ -65,8 +65,27 @@ def build_model(
     finally:
         keras.config.set_floatx(previous_floatx)
         keras.config.set_dtype_policy(previous_policy)
+    _freeze(built, tuple(settings.freeze))
     _check_model(built, model.setting(settings), input_shapes, output_width, dtype)
     return built
+
+
+def _freeze(model: Any, names: tuple[str, ...]) -> None:
+    """model.freeze: set trainable=False on every layer whose name is an entry or starts with one (Keras then keeps
+    its weights, BatchNorm statistics included, at their initial values); an entry that matches no layer, or a
+    freeze that leaves nothing to train, is a ConfigError."""
+    if not names:
+        return
+    layers = [layer for layer in model._flatten_layers(include_self=False) if layer.weights]
+    for name in names:
+        matched = [layer for layer in layers if layer.name.startswith(name)]
+        if not matched:
+            known = ", ".join(layer.name for layer in layers)
+            raise ConfigError(f"model.freeze: no layer with weights is named {name!r} or starts with it ({known})")
+        for layer in matched:
+            layer.trainable = False
+    if not model.trainable_variables:
+        raise ConfigError(f"model.freeze={list(names)}: freezes every layer; nothing would be trained")
 
 
 def _check_model(
@@ -118,10 +137,43 @@ def _logistic(s: Any, input_shapes: dict[str, tuple[int, ...]], task: str, n_out
     return keras.Model(inputs, keras.layers.Dense(n_outputs, name="logits")(x), name="logistic")
 
 
+# model.augment: name -> the Keras layer it adds (factor arguments as Keras takes them; rotate: fraction of 2 pi)
+AUGMENTATIONS: dict[str, tuple[str, dict[str, Any]]] = {
+    "flip": ("RandomFlip", {"mode": "horizontal"}),
+    "translate": ("RandomTranslation", {"height_factor": 0.1, "width_factor": 0.1, "fill_mode": "constant"}),
+    "rotate": ("RandomRotation", {"factor": 0.05, "fill_mode": "constant"}),
+    "zoom": ("RandomZoom", {"height_factor": 0.1, "fill_mode": "constant"}),
+    "contrast": ("RandomContrast", {"factor": 0.2}),
+}
+
+
+def _augmented(keras: Any, s: Any, inputs: Any, input_shape: tuple[int, ...], seed: int) -> Any:
+    """inputs through model.augment's random layers (identity at inference; their seed state is part of the
+    recorded training state, as dropout's is), each seeded from the run's seed."""
+    if s.augment and len(input_shape) != 3:
+        raise ConfigError(
+            f"model.augment={list(s.augment)}: needs image inputs (height, width, channels); the input shape is "
+            f"{input_shape}"
+        )
+    if "rotate" in s.augment and keras.config.floatx() == "float64":
+        raise ConfigError(
+            "model.augment=rotate: Keras' RandomRotation fails in float64 (it mixes in a float32 constant); use "
+            "train.dtype=float32 or leave rotate out"
+        )
+    x = inputs
+    for i, name in enumerate(s.augment):
+        layer, arguments = AUGMENTATIONS[name]
+        x = getattr(keras.layers, layer)(**arguments, seed=seed * 100 + i, name=f"augment_{name}")(x)
+    return x
+
+
 def _mlp(s: Any, input_shapes: dict[str, tuple[int, ...]], task: str, n_outputs: int, seed: int) -> Any:
     import keras
 
-    inputs, x = _flat_input(keras, _one_input(s, input_shapes))
+    input_shape = _one_input(s, input_shapes)
+    inputs = keras.Input(shape=input_shape)
+    x = _augmented(keras, s, inputs, input_shape, seed)
+    x = keras.layers.Flatten()(x) if len(input_shape) > 1 else x
     for i, width in enumerate(s.hidden):
         x = keras.layers.Dense(width, name=f"dense_{i}")(x)
         if s.batch_norm:
@@ -141,9 +193,16 @@ def _cnn(s: Any, input_shapes: dict[str, tuple[int, ...]], task: str, n_outputs:
             f"model=cnn needs image data (height, width, channels); this data has input shape {input_shape}"
         )
     inputs = keras.Input(shape=input_shape)
-    x = inputs
+    x = _augmented(keras, s, inputs, input_shape, seed)
     for i, n_filters in enumerate(s.filters):
-        x = keras.layers.Conv2D(n_filters, s.kernel_size, padding="same", activation=s.activation, name=f"conv_{i}")(x)
+        if s.batch_norm:
+            x = keras.layers.Conv2D(n_filters, s.kernel_size, padding="same", name=f"conv_{i}")(x)
+            x = keras.layers.BatchNormalization(name=f"conv_batch_norm_{i}")(x)
+            x = keras.layers.Activation(s.activation, name=f"conv_act_{i}")(x)
+        else:  # one layer, as before batch_norm existed (recorded runs keep their layer names)
+            x = keras.layers.Conv2D(
+                n_filters, s.kernel_size, padding="same", activation=s.activation, name=f"conv_{i}"
+            )(x)
         x = keras.layers.MaxPooling2D(2, padding="same", name=f"pool_{i}")(x)
     x = keras.layers.Flatten()(x)
     if s.dropout > 0:
@@ -200,32 +259,32 @@ def _saved(s: Any, input_shapes: dict[str, tuple[int, ...]], task: str, output_w
 MODELS: dict[str, Model] = {
     m.name: m
     for m in (
-        Model("logistic", _logistic, (), "multinomial logistic regression: one Dense layer producing logits"),
+        Model("logistic", _logistic, ("freeze",), "multinomial logistic regression: one Dense layer producing logits"),
         Model(
             "mlp",
             _mlp,
-            ("hidden", "activation", "dropout", "batch_norm"),
+            ("hidden", "activation", "dropout", "batch_norm", "augment", "freeze"),
             "Dense layers of model.hidden units, then logits",
             summary=("hidden", "activation"),
         ),
         Model(
             "cnn",
             _cnn,
-            ("filters", "kernel_size", "activation", "dropout"),
+            ("filters", "kernel_size", "activation", "dropout", "batch_norm", "augment", "freeze"),
             "Conv-Pool per model.filters, Dropout, Dense logits",
             summary=("filters", "activation"),
         ),
         Model(
             "custom",
             _custom,
-            ("builder", "from_logits"),
+            ("builder", "from_logits", "freeze"),
             "any Keras model a function `package.module:function` builds",
             source="builder",
         ),
         Model(
             "saved",
             _saved,
-            ("path", "from_logits"),
+            ("path", "from_logits", "freeze"),
             "a model saved with model.save(FILE.keras): its architecture and initial weights",
             source="path",
         ),

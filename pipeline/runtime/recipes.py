@@ -20,6 +20,7 @@ from pipeline.kernels.optimizers import FunctionalOptimizer
 from pipeline.kernels.schedule import Schedule, make_schedule
 from pipeline.kernels.task import make_task
 from pipeline.kernels.training import Recipe, as_inputs, as_targets
+from pipeline.methods import REGISTRY
 from pipeline.models import build_model
 
 
@@ -61,11 +62,41 @@ def output_weights(settings: Settings, dataset: Dataset) -> tuple[float, ...]:
     return tuple(weights)
 
 
+def sample_weights(settings: Settings, dataset: Dataset) -> np.ndarray | None:
+    """[N] weight w_i of each training sample in the training loss: the data's w_train times train.class_weight of
+    its class (Keras multiplies sample_weight and class_weight the same way); None when neither is given."""
+    weights = dataset.w_train
+    class_weight = settings.train.class_weight
+    if class_weight is not None:
+        if len(class_weight) != dataset.width:
+            raise ConfigError(
+                f"train.class_weight has {len(class_weight)} values; the data has {dataset.width} classes"
+            )
+        by_class = np.asarray(class_weight, np.float64)[dataset.y_train]
+        weights = by_class if weights is None else weights * by_class
+    if weights is not None and not weights.any():
+        raise ConfigError("train.class_weight: every training sample has weight 0")
+    return weights
+
+
+def check_weights_supported(settings: Settings, dataset: Dataset) -> None:
+    """Sample or class weights are differentiated exactly by the sweep methods; the per-sample estimators of a
+    validation derivative (tracin, lookahead, trak, ...) do not model them yet: ConfigError rather than scores that
+    ignore them."""
+    method = REGISTRY[settings.influence.method]
+    if sample_weights(settings, dataset) is None or method.sweep or method.measures != "validation":
+        return
+    which = "train.class_weight" if settings.train.class_weight is not None else "the data's sample weights (w_train)"
+    sweeps = ", ".join(name for name, m in REGISTRY.items() if m.sweep)
+    raise ConfigError(f"{which}: influence.method={method.name} does not model sample weights; use {sweeps}")
+
+
 def check_run(settings: Settings, dataset: Dataset) -> None:
     """Ray task body run before output.dir is claimed: builds the first seed's learning-rate schedule and model and
     checks them, the user's losses (recipe_for) and influence.output_weights. A custom builder that raises is one
     ConfigError naming it."""
     output_weights(settings, dataset)
+    check_weights_supported(settings, dataset)
     schedule_for(settings, dataset, settings.train.seeds[0])
     try:
         recipe_for(settings, dataset, settings.train.seeds[0])

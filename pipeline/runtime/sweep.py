@@ -7,8 +7,8 @@ import time
 from typing import Any
 
 import numpy as np
-from ray.experimental.tqdm_ray import tqdm
 
+from pipeline.cluster import worker_bar
 from pipeline.config import Settings
 from pipeline.data import Dataset
 from pipeline.io.files import write_json
@@ -40,7 +40,7 @@ def score_seed(settings: Settings, dataset: Dataset, seed: int, key: str) -> dic
     method = settings.influence.method
     horizon = None if method == "trajectory" else settings.influence.horizon or steps_per_epoch(schedule)
     every_state = run.kept_states()
-    bar = tqdm(total=min(schedule.n_steps, horizon or schedule.n_steps), desc=f"reverse sweep seed={seed}", unit="step")
+    bar = worker_bar(min(schedule.n_steps, horizon or schedule.n_steps), f"reverse sweep seed={seed}", "step")
     began, began_cpu = time.perf_counter(), time.process_time()
     result = ReverseSweep(recipe).run(
         states, states.steps, batches, x_val, y_val, progress=bar.update, horizon=horizon, every_state=every_state

@@ -7,8 +7,8 @@ import time
 from typing import Any
 
 import numpy as np
-from ray.experimental.tqdm_ray import tqdm
 
+from pipeline.cluster import worker_bar
 from pipeline.config import Settings
 from pipeline.data import Dataset
 from pipeline.io.checkpoints import StateLayout, save_state
@@ -19,7 +19,7 @@ from pipeline.io.tables import write_schedule
 from pipeline.kernels.schedule import checkpoint_steps
 from pipeline.kernels.training import as_inputs, as_targets, make_batches, raise_if_exploded, train
 from pipeline.methods import REGISTRY
-from pipeline.runtime.recipes import recipe_for, schedule_for
+from pipeline.runtime.recipes import recipe_for, sample_weights, schedule_for
 
 
 def train_seed(settings: Settings, dataset: Dataset, seed: int, key: str) -> dict[str, Any]:
@@ -30,7 +30,14 @@ def train_seed(settings: Settings, dataset: Dataset, seed: int, key: str) -> dic
     stored = checkpoint_steps(schedule.n_steps, settings.train.checkpoint_every)
     state_layout = recipe.state_layout()
     write_schedule(layout.schedule(seed), schedule)
-    batches = make_batches(list(dataset.x_train.values()), dataset.y_train, schedule, settings.train.dtype, recipe.task)
+    batches = make_batches(
+        list(dataset.x_train.values()),
+        dataset.y_train,
+        schedule,
+        settings.train.dtype,
+        recipe.task,
+        weight=sample_weights(settings, dataset),
+    )
     x_val = as_inputs(list(dataset.x_val.values()), recipe.dtype)
     y_val = as_targets(dataset.y_val, recipe.task, recipe.dtype)
 
@@ -53,7 +60,7 @@ def train_seed(settings: Settings, dataset: Dataset, seed: int, key: str) -> dic
         writer.write(start, segment)
         io_seconds += time.perf_counter() - began
 
-    bar = tqdm(total=schedule.n_steps, desc=f"train seed={seed}", unit="step")
+    bar = worker_bar(schedule.n_steps, f"train seed={seed}", "step")
     began, began_cpu = time.perf_counter(), time.process_time()
     try:
         final = train(recipe, initial, batches, stored, save, progress=bar.update, on_segment=keep if writer else None)
