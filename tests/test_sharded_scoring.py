@@ -80,7 +80,19 @@ def test_tracin_shards_equal_the_in_process_result(ray_session, tmp_path):
     np.testing.assert_allclose(scores[0], _in_process_tracin(tmp_path, settings), rtol=1e-10)
 
 
-@pytest.mark.parametrize("method", ["lookahead", "loss", "saliency", "sensitivity"])
+# about a minute each on 2 cores: one stays in the default run, the others run with -m slow
+SLOW = pytest.mark.slow
+
+
+@pytest.mark.parametrize(
+    "method",
+    [
+        pytest.param("lookahead", marks=SLOW),
+        pytest.param("loss", marks=SLOW),
+        pytest.param("saliency", marks=SLOW),
+        "sensitivity",
+    ],
+)
 def test_other_sharded_methods_cover_every_sample(ray_session, tmp_path, method):
     execute(sharded_settings(tmp_path, method=method))
     influence = _scores(tmp_path, method)[0]
@@ -89,6 +101,7 @@ def test_other_sharded_methods_cover_every_sample(ray_session, tmp_path, method)
         assert np.all(influence >= 0)
 
 
+@pytest.mark.slow  # a killed actor and its replacement: about 1.5 minutes
 def test_killed_worker_is_retried_and_the_run_completes(ray_session, tmp_path, kill_at_shard):
     reference_dir = tmp_path / "reference"
     execute(sharded_settings(reference_dir))
@@ -100,6 +113,7 @@ def test_killed_worker_is_retried_and_the_run_completes(ray_session, tmp_path, k
     assert (run_dir / "_SUCCESS").exists()
 
 
+@pytest.mark.slow  # about 1.5 minutes (tests/test_faults.py keeps resume checks in the default run)
 def test_failed_run_resumes_without_redoing_finished_shards(ray_session, tmp_path, kill_at_shard):
     kill_at_shard(3)
     settings = sharded_settings(tmp_path, cluster=ClusterSettings(max_retries=0))

@@ -100,6 +100,7 @@ def ray_head(tmp_path):
         os.killpg(head.pid, signal.SIGKILL)
 
 
+@pytest.mark.slow  # starts a Ray head and submits a job: about 1.5 minutes
 def test_submit_script_runs_the_pipeline_as_a_ray_job(ray_head, tmp_path):
     address, env = ray_head
     out = tmp_path / "job"

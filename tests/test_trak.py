@@ -38,6 +38,7 @@ def _scores(root, seed=0):
     return table
 
 
+@pytest.mark.slow  # about 2 minutes; test_queries_are_matrix_products... runs the map-reduce in the default run
 def test_map_reduce_equals_one_process_and_resumes(ray_session, tmp_path, capsys):
     settings = _trak(tmp_path)
     payload = execute(settings)
