@@ -39,6 +39,9 @@ class Method:
     # "training loss" (a ranking by the final model's loss) or "output" (the trained model's output w . f(x))
     measures: str = "validation"
     signed: bool = True  # False: a ranking score (larger = more suspicious), with no helpful side
+    # True: estimates the effect expected over retrainings (over training's randomness), which is what retraining
+    # measures; the report advises it when training is not smooth enough for the exact derivative to predict removals
+    over_retrainings: bool = False
 
     @property
     def options(self) -> tuple[str, ...]:
@@ -140,6 +143,7 @@ REGISTRY: dict[str, Method] = {
             "TRAK: -slope_i phi_E^T (Phi^T Phi + lambda I)^-1 phi_i with projected output-function gradients phi",
             features=True,
             queries=True,
+            over_retrainings=True,
         ),
     )
 }

@@ -31,6 +31,7 @@ from pipeline.io.fingerprint import fingerprint
 from pipeline.io.layout import RunLayout
 from pipeline.io.lock import RunLock, refuse_if_busy
 from pipeline.io.manifest import Manifest, foreign_entries
+from pipeline.results import StageResult
 from pipeline.stage_registry import STAGES, in_order
 from pipeline.stages import queries
 from pipeline.stages.context import RunContext
@@ -40,10 +41,13 @@ INTERRUPTED = "interrupted; rerun the same command to resume"
 
 
 def data_fingerprint(dataset: Dataset) -> str:
-    """The task, the model's input order and a content hash of every train and validation array (io.fingerprint)."""
+    """The task, the model's input order and a content hash of every train and validation array, the sample weights
+    among them when the data has any (io.fingerprint)."""
     arrays = {f"x_train.{k}": v for k, v in dataset.x_train.items()} | {
         f"x_val.{k}": v for k, v in dataset.x_val.items()
     }
+    if dataset.w_train is not None:
+        arrays["w_train"] = dataset.w_train
     order = ",".join(dataset.input_names)
     return f"{dataset.task}:{order}:{fingerprint(arrays | {'y_train': dataset.y_train, 'y_val': dataset.y_val})}"
 
@@ -87,9 +91,9 @@ def execute(settings: Settings) -> dict[str, Any]:
         try:
             for stage in in_order(settings.stages):
                 began = time.perf_counter()
-                details = stage.run(context)
-                manifest.record_stage(stage.name, time.perf_counter() - began, details)
-                for line in stage.lines(details):
+                result: StageResult = stage.run(context)
+                manifest.record_stage(stage.name, time.perf_counter() - began, result)
+                for line in stage.lines(result):
                     print(line)
         except KeyboardInterrupt:
             manifest.finish("interrupted", error=INTERRUPTED)

@@ -59,7 +59,7 @@ def test_ranking_combines_seeds_and_shards(tmp_path):
     ranking = pq.read_table(tmp_path / "ranking.parquet")
     assert ranking.schema.metadata[b"sign_convention"].decode() == SIGN_CONVENTION
     rows = {r["sample_id"]: r for r in ranking.to_pylist()}
-    assert len(rows) == N and details["rows"] == N
+    assert len(rows) == N and details.rows == N
     mean = (INFLUENCE[0] + INFLUENCE[1]) / 2
     std = np.abs(INFLUENCE[0] - INFLUENCE[1]) / 2  # population std of two values
     for i in range(N):
@@ -73,14 +73,14 @@ def test_ranking_combines_seeds_and_shards(tmp_path):
     # Seeds agree on ranks except for samples 0/5 and 2: Spearman of the two influence vectors.
     from scipy.stats import spearmanr
 
-    assert details["seed_agreement"]["trajectory"] == pytest.approx(spearmanr(INFLUENCE[0], INFLUENCE[1]).statistic)
+    assert details.seed_agreement["trajectory"] == pytest.approx(spearmanr(INFLUENCE[0], INFLUENCE[1]).statistic)
 
 
 def test_one_seed_has_zero_std_and_no_agreement_figure(tmp_path):
     details = aggregate.run(_write_scores(tmp_path, seeds=(0,)))
     ranking = pq.read_table(tmp_path / "ranking.parquet")
     assert set(ranking["influence_std"].to_pylist()) == {0.0}
-    assert details["seed_agreement"] == {"trajectory": None}
+    assert details.seed_agreement == {"trajectory": None}
 
 
 @pytest.mark.parametrize("kind,kwargs", [("missing", {"drop": 3}), ("duplicated", {"duplicate": 2})])
@@ -116,7 +116,7 @@ def test_methods_scored_from_one_trajectory_are_ranked_together(tmp_path):
     context = _write_scores(tmp_path, method="trajectory")
     details = aggregate.run(context)
     ranking = pq.read_table(tmp_path / "ranking.parquet")
-    assert details["methods"] == ["tracin", "trajectory"] and ranking.num_rows == 2 * N
+    assert list(details.methods) == ["tracin", "trajectory"] and ranking.num_rows == 2 * N
     tracin = {r["sample_id"]: r for r in ranking.to_pylist() if r["method"] == "tracin"}
     assert all(tracin[i]["n_seeds"] == 1 and tracin[i]["influence_mean"] == INFLUENCE[0][i] for i in range(N))
 

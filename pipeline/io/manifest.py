@@ -1,4 +1,5 @@
-"""manifest.json: resolved config, package versions, sign convention, stage timings and run status.
+"""manifest.json: resolved config, package versions, sign convention, stage records (wall seconds and the stage's
+typed result, pipeline.results) and run status.
 
 Only the driver writes it, under the run lock. Whether earlier results may be reused is decided per
 artifact (io.arguments), not here: the manifest describes the latest run in the directory. A directory is a
@@ -16,6 +17,7 @@ from pipeline.config import Settings
 from pipeline.io.files import read_json, write_json
 from pipeline.io.layout import RunLayout
 from pipeline.io.tables import SIGN_CONVENTION
+from pipeline.results import StageResult, stage_record
 
 PACKAGES = (
     "influence-pipeline",
@@ -99,8 +101,9 @@ class Manifest:
     def save(self) -> None:
         write_json(self.layout.manifest, self.payload)
 
-    def record_stage(self, stage: str, seconds: float, details: dict[str, Any]) -> None:
-        self.payload["stages"][stage] = {"seconds": round(seconds, 3), **details}
+    def record_stage(self, stage: str, seconds: float, result: StageResult) -> None:
+        """Record a stage's wall seconds and its typed result (results.stage_record), and save."""
+        self.payload["stages"][stage] = stage_record(result, seconds)
         self.save()
 
     def record_data(self, summary: dict[str, Any]) -> None:

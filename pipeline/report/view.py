@@ -9,23 +9,27 @@ from __future__ import annotations
 
 import base64
 import math
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 from markupsafe import Markup
 
 from pipeline import ensembles, smoothness
 from pipeline.config import OPTIMIZER_COMMON, OPTIMIZER_KERNELS, OPTIMIZERS, SCHEDULE_SETTINGS
-from pipeline.methods import REGISTRY
+from pipeline.methods import REGISTRY, Method
+from pipeline.models import MODELS
 from pipeline.report import figures
 from pipeline.report.inputs import Ranking, Verify, mean_input_grads
 from pipeline.report.queries import DIRECTIONS, Queries, Query, predictions
+from pipeline.results import AggregateResult, Ladder, SmoothnessCheck, TrainResult, VerifyResult, stage_seconds
 
 if TYPE_CHECKING:
     from pipeline.data import Dataset
+
+R = TypeVar("R")
 
 TOP_K = 12
 STAGE_ORDER = ("train", "score", "aggregate", "verify", "report")
@@ -272,8 +276,15 @@ def _values_text(values: np.ndarray, fmt: Callable[[Any], str]) -> str:
     return shown if flat.size <= VALUES_SHOWN else f"{shown}, … ({flat.size} values)"
 
 
+def _method(name: Any) -> Method | None:
+    """The registry's entry of a method named in the run's files; None for a name it does not know."""
+    return REGISTRY.get(name) if isinstance(name, str) else None
+
+
 def _wording(method: str) -> Wording:
-    return SENSITIVE if method == "sensitivity" else ERROR
+    """SENSITIVE for a method whose scores are about the model's output (methods.Method.measures), else ERROR."""
+    known = _method(method)
+    return SENSITIVE if known is not None and known.measures == "output" else ERROR
 
 
 def _grad_name(wording: Wording, name: str) -> str:
@@ -325,14 +336,11 @@ class Header:
 
 
 def _model_text(model: dict[str, Any]) -> str:
+    """'mlp (hidden=[64], activation=tanh)': the model.* settings the model reads (models.MODELS) that are set."""
     name = model.get("name", "?")
-    details = {
-        "mlp": ("hidden", "activation", "dropout", "batch_norm"),
-        "cnn": ("filters", "kernel_size", "dropout", "batch_norm"),
-        "custom": ("builder", "from_logits"),
-        "saved": ("path", "from_logits"),
-    }.get(name, ())
-    parts = [f"{key}={model[key]}" for key in details if key in model and model[key] not in (None, False, 0, 0.0)]
+    reads = MODELS[name].settings if name in MODELS else ()
+    unset: tuple[Any, ...] = (None, False, 0, 0.0, [], ())
+    parts = [f"{key}={model[key]}" for key in reads if key in model and model[key] not in unset]
     return f"{name} ({', '.join(parts)})" if parts else str(name)
 
 
@@ -373,7 +381,8 @@ def _settings(config: dict[str, Any], dataset: Dataset) -> KeyValues:
         *([("label smoothing", _fmt(train["label_smoothing"]))] if train.get("label_smoothing") else []),
         ("method", influence.get("method")),
     ]
-    if influence.get("method") == "sensitivity":
+    method = _method(influence.get("method"))
+    if method is not None and "output_weights" in method.settings:
         weights = influence.get("output_weights")
         settings.append(("output weights w", ", ".join(_fmt(w) for w in weights) if weights else "ones"))
     else:
@@ -406,6 +415,13 @@ def _data(dataset: Dataset) -> KeyValues:
     )
 
 
+def _stage(manifest: dict[str, Any], name: str, read: Callable[[Mapping[str, Any]], R]) -> R | None:
+    """The manifest's record of stage `name` read by `read` (the from_json of its pipeline.results type); None when
+    the stage has no record."""
+    record = (manifest.get("stages") or {}).get(name)
+    return read(record) if isinstance(record, Mapping) else None
+
+
 def _run(manifest: dict[str, Any], final_status: str | None) -> KeyValues:
     """Status (with the manifest's error unless final_status overrides it), config hash and stage times."""
     stages = manifest.get("stages") or {}
@@ -416,60 +432,62 @@ def _run(manifest: dict[str, Any], final_status: str | None) -> KeyValues:
         ("config hash", _cell(str(manifest.get("config_hash", "–")))),
     ]
     order = [s for s in STAGE_ORDER if s in stages] + sorted(s for s in stages if s not in STAGE_ORDER)
-    timed = [(name, stages[name].get("seconds")) for name in order if isinstance(stages[name], dict)]
+    timed = [(name, stage_seconds(stages[name])) for name in order if isinstance(stages[name], Mapping)]
     rows += [(f"{name} stage", _cell(f"{seconds:.1f} s" if seconds is not None else "–")) for name, seconds in timed]
     if timed:
         rows.append(("stages total", _cell(f"{sum(s for _, s in timed if s is not None):.1f} s")))
     return tuple(rows)
 
 
-def _training(stages: dict[str, Any], classification: bool) -> Table | None:
+def _training(train: TrainResult | None, classification: bool) -> Table | None:
     """Validation loss (and accuracy), steps and seconds of each trained seed."""
-    trained = (stages.get("train") or {}).get("seeds") or {}
+    trained = train.seeds if train is not None else {}
     if not trained:
         return None
     header = ("seed", "val_loss", *(("val_accuracy",) if classification else ()), "steps", "seconds")
     rows = [
-        [str(seed), _fmt(s.get("val_loss"))]
-        + ([_fmt(s.get("val_accuracy"))] if classification else [])
-        + [_fmt(s.get("n_steps")), f"{s.get('seconds', float('nan')):.1f}"]
+        [str(seed), _fmt(s.val_loss)]
+        + ([_fmt(s.val_accuracy)] if classification else [])
+        + [_fmt(s.n_steps), f"{s.seconds if s.seconds is not None else float('nan'):.1f}"]
         for seed, s in trained.items()
     ]
     return _table(header, rows, numeric=range(len(header)))
 
 
-def _verdict(stages: dict[str, Any]) -> Verdict:
+def _verdict(smooth: SmoothnessCheck | None) -> Verdict:
     """Do these scores predict removing samples from this run (verify smoothness)?"""
-    smooth = (stages.get("verify") or {}).get("smoothness")
-    if not smooth:
+    if smooth is None:
         return Verdict(None)
-    kind = str(smooth.get("verdict"))
-    return Verdict(kind, VERDICT_TITLES.get(kind, kind), str(smooth.get("explanation", "")))
+    kind = str(smooth.verdict)
+    return Verdict(kind, VERDICT_TITLES.get(kind, kind), smooth.explanation or "")
 
 
-def _trust(stages: dict[str, Any], methods: Sequence[str]) -> Trust | None:
-    """Which method's scores to trust for "what if I retrain without these samples", and why (None: no advice)."""
-    verdict = ((stages.get("verify") or {}).get("smoothness") or {}).get("verdict")
-    agreement = (stages.get("aggregate") or {}).get("seed_agreement") or {}
-    if verdict == "smooth" and "trajectory" in methods:
-        choice, why = "trajectory", "training is smooth here, so the exact derivative of this run predicts removals."
-    elif "trak" in methods:
+def _trust(verdict: str | None, agreement: Mapping[str, float | None], methods: Sequence[str]) -> Trust | None:
+    """Which method's scores to trust for "what if I retrain without these samples", and why (None: no advice).
+    verdict: of verify's smoothness check; agreement: the seeds' mean Spearman per method (stage aggregate)."""
+    known = {m: REGISTRY[m] for m in methods if m in REGISTRY}
+    exact = [m for m, method in known.items() if method.exact]
+    expected = [m for m, method in known.items() if method.over_retrainings]
+    if verdict == "smooth" and exact:
+        choice, why = exact[0], "training is smooth here, so the exact derivative of this run predicts removals."
+    elif expected:
         why = "it estimates the effect over training randomness, which is what retraining measures"
         if verdict in ("groups-only", "non-smooth"):
             why += ", while training here is not smooth enough for the exact derivative to predict removals."
-        elif "trajectory" in methods:
+        elif exact:
             why += (
                 "; the exact scores stay the derivative of this one run (add verify to check whether they predict "
                 "removals)."
             )
         else:
             why += "."
-        choice = "trak"
+        choice = expected[0]
     elif verdict in ("groups-only", "non-smooth"):
         choice = "an ensemble over seeds"
+        alternatives = "".join(f", or add influence={m}" for m, method in REGISTRY.items() if method.over_retrainings)
         why = (
             "training here is not smooth, so one run's derivative mostly reflects its randomness; score several "
-            "train.seeds with aggregate.ensemble=standardized, or add influence=trak."
+            f"train.seeds with aggregate.ensemble=standardized{alternatives}."
         )
     else:
         return None
@@ -481,19 +499,22 @@ def _trust(stages: dict[str, Any], methods: Sequence[str]) -> Trust | None:
 def _header(
     manifest: dict[str, Any], run_dir: Path, dataset: Dataset, methods: Sequence[str], final_status: str | None
 ) -> Header:
-    stages = manifest.get("stages") or {}
+    verify = _stage(manifest, "verify", VerifyResult.from_json)
+    smooth = verify.smoothness if verify is not None else None
+    aggregate = _stage(manifest, "aggregate", AggregateResult.from_json) or AggregateResult()
     wordings = {_wording(m) for m in methods}
     signs = ((SIGN_CONVENTION,) if ERROR in wordings else ()) + ((SENSITIVITY,) if SENSITIVE in wordings else ())
+    verdict = smooth.verdict if smooth is not None else None
     return Header(
         run_dir=str(run_dir.resolve()),
         # the verdict is about the exact derivative
-        verdict=_verdict(stages) if any(m in REGISTRY and REGISTRY[m].exact for m in methods) else None,
-        trust=_trust(stages, methods) if ERROR in wordings else None,
+        verdict=_verdict(smooth) if any(m in REGISTRY and REGISTRY[m].exact for m in methods) else None,
+        trust=_trust(verdict, aggregate.seed_agreement, methods) if ERROR in wordings else None,
         signs=signs,
         settings=_settings(manifest.get("config") or {}, dataset),
         data=_data(dataset),
         run=_run(manifest, final_status),
-        training=_training(stages, dataset.task == "classification"),
+        training=_training(_stage(manifest, "train", TrainResult.from_json), dataset.task == "classification"),
         versions=", ".join(f"{k} {v}" for k, v in (manifest.get("versions") or {}).items()),
     )
 
@@ -817,8 +838,8 @@ class SeedAgreement:
 
 
 def _seed_agreement(manifest: dict[str, Any], rankings: list[Ranking]) -> SeedAgreement:
-    aggregate = (manifest.get("stages") or {}).get("aggregate") or {}
-    recorded, scales = aggregate.get("seed_agreement") or {}, aggregate.get("seed_scale") or {}
+    aggregate = _stage(manifest, "aggregate", AggregateResult.from_json) or AggregateResult()
+    recorded, scales = aggregate.seed_agreement, aggregate.seed_scale
     rows, disagreeing = [], []
     for ranking in rankings:
         n_seeds = _n_seeds(ranking)
@@ -834,7 +855,7 @@ def _seed_agreement(manifest: dict[str, Any], rankings: list[Ranking]) -> SeedAg
         seed_scale = scales.get(ranking.method) or {}
         shown = ", ".join(f"{seed}: {_fmt(v)}" for seed, v in seed_scale.items()) if len(seed_scale) > 1 else "–"
         rows.append([ranking.method, str(n_seeds), text, shown])
-    rule = str(aggregate.get("ensemble", "mean"))
+    rule = aggregate.ensemble or "mean"
     return SeedAgreement(
         rule=rule,
         disagreeing=", ".join(disagreeing),
@@ -1078,7 +1099,7 @@ class Loo:
 class Replay:
     """A float32 run's influence against a float64 replay of it."""
 
-    n: int
+    n: str
     median_relative_error: str
     spearman: str
 
@@ -1122,27 +1143,28 @@ def _loo(verify: Verify) -> Loo | None:
     return Loo(_image(png, "leave-one-out predicted vs actual change"), len(verify.loo["sample_id"]), text)
 
 
-def _smoothness(smooth: dict[str, Any]) -> Smoothness:
+def _smoothness(smooth: SmoothnessCheck) -> Smoothness:
     groups = {
         f"random groups of {float(kind.split()[-1]):.0%}" if kind.startswith("group ") else kind: v
-        for kind, v in smooth["groups"].items()
+        for kind, v in smooth.groups.items()
     }
-    ladders = {"single samples": smooth["single"], **groups}
-    steps = smooth["single"]["steps"]
+    single = smooth.single or Ladder()
+    ladders = {"single samples": single, **groups}
+    steps = single.steps
     rows = [
-        [kind, *(_fmt(m) for m in ladder["median_deviation"]), _fmt(ladder["linear_up_to"])]
+        [kind, *(_fmt(m) for m in ladder.median_deviation), _fmt(ladder.linear_up_to)]
         for kind, ladder in ladders.items()
     ]
-    png = figures.smoothness_ladder(steps, {kind: ladder["median_deviation"] for kind, ladder in ladders.items()})
+    png = figures.smoothness_ladder(steps, {kind: ladder.median_deviation for kind, ladder in ladders.items()})
     header = ("unit", *(f"s={_fmt(s)}" for s in steps), "linear up to s")
-    replay = smooth.get("float64_replay")
+    replay = smooth.float64_replay
     return Smoothness(
         table=_table(header, rows, numeric=range(1, len(header))),
         image=_image(png, "smoothness ladder"),
         max_deviation=f"{smoothness.MAX_DEVIATION:g}",
-        initial_perturbation=_fmt(smooth.get("initial_perturbation")),
-        growth=_fmt(smooth.get("perturbation_growth")),
-        replay=Replay(replay["n"], _fmt(replay["median_relative_error"]), _fmt(replay["spearman"])) if replay else None,
+        initial_perturbation=_fmt(smooth.initial_perturbation),
+        growth=_fmt(smooth.perturbation_growth),
+        replay=Replay(_fmt(replay.n), _fmt(replay.median_relative_error), _fmt(replay.spearman)) if replay else None,
     )
 
 
@@ -1157,10 +1179,10 @@ def _gradcheck_text(kind: str) -> str:
     return ""
 
 
-def _gradcheck(verify: Verify) -> Gradcheck | None:
+def _gradcheck(verify: Verify, step: float | None) -> Gradcheck | None:
+    """The gradient check's table and figure (from gradcheck.parquet); step: the finite-difference step h."""
     if verify.gradcheck is None or not len(verify.gradcheck["sample_id"]):
         return None
-    step = verify.summary.get("fd_step")
     rows = [
         [kind, _gradcheck_text(kind), str(n), f"{median:.2e}", f"{high:.2e}"]
         for kind, n, median, high in verify.gradcheck_rows()
@@ -1177,8 +1199,9 @@ def _gradcheck(verify: Verify) -> Gradcheck | None:
 
 def _verify_section(verify: Verify, method: str | None) -> VerifySection:
     """Leave-one-out, smoothness ladder and gradient check; method: the one the verify stage checked."""
-    smooth = verify.summary.get("smoothness")
-    return VerifySection(method, _loo(verify), _smoothness(smooth) if smooth else None, _gradcheck(verify))
+    summary = VerifyResult.from_json(verify.summary)  # the manifest's record of stage verify
+    smooth = _smoothness(summary.smoothness) if summary.smoothness is not None else None
+    return VerifySection(method, _loo(verify), smooth, _gradcheck(verify, summary.fd_step))
 
 
 # ---------------------------------------------------------------------------------------------- page

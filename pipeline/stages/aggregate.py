@@ -10,8 +10,6 @@ scale (root mean square) go to the manifest.
 
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -22,6 +20,7 @@ from pipeline.errors import ConfigError, DataError
 from pipeline.io.files import read_json
 from pipeline.io.layout import RunLayout
 from pipeline.io.tables import SIGN_CONVENTION, read_parts, target_array, target_field, write_table
+from pipeline.results import AggregateResult, SeedPair
 from pipeline.stages import queries
 from pipeline.stages.context import RunContext
 
@@ -58,7 +57,7 @@ def read_scores(layout: RunLayout, method: str, seeds: tuple[int, ...], n_train:
     return pa.concat_tables(tables)
 
 
-def run(context: RunContext) -> dict[str, Any]:
+def run(context: RunContext) -> AggregateResult:
     """ranking.parquet over every method scored from this trajectory, each over the seeds it has."""
     layout, settings, dataset = context.layout, context.settings, context.dataset
     methods = scored_methods(layout, context.trajectory_key)
@@ -66,7 +65,10 @@ def run(context: RunContext) -> dict[str, Any]:
         raise ConfigError(
             f"stages: aggregate needs {settings.influence.method} scores in {layout.root}; add score to stages"
         )
-    rankings, agreement, pairs, scales = [], {}, {}, {}
+    rankings = []
+    agreement: dict[str, float | None] = {}
+    pairs: dict[str, tuple[SeedPair, ...]] = {}
+    scales: dict[str, dict[str, float]] = {}
     rule = settings.aggregate.ensemble
     for method in methods:
         seeds = tuple(sorted(int(p.name.split("=", 1)[1]) for p in layout.method_dir(method).glob("seed=*")))
@@ -79,7 +81,7 @@ def run(context: RunContext) -> dict[str, Any]:
         per_seed = scores["influence"].to_numpy().reshape(len(seeds), -1)
         rankings.append(rank(scores, method, ensembles.combine(per_seed, rule)))
         agreement[method] = metrics.mean_pairwise_spearman(per_seed)
-        pairs[method] = ensembles.pairwise_spearman(per_seed, list(seeds))
+        pairs[method] = tuple(SeedPair.from_json(p) for p in ensembles.pairwise_spearman(per_seed, list(seeds)))
         scales[method] = {str(seed): float(v) for seed, v in zip(seeds, ensembles.scale(per_seed))}
     ranking = with_targets(pa.concat_tables(rankings), dataset)
     metadata = {
@@ -88,17 +90,15 @@ def run(context: RunContext) -> dict[str, Any]:
         "trajectory_key": context.trajectory_key,
     }
     write_table(ranking.replace_schema_metadata(metadata), layout.ranking)
-    details = {
-        "rows": ranking.num_rows,
-        "methods": list(methods),
-        "ensemble": rule,
-        "seed_agreement": agreement,
-        "seed_agreement_pairs": pairs,
-        "seed_scale": scales,
-    }
-    if settings.influence.queries != "mean":
-        details["query_top"] = queries.write_query_top(context)
-    return details
+    return AggregateResult(
+        rows=ranking.num_rows,
+        methods=tuple(methods),
+        ensemble=rule,
+        seed_agreement=agreement,
+        seed_agreement_pairs=pairs,
+        seed_scale=scales,
+        query_top=queries.write_query_top(context) if settings.influence.queries != "mean" else None,
+    )
 
 
 def rank(scores: pa.Table, method: str, ensemble: np.ndarray) -> pa.Table:

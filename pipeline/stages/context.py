@@ -1,4 +1,5 @@
-"""What every stage receives: `run(context) -> details` (details go to the manifest)."""
+"""What every stage receives: `run(context) -> result`, a pipeline.results dataclass (the manifest records its
+to_json())."""
 
 from __future__ import annotations
 

@@ -40,6 +40,7 @@ from pipeline.io.queries import (
     write_top,
 )
 from pipeline.methods import REGISTRY
+from pipeline.results import QuerySeed, QueryTop, ScoreQueries
 from pipeline.runtime.jobs import query_labels, query_weights
 from pipeline.stages import score_trak
 from pipeline.stages.context import RunContext
@@ -95,9 +96,9 @@ def claim(settings: Settings, dataset: Dataset, layout: RunLayout, trajectory_ke
     return arguments.key_of(recorded)
 
 
-def run(context: RunContext) -> dict[str, Any]:
-    """Compute every seed's missing or bad query batches; returns {"queries", "n_queries", "parts",
-    "wall_seconds" (of all the batch tasks, in parallel over the workers), "seeds"}."""
+def run(context: RunContext) -> ScoreQueries:
+    """Compute every seed's missing or bad query batches; returns the queries, their parts, the wall seconds of all
+    the batch tasks (in parallel over the workers) and each seed's summary (also written to its _summary.json)."""
     settings, layout, dataset = context.settings, context.layout, context.dataset
     method, n_train = settings.influence.method, dataset.n_train
     plan = batches(query_ids(settings, dataset), settings.influence.query_batch)
@@ -138,28 +139,22 @@ def run(context: RunContext) -> dict[str, Any]:
                 f"{layout.queries_dir(method, seed)}: query parts {[b[0] for b in missing]} still missing after scoring"
             )
         computed = [d for d in done if d["seed"] == seed]
-        summary = {
-            "seed": seed,
-            "queries": settings.influence.queries,
-            "n_queries": n_queries,
-            "parts": len(plan),
-            "parts_computed": len(computed),
-            "seconds": round(sum(d["seconds"] for d in computed), 4),
+        summary = QuerySeed(
+            seed=seed,
+            queries=settings.influence.queries,
+            n_queries=n_queries,
+            parts=len(plan),
+            parts_computed=len(computed),
+            seconds=round(sum(d["seconds"] for d in computed), 4),
             # per worker: the queries of this run's batches over the summed seconds of their sweeps
-            "queries_per_second": round(sum(d["n_queries"] for d in computed) / sum(d["seconds"] for d in computed), 4)
+            queries_per_second=round(sum(d["n_queries"] for d in computed) / sum(d["seconds"] for d in computed), 4)
             if computed
             else None,
-            "replayed": any(d["replayed"] for d in computed) if computed else None,
-        }
-        write_json(layout.query_summary(method, seed), summary)
+            replayed=any(d["replayed"] for d in computed) if computed else None,
+        )
+        write_json(layout.query_summary(method, seed), summary.to_json())
         summaries[str(seed)] = summary
-    return {
-        "queries": settings.influence.queries,
-        "n_queries": n_queries,
-        "parts": len(plan),
-        "wall_seconds": round(wall_seconds, 4),
-        "seeds": summaries,
-    }
+    return ScoreQueries(settings.influence.queries, n_queries, len(plan), round(wall_seconds, 4), summaries)
 
 
 def predict(context: RunContext, plan: list[Batch]) -> None:
@@ -183,9 +178,9 @@ def predict(context: RunContext, plan: list[Batch]) -> None:
     )
 
 
-def write_query_top(context: RunContext) -> dict[str, Any]:
+def write_query_top(context: RunContext) -> QueryTop:
     """query_top.parquet from the query parts of every seed of this run, one query batch at a time
-    (io.queries.top_k); influence is the mean over seeds. Returns {"rows", "k"}."""
+    (io.queries.top_k); influence is the mean over seeds. Returns its rows and k."""
     settings, layout, dataset = context.settings, context.layout, context.dataset
     method, n_train, k = settings.influence.method, dataset.n_train, settings.influence.query_top_k
     plan = batches(query_ids(settings, dataset), settings.influence.query_batch)
@@ -205,4 +200,4 @@ def write_query_top(context: RunContext) -> dict[str, Any]:
         "artifact_key": context.require_queries_key(),
     }
     rows = write_top(top_k(parts_by_seed, n_train, k), layout.query_top, metadata)
-    return {"rows": rows, "k": min(k, n_train)}
+    return QueryTop(rows, min(k, n_train))

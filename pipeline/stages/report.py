@@ -6,15 +6,14 @@ It runs last and only after every earlier stage succeeded, so the page states th
 
 from __future__ import annotations
 
-from typing import Any
-
 from pipeline.errors import ConfigError
 from pipeline.report import write_report
+from pipeline.results import ReportResult
 from pipeline.stages.context import RunContext
 
 
-def run(context: RunContext) -> dict[str, Any]:
+def run(context: RunContext) -> ReportResult:
     layout = context.layout
     if not layout.ranking.exists():
         raise ConfigError(f"stages: report needs {layout.ranking}; add aggregate to stages")
-    return {"path": str(write_report(layout.root, context.dataset, final_status="succeeded"))}
+    return ReportResult(str(write_report(layout.root, context.dataset, final_status="succeeded")))

@@ -11,19 +11,18 @@ Driver side; the sweep's task body is runtime.sweep.score_seed.
 
 from __future__ import annotations
 
-from typing import Any
-
 from pipeline import cluster, runtime
 from pipeline.errors import ConfigError, DataError
 from pipeline.io.files import read_json, write_json
 from pipeline.io.parts import parts_to_compute, split, whole
 from pipeline.methods import REGISTRY
+from pipeline.results import ScoreResult, SeedScore
 from pipeline.stages import queries, score_sharded, score_trak
 from pipeline.stages.context import RunContext
 
 
-def run(context: RunContext) -> dict[str, Any]:
-    """Score every seed's missing or bad parts; returns {"method", "seeds": {seed: summary}}."""
+def run(context: RunContext) -> ScoreResult:
+    """Score every seed's missing or bad parts; returns every seed's summary (and the features and queries runs)."""
     settings, layout = context.settings, context.layout
     method = REGISTRY[settings.influence.method]
     for seed in settings.train.seeds:
@@ -60,10 +59,10 @@ def run(context: RunContext) -> dict[str, Any]:
         summary = read_json(summary_path) if summary_path.exists() else {}
         summary.update({"seed": seed, "n_samples": context.dataset.n_train, "parts": len(shards)})
         write_json(summary_path, summary)
-        summaries[str(seed)] = summary
-    details: dict[str, Any] = {"method": method.name, "seeds": summaries}
-    if features is not None:
-        details["features"] = features
-    if settings.influence.queries != "mean":
-        details["queries"] = queries.run(context)
-    return details
+        summaries[str(seed)] = SeedScore.from_json(summary)
+    return ScoreResult(
+        method.name,
+        summaries,
+        features=features,
+        queries=queries.run(context) if settings.influence.queries != "mean" else None,
+    )

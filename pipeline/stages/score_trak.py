@@ -33,13 +33,14 @@ from pipeline.io import features as store
 from pipeline.io.files import read_json, write_json
 from pipeline.io.parts import Shard
 from pipeline.kernels import trak_scores
+from pipeline.results import TrakFeatures
 from pipeline.runtime.jobs import chosen_steps
 from pipeline.stages.context import RunContext
 
 
 # influence.* the features depend on
-def run(context: RunContext, todo: list[tuple[int, Shard]], shards: list[Shard]) -> dict[str, Any]:
-    """Features, kernels and the score parts in `todo`; returns {"computed_shards", "checkpoints", "wall_seconds"}.
+def run(context: RunContext, todo: list[tuple[int, Shard]], shards: list[Shard]) -> TrakFeatures:
+    """Features, kernels and the score parts in `todo`; returns what the map-reduce computed and its wall seconds.
     Each seed's score summary gets `seconds` and `cpu_seconds`: the worker (and process) seconds of its features,
     validation and score jobs."""
     began = time.perf_counter()
@@ -54,7 +55,8 @@ def run(context: RunContext, todo: list[tuple[int, Shard]], shards: list[Shard])
         mine = [result for job, result in done if job[1] == seed]
         seconds = {name: round(sum(r[name] for r in mine), 4) for name in ("seconds", "cpu_seconds")}  # worker seconds
         write_json(path, {**(read_json(path) if path.exists() else {}), **seconds})
-    return {**prepared, "wall_seconds": round(time.perf_counter() - began, 3)}
+    checkpoints = {seed: tuple(steps) for seed, steps in prepared["checkpoints"].items()}
+    return TrakFeatures(prepared["computed_shards"], checkpoints, round(time.perf_counter() - began, 3))
 
 
 def prepare(

@@ -10,19 +10,18 @@ Driver side; the task body is runtime.train.train_seed."""
 
 from __future__ import annotations
 
-from typing import Any
-
 import pyarrow.parquet as pq
 
 from pipeline import cluster, runtime
 from pipeline.io.files import read_json
 from pipeline.io.integrity import check_npz
 from pipeline.io.layout import RunLayout
+from pipeline.results import SeedTraining, TrainResult
 from pipeline.stages.context import RunContext
 
 
-def run(context: RunContext) -> dict[str, Any]:
-    """Train every seed that has no valid recorded trajectory; returns {"seeds": {seed: summary}}."""
+def run(context: RunContext) -> TrainResult:
+    """Train every seed that has no valid recorded trajectory; returns every seed's summary, as recorded."""
     layout, settings = context.layout, context.settings
     todo = []
     for seed in settings.train.seeds:
@@ -33,7 +32,9 @@ def run(context: RunContext) -> dict[str, Any]:
             todo.append(seed)
     calls = [(settings, context.dataset_ref, s, context.trajectory_key) for s in todo]
     cluster.run_tasks(runtime.train_seed, calls, context.task_options, desc="train (seeds)")
-    return {"seeds": {str(s): read_json(layout.train_summary(s)) for s in settings.train.seeds}}
+    return TrainResult(
+        {str(s): SeedTraining.from_json(read_json(layout.train_summary(s))) for s in settings.train.seeds}
+    )
 
 
 def trajectory_problem(layout: RunLayout, seed: int, key: str) -> str | None:

@@ -22,7 +22,7 @@ Driver side; the retrainings are the tasks of runtime.verify, each given a runti
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -36,6 +36,16 @@ from pipeline.errors import ConfigError, DataError
 from pipeline.io.queries import batches, parts_to_compute
 from pipeline.io.tables import input_grads, read_parts, write_table
 from pipeline.methods import REGISTRY
+from pipeline.results import (
+    ErrorSummary,
+    Float64Replay,
+    Ladder,
+    LooSummary,
+    QueryChecks,
+    SmoothnessCheck,
+    VerifyResult,
+    VerifySeed,
+)
 from pipeline.runtime.jobs import Perturbation, query_weights
 from pipeline.stages.context import RunContext
 from pipeline.stages.queries import query_ids
@@ -84,7 +94,7 @@ class _SeedPlan:
         return out
 
 
-def run(context: RunContext) -> dict[str, Any]:
+def run(context: RunContext) -> VerifyResult:
     settings, dataset, layout = context.settings, context.dataset, context.layout
     method = settings.influence.method
     h = fd_step(settings)
@@ -138,21 +148,18 @@ def run(context: RunContext) -> dict[str, Any]:
                 )
         for i in plan.loo_ids:
             loo_rows.append((seed, i, -influence[i], mean[("loo", i)] - mean["base"]))
-        summary[str(seed)] = {"objective": mean["base"]}
+        summary[str(seed)] = VerifySeed(mean["base"])
 
     gradcheck = _gradcheck_table(gradcheck_rows)
     loo = _loo_table(loo_rows)
     write_table(gradcheck, layout.verify_dir / "gradcheck.parquet")
     write_table(loo, layout.verify_dir / "loo.parquet")
-    details = {"fd_step": h, "gradcheck": _gradcheck_summary(gradcheck), "loo": _loo_summary(loo), "seeds": summary}
-    if chosen is not None:
-        details["queries"] = _query_checks(context, chosen, plans, retrained, h)
+    checks = _query_checks(context, chosen, plans, retrained, h) if chosen is not None else None
+    smooth = None
     if settings.verify.smoothness and REGISTRY[method].exact:
         seed, scores = plans[0].seed, plans[0].scores
-        details["smoothness"] = _smoothness(
-            context, seed, scores["influence"].to_numpy(), summary[str(seed)]["objective"]
-        )
-    return details
+        smooth = _smoothness(context, seed, scores["influence"].to_numpy(), retrained[(seed, "base")][0])
+    return VerifyResult(h, _gradcheck_summary(gradcheck), _loo_summary(loo), summary, checks, smooth)
 
 
 QUERIES_CHECKED = 3  # queries verified per run (chosen at random among influence.query_ids)
@@ -218,7 +225,7 @@ def _query_checks(
     plans: list[_SeedPlan],
     retrained: dict[tuple[int, Any], tuple[float, np.ndarray]],
     h: float,
-) -> dict[str, Any]:
+) -> QueryChecks:
     """Per-query gradcheck and leave-one-out from the retrainings' per-validation-sample objectives: every
     chosen query at every sample retrained in eps. Writes verify/query_gradcheck.parquet and query_loo.parquet."""
     settings, dataset = context.settings, context.dataset
@@ -244,18 +251,16 @@ def _query_checks(
     write_table(gradcheck, context.layout.verify_dir / "query_gradcheck.parquet")
     write_table(loo, context.layout.verify_dir / "query_loo.parquet")
     predicted, actual = loo["predicted_change"].to_numpy(), loo["actual_change"].to_numpy()
-    return {
-        "queries": settings.influence.queries,
-        "query_ids": chosen.tolist(),
-        "gradcheck": _gradcheck_summary(gradcheck),
-        "loo": {
-            **_loo_summary(loo),
-            "sign_agreement": float(np.mean(np.sign(predicted) == np.sign(actual))) if predicted.size else float("nan"),
-        },
-    }
+    agreement = float(np.mean(np.sign(predicted) == np.sign(actual))) if predicted.size else float("nan")
+    return QueryChecks(
+        settings.influence.queries,
+        tuple(chosen.tolist()),
+        _gradcheck_summary(gradcheck),
+        replace(_loo_summary(loo), sign_agreement=agreement),
+    )
 
 
-def _smoothness(context: RunContext, seed: int, influence: np.ndarray, base: float) -> dict[str, Any]:
+def _smoothness(context: RunContext, seed: int, influence: np.ndarray, base: float) -> SmoothnessCheck:
     """The finite-step response on the ladder for sampled single samples and random groups, the growth of a
     tiny initial-weight perturbation, and the verdict (pipeline.smoothness); writes verify/smoothness.parquet."""
     settings, dataset = context.settings, context.dataset
@@ -307,17 +312,18 @@ def _smoothness(context: RunContext, seed: int, influence: np.ndarray, base: flo
             for s, p, a, d in zip(v.ladder, predicted, actual, deviation)
         ]
     ladders = {kind: smoothness.ladder_summary(v.ladder, np.array(d)) for kind, d in deviations.items()}
-    result: dict[str, Any] = {
-        "seed": seed,
-        "single": ladders.pop("single"),
-        "groups": ladders,
-        "initial_perturbation": scale,
-        "perturbation_growth": growth,
-        "rounding_floor": floor,
-        "float64_replay": replay,
-    }
-    result["verdict"] = smoothness.verdict(result["single"], result["groups"])
-    result["explanation"] = smoothness.explanation(result, settings.to_dict())
+    single = ladders.pop("single")
+    check = SmoothnessCheck(
+        seed=seed,
+        single=Ladder.from_json(single),
+        groups={kind: Ladder.from_json(ladder) for kind, ladder in ladders.items()},
+        initial_perturbation=scale,
+        perturbation_growth=growth,
+        rounding_floor=floor,
+        float64_replay=replay,
+        verdict=smoothness.verdict(single, ladders),
+    )
+    check = replace(check, explanation=smoothness.explanation(check.to_json(), settings.to_dict()))
     table = pa.table(
         dict(
             zip(
@@ -327,18 +333,18 @@ def _smoothness(context: RunContext, seed: int, influence: np.ndarray, base: flo
         )
     )
     write_table(table, context.layout.verify_dir / "smoothness.parquet")
-    return result
+    return check
 
 
-def _agreement(float32: np.ndarray, float64: np.ndarray, ids: np.ndarray) -> dict[str, Any]:
+def _agreement(float32: np.ndarray, float64: np.ndarray, ids: np.ndarray) -> Float64Replay:
     """How far the float32 run's influence is from a float64 replay of it, on the samples `ids`."""
     errors = metrics.relative_errors(float32[ids], float64[ids])
-    return {
-        "n": int(ids.size),
-        "median_relative_error": float(np.median(errors)),
-        "max_relative_error": float(np.max(errors)),
-        "spearman": metrics.correlations(float32[ids], float64[ids])["spearman"],
-    }
+    return Float64Replay(
+        int(ids.size),
+        float(np.median(errors)),
+        float(np.max(errors)),
+        metrics.correlations(float32[ids], float64[ids])["spearman"],
+    )
 
 
 def _choose(
@@ -392,20 +398,19 @@ def _loo_table(rows: list[tuple], per_query: bool = False) -> pa.Table:
     )
 
 
-def _gradcheck_summary(table: pa.Table) -> dict[str, Any]:
+def _gradcheck_summary(table: pa.Table) -> dict[str, ErrorSummary]:
+    """kind -> relative errors of its rows, kinds in table order."""
     out = {}
     kinds = table["kind"].to_pylist()
     for kind in dict.fromkeys(kinds):
         errors = np.array([e for k, e in zip(kinds, table["relative_error"].to_numpy()) if k == kind])
         if errors.size:
-            out[kind] = {
-                "n": int(errors.size),
-                "median_relative_error": float(np.median(errors)),
-                "max_relative_error": float(errors.max()),
-            }
+            out[kind] = ErrorSummary(int(errors.size), float(np.median(errors)), float(errors.max()))
     return out
 
 
-def _loo_summary(table: pa.Table) -> dict[str, Any]:
+def _loo_summary(table: pa.Table) -> LooSummary:
+    """Pearson, Spearman and Kendall of predicted (-influence) vs actual change (NaN below 3 rows)."""
     predicted, actual = table["predicted_change"].to_numpy(), table["actual_change"].to_numpy()
-    return {"n": int(predicted.size), **metrics.correlations(predicted, actual)}
+    c = metrics.correlations(predicted, actual)
+    return LooSummary(int(predicted.size), c["pearson"], c["spearman"], c["kendall"])

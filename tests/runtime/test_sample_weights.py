@@ -154,3 +154,12 @@ def test_class_weight_needs_one_value_per_class_and_a_method_that_models_weights
         check_weights_supported(_settings(method="tracin"), data)
     check_weights_supported(_settings(method="truncated"), data)  # a sweep method: exact with weights
     check_weights_supported(_settings(class_weight=None, method="tracin"), data)  # no weights: nothing to refuse
+
+
+def test_weights_are_part_of_the_data_fingerprint(weighted):
+    """Other weights, another recorded trajectory (a rerun with changed weights is refused, not resumed)."""
+    from pipeline.run import data_fingerprint
+
+    other = replace(weighted, w_train=weighted.w_train * 2)
+    keys = {data_fingerprint(weighted), data_fingerprint(other), data_fingerprint(replace(weighted, w_train=None))}
+    assert len(keys) == 3
