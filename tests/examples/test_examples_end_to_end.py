@@ -135,3 +135,30 @@ def test_two_input_subclassed_price_model(ray_session, tmp_path):
     assert max(medians.values()) <= 1e-6, medians
     assert payload["stages"]["aggregate"]["methods"] == ["sensitivity", "trajectory"]
     assert summary == json.loads(layout.train_summary(0).read_text())  # not retrained
+
+
+@pytest.mark.slow  # trains the base CNN on MNIST, then fine-tunes and scores it: about a minute
+def test_finetuning_example_runs_as_the_readme_says(ray_session, tmp_path, monkeypatch):
+    """README "Fine-tuning": the base model never saw a 5-9, the fine-tuning run scores exactly the 5-9 training
+    digits (the frozen base itself is checked in tests/kernels/test_augmentation.py)."""
+    import sys
+
+    from pipeline.examples import finetune
+
+    monkeypatch.setattr(sys, "argv", ["finetune", "--out", str(tmp_path), "--epochs", "1"])
+    finetune.main()
+    data = np.load(tmp_path / "digits_5to9.npz")
+    assert set(np.unique(data["y_train"])) == {5, 6, 7, 8, 9} and set(np.unique(data["y_val"])) <= {5, 6, 7, 8, 9}
+    out = tmp_path / "run"
+    settings = Settings(
+        data=DataSettings(source="npz", path=str(tmp_path / "digits_5to9.npz")),
+        model=ModelSettings(name="saved", path=str(tmp_path / "base.keras"), freeze=("conv_",)),
+        optimizer=OptimizerSettings(name="adam", lr=0.001),
+        train=TrainSettings(epochs=1, batch_size=32),
+        output=OutputSettings(dir=str(out)),
+        stages=("train", "score", "aggregate"),
+    )
+    assert execute(settings)["status"] == "succeeded"
+    scores = read_parts(RunLayout(out).score_parts("trajectory", 0)).to_pandas()
+    assert len(scores) == data["y_train"].shape[0] and set(scores["label"]) == {5, 6, 7, 8, 9}
+    assert np.isfinite(scores["influence"]).all() and scores["influence"].abs().max() > 0
