@@ -10,6 +10,7 @@ import os
 import secrets
 import signal
 import sys
+import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager, suppress
@@ -45,6 +46,41 @@ def progress_enabled() -> bool:
     if chosen is not None:
         return chosen == "1"
     return not os.environ.get("TQDM_DISABLE") and sys.stderr.isatty()
+
+
+class LogProgress:
+    """Progress of long driver work where no bar is drawn (a log, CI): one line `[progress] desc: done/total unit
+    (percent, elapsed)` at most every `interval` seconds, so short work prints nothing and long work shows it lives."""
+
+    def __init__(self, total: int, desc: str, unit: str, interval: float = 60.0):
+        self.total, self.desc, self.unit, self.interval = total, desc, unit, interval
+        self.done, self.began = 0, time.monotonic()
+        self.told = self.began
+
+    def update(self, n: int = 1) -> None:
+        self.done += n
+        now = time.monotonic()
+        if now - self.told >= self.interval and self.done < self.total:
+            self.told = now
+            percent = 100 * self.done / max(self.total, 1)
+            print(
+                f"[progress] {self.desc}: {self.done}/{self.total} {self.unit}s ({percent:.0f}%, "
+                f"{(now - self.began) / 60:.1f} min)",
+                flush=True,
+            )
+
+    def __enter__(self) -> LogProgress:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+def driver_bar(total: int, desc: str, unit: str) -> Any:
+    """The driver's progress display for `total` units of work: a tqdm bar on a terminal, else LogProgress."""
+    if progress_enabled():
+        return tqdm(total=total, desc=desc, unit=unit, disable=not total)
+    return LogProgress(total, desc, unit)
 
 
 def worker_bar(total: int, desc: str, unit: str) -> Any:
@@ -213,7 +249,7 @@ def run_tasks(fn: Callable[..., T], calls: Iterable[tuple], options: dict[str, A
     position = {ref: i for i, ref in enumerate(refs)}
     results: list[Any] = [None] * len(refs)
     pending = list(refs)
-    with tqdm(total=len(refs), desc=desc, unit="task", disable=not refs or not progress_enabled()) as bar:
+    with driver_bar(len(refs), desc, "task") as bar:
         try:
             while pending:
                 done, pending = ray.wait(pending, num_returns=1)
@@ -297,9 +333,7 @@ class ActorPool:
         tries = [0] * len(jobs)
         todo = deque(range(len(jobs)))
         running: dict[Any, tuple[Any, int]] = {}  # reference -> (actor, job)
-        with tqdm(
-            total=sum(weight(job) for job in jobs), desc=desc, unit=unit, disable=not jobs or not progress_enabled()
-        ) as bar:
+        with driver_bar(sum(weight(job) for job in jobs), desc, unit) as bar:
             try:
                 while todo or running:
                     while todo and self.idle:

@@ -57,3 +57,17 @@ def test_a_run_in_a_log_prints_one_line_per_stage(tmp_path):
     tags = [line.split()[0] for line in proc.stdout.splitlines()]
     assert tags == ["[data]", "[train]", "[score]", "[aggregate]", "[report]", "done:"], proc.stdout
     assert "%|" not in proc.stderr and "(pid=" not in proc.stderr and "(pid=" not in proc.stdout, proc.stderr[-2000:]
+
+
+def test_long_work_in_a_log_prints_a_progress_line_at_most_every_interval(capsys):
+    with cluster.LogProgress(3, "fresh-seed retrainings", "task", interval=0.0) as bar:
+        for _ in range(3):
+            bar.update(1)
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split(" (")[0] for line in lines] == [
+        "[progress] fresh-seed retrainings: 1/3 tasks",
+        "[progress] fresh-seed retrainings: 2/3 tasks",
+    ]  # none at the end: the stage's own line follows
+    with cluster.LogProgress(3, "quick work", "task") as bar:  # the default interval: a minute
+        bar.update(3)
+    assert capsys.readouterr().out == ""
