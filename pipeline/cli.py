@@ -27,8 +27,12 @@ ABSENT = object()  # _at: no such key
 
 
 def run_hydra(main: Callable[[], None], config_dir: str, config_name: str) -> None:
-    """Call the @hydra.main function `main`; a Hydra error (composition, override syntax) exits 2 with one line."""
+    """Call the @hydra.main function `main` (the pipeline's and the evaluation's: one set-up for both); a Hydra error
+    (composition, override syntax) exits 2 with one line."""
     os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra raises its errors instead of printing them
+    # TensorFlow as in the workers (cluster.worker_env), should anything in this process load it
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
     try:
         main()
     except HydraException as exc:

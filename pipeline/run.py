@@ -11,7 +11,6 @@ agree with this run's (io.arguments). A run only ever removes the entries of its
 
 from __future__ import annotations
 
-import os
 import sys
 import time
 from dataclasses import replace
@@ -222,9 +221,6 @@ def _hydra_main(cfg: DictConfig) -> None:
 
 
 def main() -> None:
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    # as in the workers (cluster.worker_env): the report's predictions use the kernels the scores used
-    os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
     try:
         cli.run_hydra(_hydra_main, CONFIG_DIR, "config")
     except KeyboardInterrupt:  # a Ctrl-C outside the run itself (start-up, shutting Ray down)
