@@ -131,9 +131,7 @@ def make_dataset(
 
 def _weights(w: np.ndarray, n_train: int, where: str) -> np.ndarray:
     """w_train as [N] float64: one finite weight >= 0 per training sample, not all 0."""
-    w = np.asarray(w)
-    if w.ndim != 1 or w.shape[0] != n_train:
-        raise DataError(f"w_train: needs one weight per training sample ({n_train}), got shape {w.shape}{where}")
+    w = _one_per_row(w, n_train, "w_train", "weight per training sample", where)
     if not (np.issubdtype(w.dtype, np.number) or w.dtype == bool):
         raise DataError(f"w_train: weights must be numbers, got dtype {w.dtype}{where}")
     w = w.astype(np.float64)
@@ -147,12 +145,18 @@ def _weights(w: np.ndarray, n_train: int, where: str) -> np.ndarray:
 
 def _groups(g: np.ndarray, n_val: int, where: str) -> np.ndarray:
     """g_val as [V] int64: one integer group id per validation sample."""
-    g = np.asarray(g)
-    if g.ndim != 1 or g.shape[0] != n_val:
-        raise DataError(f"g_val: needs one group id per validation sample ({n_val}), got shape {g.shape}{where}")
+    g = _one_per_row(g, n_val, "g_val", "group id per validation sample", where)
     if not (np.issubdtype(g.dtype, np.integer) or g.dtype == bool):
         raise DataError(f"g_val: group ids must be integers, got dtype {g.dtype}{where}")
     return g.astype(np.int64)
+
+
+def _one_per_row(values: np.ndarray, n_rows: int, key: str, what: str, where: str) -> np.ndarray:
+    """`values` as a 1-D array of n_rows entries, else a DataError naming `key` (`what`: "weight per sample")."""
+    values = np.asarray(values)
+    if values.ndim != 1 or values.shape[0] != n_rows:
+        raise DataError(f"{key}: needs one {what} ({n_rows}), got shape {values.shape}{where}")
+    return values
 
 
 def _key(prefix: str, name: str, nest: Mapping[str, np.ndarray]) -> str:
