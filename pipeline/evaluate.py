@@ -13,17 +13,20 @@ Ray task in the one local Ray (cluster.num_cpus is the process-wide budget):
 - removal: the k most harmful (and most helpful) samples by each method, the k highest-loss samples and
   k random ones removed, R fresh seeds each, change of E against the same seeds on all the data;
 - flipped labels: a share of the labels flipped, every method run on that data, AUC and share found.
+The retrainings' results are kept in <evaluation.scratch>/<name>/targets.npz under a key (target_key); a rerun
+with the same key and the same masks reads them instead of retraining (delete the file to force a retraining).
 Writes <evaluation.results>/<name>.parquet and <name>.md, and rebuilds <evaluation.results>.md.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
-import os
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -40,14 +43,32 @@ from pipeline.data import SINGLE_INPUT, Dataset, load_dataset
 from pipeline.errors import DivergenceError, UserInputError
 from pipeline.evaluation import markdown, stats
 from pipeline.evaluation.retrain import fresh_objective
-from pipeline.io.files import read_json
+from pipeline.io.files import atomic_path, read_json
 from pipeline.io.layout import RunLayout
 from pipeline.io.tables import read_parts
 from pipeline.methods import REGISTRY
-from pipeline.run import CONFIG_DIR, INTERRUPTED, execute, one_line
+from pipeline.run import CONFIG_DIR, INTERRUPTED, data_fingerprint, execute, one_line
 from pipeline.runtime import objective_after_training
 
 INSPECTED = (0.1, 0.2, 0.3)  # flipped labels: shares of the data inspected, highest scores first
+TARGETS_FILE = "targets.npz"  # <scratch>/<name>/: the retrainings' results (retrain_or_reuse)
+# Evaluation settings that change no retraining: names and places, the reference read afterwards, and what is drawn
+# after the retrainings.
+# ensemble_sizes: only the largest decides the removal sets, and the stored masks are compared anyway
+NOT_RETRAINING = (
+    "name",
+    "scratch",
+    "results",
+    "peer_scores",
+    "reliability_splits",
+    "flip_fraction",
+    "flip_seeds",
+    "ensemble_sizes",
+)
+# scripts/peers' settings.target -> the factor that makes its `score` positive = harmful (margin: dattri's score is
+# the rise of the validation margins, helpful; ce: the rise of the validation cross-entropy, harmful)
+PEER_SIGN = {"margin": -1.0, "ce": 1.0}
+BOOTSTRAP_DRAWS = 2000  # resamples of the subsets for the paired standard errors against the peer
 
 
 class Rows:
@@ -118,10 +139,17 @@ def seconds_per_model(out: Path, method: str, n_seeds: int) -> np.ndarray:
     )
 
 
-def peer_scores(path: Path, n_train: int) -> tuple[str, np.ndarray, np.ndarray]:
-    """(name, influence [models, N] with positive = harmful, CPU seconds per model [models]) of the outside
-    reference written by scripts/peers (TRAK by dattri; its scores are positive = helpful, so they are negated)."""
+def peer_scores(path: Path, n_train: int) -> tuple[str, str, np.ndarray, np.ndarray]:
+    """(name, validation target, influence [models, N] with positive = harmful, CPU seconds per model [models]) of
+    the outside reference written by scripts/peers (TRAK by dattri). Its `score` is signed by its target (schema
+    metadata settings.target; a file without one is margin): PEER_SIGN turns it to positive = harmful."""
     table = pq.read_table(path)
+    meta = json.loads((table.schema.metadata or {}).get(b"peers", b"{}"))
+    target = meta.get("settings", {}).get("target", "margin")
+    if target not in PEER_SIGN:
+        raise UserInputError(
+            f"evaluation.peer_scores={path}: unknown settings.target {target!r} (known: {', '.join(PEER_SIGN)})"
+        )
     models = np.unique(table["model"].to_numpy())
     scores = np.zeros((models.size, n_train))
     for row, model in enumerate(models):
@@ -131,10 +159,10 @@ def peer_scores(path: Path, n_train: int) -> tuple[str, np.ndarray, np.ndarray]:
                 f"evaluation.peer_scores={path}: model {model} does not score every one of the {n_train} training "
                 "samples once"
             )
-        scores[row] = -part["score"].to_numpy()
+        scores[row] = PEER_SIGN[target] * part["score"].to_numpy()
     timing = pq.read_table(path.with_name(f"{path.stem}_models.parquet")).to_pandas().set_index("model").loc[models]
     seconds = (timing["cpu_seconds_train"] + timing["cpu_seconds_attribute"]).to_numpy()  # process time: load-proof
-    return markdown.PEER, scores, seconds
+    return markdown.PEER, target, scores, seconds
 
 
 def ranked_scores(scores: dict[str, np.ndarray], largest: int) -> dict[str, np.ndarray]:
@@ -179,6 +207,35 @@ def ensemble_rows(
             k,
         )
         rows.add("ensemble_groups", name, "groups", len(groups), drop, k)
+
+
+def peer_rows(
+    rows: Rows,
+    scores: dict[str, np.ndarray],
+    peer: str,
+    masks: np.ndarray,
+    target: np.ndarray,
+    drop: float,
+    sizes: tuple[int, ...],
+    seed: int,
+) -> None:
+    """LDS of each of our methods' K-seed mean ensembles minus the peer's at the same K (the `ensemble` rows'
+    figures; positive = ours better), with its paired bootstrap standard error over the subsets (the same
+    resamples for every method and K: stats.paired_lds_difference)."""
+    for method, values in scores.items():
+        if method == peer or method.endswith("self-influence"):
+            continue
+        for k in (k for k in sizes if k <= min(values.shape[0], scores[peer].shape[0])):
+            diff, se = stats.paired_lds_difference(
+                masks,
+                ensembles.combine(values[:k], "mean"),
+                ensembles.combine(scores[peer][:k], "mean"),
+                target,
+                BOOTSTRAP_DRAWS,
+                np.random.default_rng(seed),
+            )
+            rows.add("peer_difference", method, "lds_difference", diff, drop, k)
+            rows.add("peer_difference", method, "lds_difference_se", se, drop, k)
 
 
 def equal_compute_rows(
@@ -230,10 +287,58 @@ class Retrainer:
         return values
 
 
+@dataclass(frozen=True)
+class Retrained:
+    """What the retrainings measured: E on seed 0's schedule per same-seed mask [P], E per fresh-seed mask and
+    seed [Q, R], how many retrainings ran and their wall seconds, and whether it was read from the cache."""
+
+    same: np.ndarray
+    fresh: np.ndarray
+    count: int
+    seconds: float
+    reused: bool
+
+
+def target_key(settings: Settings, ev: EvaluationSettings, dataset: Dataset) -> str:
+    """Hash of what decides the retrainings: the pipeline settings' result hash, the data fingerprint and every
+    evaluation setting but NOT_RETRAINING."""
+    decisive = {k: v for k, v in asdict(ev).items() if k not in NOT_RETRAINING}
+    text = json.dumps([settings.result_hash(), data_fingerprint(dataset), decisive], sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def retrain_or_reuse(
+    path: Path, key: str, same_plan: np.ndarray, fresh_plan: np.ndarray, retrain: Callable[[], Retrained]
+) -> Retrained:
+    """The retrainings of the 0/1 masks same_plan [P, N] and fresh_plan [Q, N]: read from `path` when it holds
+    them under `key` for the same masks, else retrain() and written to `path` (a temporary name, then renamed)."""
+    same_masks, fresh_masks = same_plan.astype(bool), fresh_plan.astype(bool)
+    if path.exists():
+        with np.load(path) as c:
+            if (
+                str(c["key"]) == key
+                and np.array_equal(c["same_masks"], same_masks)
+                and np.array_equal(c["fresh_masks"], fresh_masks)
+            ):
+                print(f"[evaluate] targets: reusing the {int(c['count'])} retrainings in {path} (key {key})")
+                return Retrained(c["same"], c["fresh"], int(c["count"]), float(c["seconds"]), True)
+    out = retrain()
+    with atomic_path(path) as tmp, tmp.open("wb") as fh:
+        np.savez(
+            fh,
+            key=key,
+            same_masks=same_masks,
+            fresh_masks=fresh_masks,
+            same=out.same,
+            fresh=out.fresh,
+            count=out.count,
+            seconds=out.seconds,
+        )
+    return out
+
+
 def evaluate(settings: Settings, ev: EvaluationSettings) -> Rows:
     """Run one experiment (module docstring) and return its rows."""
-    import ray
-
     rows = Rows(ev.name)
     dataset = load_dataset(settings.data, settings.task.name)
     n, largest = dataset.n_train, ev.ensemble_sizes[-1]
@@ -247,21 +352,40 @@ def evaluate(settings: Settings, ev: EvaluationSettings) -> Rows:
     compared = ranked_scores({m: v for m, v in scores.items() if not m.endswith("self-influence")}, largest) | {
         "random": rng.normal(size=n)
     }
-    retrainer = Retrainer(settings, ray.put(dataset))
-    main_run = replace(
-        settings, train=replace(settings.train, seeds=(0,)), output=replace(settings.output, dir=str(root / "main"))
-    )
     e_seed0 = read_json(RunLayout(root / "main").train_summary(0))["val_objective"]
 
-    # Same seed: leave-one-out and LDS on seed 0's recorded schedule.
+    # Every retraining's mask, drawn from rng in this order: leave-one-out ids, same-seed subsets, cross-seed
+    # subsets, random removals. Same seed: seed 0's recorded schedule; cross seed: R fresh seeds, the same R for
+    # every subset.
     loo_ids = rng.choice(n, min(ev.n_loo, n), replace=False)
     same_masks = {drop: stats.kept_masks(rng, n, drop, ev.n_subsets) for drop in ev.same_seed_drops}
-    plan = (
+    cross_masks = {drop: stats.kept_masks(rng, n, drop, ev.n_subsets) for drop in ev.cross_seed_drops}
+    removals = removal_sets(compared, n, ev, rng)
+    same_plan = np.stack(
         [np.ones(n)]
         + [stats.removal_mask(n, np.array([i])) for i in loo_ids]
         + [m for drop in ev.same_seed_drops for m in same_masks[drop]]
     )
-    measured = iter(retrainer.same_seed(main_run, plan, f"{ev.name}: same-seed retrainings"))
+    fresh_plan = np.stack(
+        [np.ones(n)] + [m for drop in ev.cross_seed_drops for m in cross_masks[drop]] + [mask for *_, mask in removals]
+    )
+
+    def retrain() -> Retrained:
+        import ray
+
+        retrainer = Retrainer(settings, ray.put(dataset))
+        main_run = replace(
+            settings, train=replace(settings.train, seeds=(0,)), output=replace(settings.output, dir=str(root / "main"))
+        )
+        same = retrainer.same_seed(main_run, list(same_plan), f"{ev.name}: same-seed retrainings")
+        fresh_seeds = [ev.first_retrain_seed + r for r in range(ev.retrain_seeds)]
+        fresh = retrainer.fresh(fresh_seeds, list(fresh_plan), f"{ev.name}: fresh-seed retrainings")
+        return Retrained(same, fresh, retrainer.count, retrainer.seconds, False)
+
+    retrained = retrain_or_reuse(root / TARGETS_FILE, target_key(settings, ev, dataset), same_plan, fresh_plan, retrain)
+
+    # Same seed: leave-one-out and LDS on seed 0's recorded schedule.
+    measured = iter(retrained.same)
     base = next(measured)
     loo_change = np.array([next(measured) for _ in loo_ids]) - base
     same_e = {drop: np.array([next(measured) for _ in range(ev.n_subsets)]) for drop in ev.same_seed_drops}
@@ -276,18 +400,13 @@ def evaluate(settings: Settings, ev: EvaluationSettings) -> Rows:
         rows.add("same_seed", "-", "subset_sd_E", np.std(same_e[drop]), drop)
     rows.add("context", "-", "median_abs_loo_change", np.median(np.abs(loo_change)) if loo_ids.size else math.nan)
 
-    # Cross seed: targets averaged over R fresh seeds, the same R for every subset.
-    fresh_seeds = [ev.first_retrain_seed + r for r in range(ev.retrain_seeds)]
-    cross_masks = {drop: stats.kept_masks(rng, n, drop, ev.n_subsets) for drop in ev.cross_seed_drops}
-    removals = removal_sets(compared, n, ev, rng)
-    plan = (
-        [np.ones(n)] + [m for drop in ev.cross_seed_drops for m in cross_masks[drop]] + [mask for *_, mask in removals]
-    )
-    fresh = iter(retrainer.fresh(fresh_seeds, plan, f"{ev.name}: fresh-seed retrainings"))
+    # Cross seed: targets averaged over R fresh seeds.
+    fresh = iter(retrained.fresh)
     full = next(fresh)
     cross_e = {drop: np.stack([next(fresh) for _ in range(ev.n_subsets)]) for drop in ev.cross_seed_drops}
     if ev.peer_scores:  # read only now: the outside reference is compared on the targets, not in the removals
-        peer, peer_values, peer_seconds = peer_scores(Path(ev.peer_scores), n)
+        peer, peer_target, peer_values, peer_seconds = peer_scores(Path(ev.peer_scores), n)
+        rows.add("context", peer_target, "peer_target", 1.0)
         scores[peer], seconds[peer] = peer_values[:largest], float(peer_seconds[:largest].mean())
         compared |= {
             f"{peer} K=1": peer_values[0],
@@ -304,6 +423,8 @@ def evaluate(settings: Settings, ev: EvaluationSettings) -> Rows:
         for method, values_m in scores.items():
             if not method.endswith("self-influence"):
                 ensemble_rows(rows, method, values_m, cross_masks[drop], values.mean(axis=1), drop, ev.ensemble_sizes)
+        if ev.peer_scores:
+            peer_rows(rows, scores, peer, cross_masks[drop], values.mean(axis=1), drop, ev.ensemble_sizes, ev.seed)
     for method, per_model in seconds.items():
         rows.add("ensemble", method, "seconds_per_model", per_model)
         for k in ev.ensemble_sizes:
@@ -324,8 +445,9 @@ def evaluate(settings: Settings, ev: EvaluationSettings) -> Rows:
         "E_fresh_sd": full.std(ddof=1),
         "R": ev.retrain_seeds,
         "horizon_steps": horizon,
-        "retrainings": retrainer.count,
-        "retrain_seconds": retrainer.seconds,
+        "retrainings": retrained.count,
+        "retrain_seconds": retrained.seconds,
+        "targets_reused": retrained.reused,
     }.items():
         rows.add("context", "-", metric, value)
     return rows
@@ -415,7 +537,6 @@ def _hydra_main(cfg: DictConfig) -> None:
 
 
 def main() -> None:
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     try:
         cli.run_hydra(_hydra_main, CONFIG_DIR, "evaluate")
     except KeyboardInterrupt:

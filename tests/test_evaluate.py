@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import math
+from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
@@ -57,16 +60,84 @@ def test_lds_removal_and_flip_helpers_by_hand():
     )
 
 
-def test_evaluate_entry_point_writes_parquet_and_markdown(tmp_path, ray_session):
+def test_paired_lds_difference_by_hand():
+    rng = np.random.default_rng(1)
+    masks = (rng.random((12, 30)) > 0.5).astype(float)
+    a, b = rng.normal(size=30), rng.normal(size=30)
+    measured = masks @ a + rng.normal(size=12)
+    assert stats.paired_lds_difference(masks, a, a, measured, 200, np.random.default_rng(0)) == (0.0, 0.0)
+    # a predicts E exactly in order (LDS 1), -a in reverse (LDS -1) on every resample: difference 2, se 0
+    diff, se = stats.paired_lds_difference(masks, a, -a, masks @ a, 200, np.random.default_rng(0))
+    assert diff == pytest.approx(2.0) and se == pytest.approx(0.0, abs=1e-12)
+    # the same resamples of the subsets for both methods, each scored with stats.lds
+    picks = np.random.default_rng(0).integers(0, 12, size=(200, 12))
+    by_hand = [stats.lds(masks[p], a, measured[p]) - stats.lds(masks[p], b, measured[p]) for p in picks]
+    diff, se = stats.paired_lds_difference(masks, a, b, measured, 200, np.random.default_rng(0))
+    assert diff == pytest.approx(stats.lds(masks, a, measured) - stats.lds(masks, b, measured))
+    assert se == pytest.approx(np.nanstd(by_hand, ddof=1)) and se > 0
+
+
+def test_peer_scores_sign_follows_the_target(tmp_path):
+    from pipeline.errors import UserInputError
+    from pipeline.evaluate import peer_scores
+
+    def write(name: str, target: str | None) -> Path:
+        settings = {} if target is None else {"target": target}
+        table = pa.table({"model": [0, 0, 0], "sample_id": [2, 0, 1], "score": [3.0, 1.0, -2.0]})
+        path = tmp_path / f"{name}.parquet"
+        pq.write_table(table.replace_schema_metadata({b"peers": json.dumps({"settings": settings})}), path)
+        pq.write_table(
+            pa.table({"model": [0], "cpu_seconds_train": [1.0], "cpu_seconds_attribute": [2.0]}),
+            tmp_path / f"{name}_models.parquet",
+        )
+        return path
+
+    for name, target, sign in (("old", None, -1), ("margin", "margin", -1), ("ce", "ce", 1)):
+        _, read_target, scores, seconds = peer_scores(write(name, target), 3)
+        assert read_target == (target or "margin") and seconds.tolist() == [3.0]
+        assert scores.tolist() == [[sign * 1.0, sign * -2.0, sign * 3.0]]  # positive = harmful, by sample_id
+    with pytest.raises(UserInputError, match="unknown settings.target 'loss'"):
+        peer_scores(write("bad", "loss"), 3)
+
+
+def test_retrain_or_reuse_keys_the_cache(tmp_path, capsys):
+    from pipeline.evaluate import Retrained, retrain_or_reuse
+
+    calls = []
+
+    def retrain() -> Retrained:
+        calls.append(1)
+        return Retrained(np.arange(2.0), np.ones((3, 2)) * len(calls), 6, 1.5, False)
+
+    path, same, fresh = tmp_path / "targets.npz", np.eye(2), np.ones((3, 2))
+    first = retrain_or_reuse(path, "k1", same, fresh, retrain)
+    again = retrain_or_reuse(path, "k1", same, fresh, retrain)
+    assert len(calls) == 1 and again.reused and not first.reused and (again.count, again.seconds) == (6, 1.5)
+    assert np.array_equal(again.fresh, first.fresh) and "reusing the 6 retrainings" in capsys.readouterr().out
+    for key, masks in (("k2", fresh), ("k2", np.zeros((3, 2)))):  # another key, then other masks: retrain, overwrite
+        assert not retrain_or_reuse(path, key, same, masks, retrain).reused
+    assert len(calls) == 3 and retrain_or_reuse(path, "k2", same, np.zeros((3, 2)), retrain).fresh[0, 0] == 3
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["targets.npz"]
+
+
+@pytest.fixture(scope="module")
+def tiny_evaluation(tmp_path_factory, ray_session):
+    """(cfg, overrides, results dir, gathered path) of one tiny `python -m pipeline.evaluate`."""
     from hydra import compose, initialize_config_dir
 
     from pipeline.evaluate import CONFIG_DIR, run
 
+    tmp_path = tmp_path_factory.mktemp("evaluate")
     overrides = [*TINY, f"evaluation.scratch={tmp_path / 'runs'}", f"evaluation.results={tmp_path / 'results'}"]
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base=None):
         cfg = compose(config_name="evaluate", overrides=overrides)
     path = run(cfg, "python -m pipeline.evaluate " + " ".join(overrides))
+    return cfg, overrides, tmp_path / "results", path
 
+
+def test_evaluate_entry_point_writes_parquet_and_markdown(tiny_evaluation):
+    _, _, results, path = tiny_evaluation
+    tmp_path = results.parent
     table = pq.read_table(tmp_path / "results" / "digits_mlp_sgd.parquet").to_pylist()
     value = {
         (r["part"], r["method"], r["metric"], r["ensemble"], None if math.isnan(r["fraction"]) else r["fraction"]): r[
@@ -82,6 +153,7 @@ def test_evaluate_entry_point_writes_parquet_and_markdown(tmp_path, ray_session)
         (m, "delta_E_helpful") for m in ("trajectory K=1", "trajectory K=2")
     }
     assert value[("context", "-", "retrainings", 0, None)] == 1 + 3 + 2 * 5 + 2 * (1 + 5 + len(removals))
+    assert value[("context", "-", "targets_reused", 0, None)] == 0
     assert value[("same_seed", "trajectory", "loo_pearson", 0, None)] > 0.9  # the exact derivative on the same schedule
     assert -1 <= value[("cross_seed", "trajectory K=2", "lds", 0, 0.5)] <= 1
     assert ("ensemble", "trajectory", "lds", 2, 0.5) in value and (
@@ -112,3 +184,55 @@ def test_evaluate_entry_point_writes_parquet_and_markdown(tmp_path, ray_session)
         and "## digits_mlp_sgd" in gathered
         and "`python -m pipeline.evaluate experiment=mnist_seed000`" in gathered
     )
+
+
+def test_second_evaluate_reuses_the_targets(tiny_evaluation, monkeypatch, capsys):
+    """The same settings again: no retraining runs (targets.npz) and every row is the same, bit for bit."""
+    from hydra import compose, initialize_config_dir
+
+    from pipeline import evaluate
+
+    cfg, overrides, results, _ = tiny_evaluation
+    first = pq.read_table(results / "digits_mlp_sgd.parquet").to_pylist()
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a retraining ran")
+
+    monkeypatch.setattr(evaluate.Retrainer, "_run", refuse)
+    evaluate.run(cfg, "python -m pipeline.evaluate " + " ".join(overrides))
+    assert "reusing the" in capsys.readouterr().out
+    second = pq.read_table(results / "digits_mlp_sgd.parquet").to_pylist()
+
+    def exact(rows: list[dict]) -> list[dict]:  # str() of a float is exact, and NaN equals NaN
+        moved = {"wall_seconds", "targets_reused"}
+        return [{k: str(v) for k, v in r.items()} for r in rows if r["metric"] not in moved]
+
+    assert exact(second) == exact(first) and len(exact(first)) > 50
+    assert [r["value"] for r in second if r["metric"] == "targets_reused"] == [1.0]
+
+    # an outside reference is read after the retrainings: still no retraining, and paired margins against it
+    peer = results.parent / "peer.parquet"
+    scores = np.random.default_rng(0).normal(size=(2, 120))
+    table = pa.table(
+        {"model": np.repeat([0, 1], 120), "sample_id": np.tile(np.arange(120), 2), "score": scores.ravel()}
+    )
+    pq.write_table(table.replace_schema_metadata({b"peers": json.dumps({"settings": {"target": "ce"}})}), peer)
+    pq.write_table(
+        pa.table({"model": [0, 1], "cpu_seconds_train": [1.0, 1.0], "cpu_seconds_attribute": [1.0, 1.0]}),
+        peer.with_name("peer_models.parquet"),
+    )
+    with_peer = [*overrides, f"evaluation.peer_scores={peer}"]
+    with initialize_config_dir(config_dir=evaluate.CONFIG_DIR, version_base=None):
+        evaluate.run(compose(config_name="evaluate", overrides=with_peer), "python -m pipeline.evaluate")
+    rows = pq.read_table(results / "digits_mlp_sgd.parquet").to_pylist()
+    value = {(r["part"], r["method"], r["metric"], r["ensemble"]): r["value"] for r in rows if r["fraction"] == 0.5}
+    with np.load(results.parent / "runs" / "digits_mlp_sgd" / "targets.npz") as cached:  # row 0: all the data
+        masks, target = cached["fresh_masks"][1:6].astype(float), cached["fresh"][1:6].mean(axis=1)
+    # settings.target=ce: the scores are positive = harmful already, read as they are
+    assert value[("ensemble", "dattri TRAK", "lds", 1)] == pytest.approx(stats.lds(masks, scores[0], target))
+    assert value[("peer_difference", "trajectory", "lds_difference", 2)] == pytest.approx(
+        value[("ensemble", "trajectory", "lds", 2)] - value[("ensemble", "dattri TRAK", "lds", 2)]
+    )
+    assert value[("peer_difference", "loss", "lds_difference_se", 1)] >= 0
+    section = (results / "digits_mlp_sgd.md").read_text()
+    assert "settings.target=ce" in section and "LDS margin over dattri TRAK ± paired se" in section

@@ -20,7 +20,7 @@ SCHEMA = pa.schema(
         (
             "part",
             pa.string(),
-        ),  # context | same_seed | cross_seed | ensemble | ensemble_groups | equal_compute | removal | flips
+        ),  # context | same_seed | cross_seed | ensemble | ensemble_groups | peer_difference | equal_compute | ...
         ("method", pa.string()),  # "-" for figures of the ground truth itself
         ("ensemble", pa.int64()),  # K for part=ensemble, else 0
         ("fraction", pa.float64()),  # drop fraction, removed fraction k, or share inspected; NaN if none
@@ -40,6 +40,10 @@ OBJECTIVES = {
 }
 VALIDATION_BASED = tuple(name for name, method in REGISTRY.items() if method.measures == "validation")
 PEER = "dattri TRAK"  # the outside reference (scripts/peers), when evaluation.peer_scores is set
+PEER_TARGETS = {  # scripts/peers' settings.target: the function of the validation samples the reference attributes
+    "margin": "the classification margin logit_y - logsumexp_{j != y} logit_j (TRAK's default)",
+    "ce": "the per-sample cross-entropy, whose mean is E",
+}
 
 
 class Figures:
@@ -97,13 +101,14 @@ def experiment_section(rows: pa.Table, settings: Settings, command: str) -> str:
     c = lambda metric: f.get("context", "-", metric)  # noqa: E731
     objective = OBJECTIVES.get(str(settings.influence.objective), str(settings.influence.objective))
     r = int(c("R"))
+    reused = ", read from the target cache" if c("targets_reused") == 1 else ""
     lines = [
         f"## {f.experiment}",
         "",
         f"{describe(settings)}; N = {int(c('N'))} training samples. Reproduce: `{command}` "
         f"({time.strftime('%Y-%m-%d')}; "
-        f"{int(c('retrainings'))} retrainings in {c('retrain_seconds'):.0f} s, {c('wall_seconds') / 60:.1f} min in "
-        "all).",
+        f"{int(c('retrainings'))} retrainings in {c('retrain_seconds'):.0f} s{reused}; {c('wall_seconds') / 60:.1f} "
+        "min in all).",
         "",
         f"E = validation {objective}. E of seed 0 = {c('E_seed0'):.4g}; over the R = {r} fresh seeds on all the data "
         f"E = {c('E_fresh_mean'):.4g} with sd {c('E_fresh_sd'):.2g} (the seed-to-seed noise floor of E); median "
@@ -111,6 +116,12 @@ def experiment_section(rows: pa.Table, settings: Settings, command: str) -> str:
         f"when one sample is removed on seed 0's schedule: {c('median_abs_loo_change'):.2g}.",
         "",
     ]
+    for target in f.values("method", part="context", metric="peer_target"):
+        lines += [
+            f"{PEER} (scripts/peers, evaluation.peer_scores): validation target = {PEER_TARGETS.get(target, target)} "
+            f"(settings.target={target}); its scores are read as positive = harmful.",
+            "",
+        ]
     lines += (
         same_seed_lines(f)
         + cross_seed_lines(f, r)
@@ -373,8 +384,19 @@ def goals(f: Figures) -> list[tuple[str, bool | None, str]]:
     return out
 
 
+def paired(f: Figures, method: str, drop: float, k: int) -> str:
+    """Margin ± se: LDS of `method` minus the peer's (mean ensembles of seeds 0..K-1), its paired bootstrap se."""
+    diff = f.get("peer_difference", method, "lds_difference", drop, k)
+    return (
+        ""
+        if math.isnan(diff)
+        else f"{diff:+.3f} ± {fmt(f.get('peer_difference', method, 'lds_difference_se', drop, k))}"
+    )
+
+
 def peer_goals(f: Figures) -> list[tuple[str, bool | None, str]]:
-    """Issue 18's goals against the outside reference measured on the same targets."""
+    """Issue 18's goals against the outside reference measured on the same targets, and the paired margins
+    (LDS difference ± bootstrap se over the subsets) of each method at K = 1 and the largest K."""
     sizes = f.values("ensemble", part="ensemble", metric="lds")
     if PEER not in f.values("method", part="ensemble", metric="lds"):
         return []
@@ -386,7 +408,7 @@ def peer_goals(f: Figures) -> list[tuple[str, bool | None, str]]:
         diffs = {k: f.get("ensemble", "trak", "lds", drop, k) - f.get("ensemble", PEER, "lds", drop, k) for k in close}
         text = "; ".join(
             f"K={k}: trak {fmt(f.get('ensemble', 'trak', 'lds', drop, k))} vs "
-            f"{fmt(f.get('ensemble', PEER, 'lds', drop, k))} ({d:+.3f})"
+            f"{fmt(f.get('ensemble', PEER, 'lds', drop, k))} ({paired(f, 'trak', drop, k) or f'{d:+.3f}'})"
             for k, d in diffs.items()
         )
         out.append(
@@ -408,7 +430,10 @@ def peer_goals(f: Figures) -> list[tuple[str, bool | None, str]]:
                 f.get("ensemble_groups", "trak", "lds_se", drop, k), f.get("ensemble_groups", PEER, "lds_se", drop, k)
             )
             met = met and a >= b - se
-            parts.append(f"K={k}: {fmt(a)} vs {fmt(b)} (se {fmt(se)})")
+            margin = paired(f, "trak", drop, k)
+            parts.append(
+                f"K={k}: {fmt(a)} vs {fmt(b)} (se {fmt(se)})" + (f"; seeds 0..{k - 1}: {margin}" if margin else "")
+            )
         out.append((f"trak within one standard error of {PEER} at K = 1, 5 (disjoint groups)", met, "; ".join(parts)))
     for d in f.values("fraction", part="equal_compute", metric="lds"):
         budgets = f.values("ensemble", part="equal_compute", metric="lds", fraction=d)
@@ -451,6 +476,12 @@ def peer_goals(f: Figures) -> list[tuple[str, bool | None, str]]:
                 text,
             )
         )
+    for d in f.values("fraction", part="peer_difference", metric="lds_difference"):
+        methods = f.values("method", part="peer_difference", metric="lds_difference")
+        text = "; ".join(
+            f"{m} " + ", ".join(f"K={k} {paired(f, m, d, k)}" for k in (sizes[0], sizes[-1])) for m in methods
+        )
+        out.append((f"LDS margin over {PEER} ± paired se (bootstrap over the subsets), {pct(d)} removed", None, text))
     return out
 
 

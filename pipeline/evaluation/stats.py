@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+from scipy.stats import rankdata
 
 from pipeline import metrics
 
@@ -38,6 +39,26 @@ def lds(masks: np.ndarray, scores: np.ndarray, measured: np.ndarray) -> float:
     """Linear datamodeling score: Spearman correlation, across subsets, between the summed scores of the
     kept samples (the first-order prediction of E up to a constant) and the measured E."""
     return metrics.correlations(masks @ scores, measured)["spearman"]
+
+
+def paired_lds_difference(
+    masks: np.ndarray, a: np.ndarray, b: np.ndarray, measured: np.ndarray, draws: int, rng: np.random.Generator
+) -> tuple[float, float]:
+    """LDS(a) - LDS(b) on the same subsets (masks [S, N], scores a and b [N], measured E [S]) and its standard
+    error by a paired bootstrap: `draws` resamples of the S subsets with replacement, each scored for both
+    methods; se = sd of the resampled differences (resamples whose LDS is undefined, e.g. one subset drawn
+    S times, left out)."""
+    picks = rng.integers(0, measured.size, size=(draws, measured.size))
+    target = measured[picks]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        boot = _row_spearman((masks @ a)[picks], target) - _row_spearman((masks @ b)[picks], target)
+    return lds(masks, a, measured) - lds(masks, b, measured), float(np.nanstd(boot, ddof=1))
+
+
+def _row_spearman(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """[rows] Spearman correlation of each row of x with the same row of y (average ranks for ties)."""
+    rx, ry = (r - r.mean(axis=1, keepdims=True) for r in (rankdata(x, axis=1), rankdata(y, axis=1)))
+    return (rx * ry).sum(axis=1) / np.sqrt((rx * rx).sum(axis=1) * (ry * ry).sum(axis=1))
 
 
 def spearman_brown(r: float, factor: float) -> float:

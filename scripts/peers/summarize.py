@@ -1,5 +1,6 @@
 """Sanity figures of a peers score file (scripts/peers/trak_dattri.py output): timings, each model's scale,
-between-model Spearman, agreement of the two ensemble rules, and the sign against the training loss.
+between-model Spearman, agreement of the two ensemble rules, and the sign against the training loss (harmful =
+negative `score` for --target margin, positive for --target ce: settings.target in the metadata, margin if absent).
 Needs numpy and pyarrow only (either environment).
 
     .venv-peers/bin/python scripts/peers/summarize.py docs/results/peers/mnist_seed000_dattri_trak.parquet
@@ -36,6 +37,8 @@ def main() -> None:
 
     score, kernel, q, loss = get("score"), get("kernel"), get("q"), get("train_loss")
     per_model = meta["per_model"]
+    target = meta["settings"].get("target", "margin")
+    harm = score if target == "ce" else -score  # positive = harmful
 
     def stats(key: str) -> str:
         v = np.array([r[key] for r in per_model])
@@ -43,6 +46,7 @@ def main() -> None:
 
     print(f"{path}: {len(models)} models x {n} samples; {meta['versions']}")
     print(f"command: {meta['command']}")
+    print(f"target: {target}; score positive = {'harmful' if target == 'ce' else 'helpful'}")
     for key in (
         "seconds_train",
         "seconds_attribute",
@@ -72,13 +76,13 @@ def main() -> None:
         print(
             f"K={k:>2}: Spearman(plain mean of scores, dattri's mean(kernel) * mean(q)) = {spearman(plain, dattri):.3f}"
         )
-    neg = score < 0
+    harmful = harm > 0
     top = np.argsort(-loss, axis=1)[:, : max(1, n // 100)]
     print(
-        f"sign: {neg.mean():.1%} of scores negative (harmful); among each model's top 1% training loss "
-        f"{np.take_along_axis(neg, top, 1).mean():.1%}; "
-        "median training loss of the 1% most negative "
-        f"{np.median(np.take_along_axis(loss, np.argsort(score, axis=1)[:, : max(1, n // 100)], 1)):.3f} vs all "
+        f"sign: {harmful.mean():.1%} of scores harmful; among each model's top 1% training loss "
+        f"{np.take_along_axis(harmful, top, 1).mean():.1%}; "
+        "median training loss of the 1% most harmful "
+        f"{np.median(np.take_along_axis(loss, np.argsort(-harm, axis=1)[:, : max(1, n // 100)], 1)):.3f} vs all "
         f"{np.median(loss):.4f}"
     )
     if "check_ensemble" in meta:

@@ -12,9 +12,11 @@ seed s = first_seed .. first_seed+K-1:
    (Kaiming-uniform with a = sqrt(5), i.e. U(+-1/sqrt(fan_in)) weights and biases);
    torch.manual_seed(s) draws the initial weights and a generator seeded with s draws the batch order;
 2. scores every training sample against the validation set with dattri's TRAKAttributor on the final
-   weights: the output function is TRAK's classification margin f(z) = logit_y - logsumexp_{j != y} logit_j
-   (= log p_y - log(1 - p_y), written stably) on both the training and the validation side (validation
-   samples with their true labels), correct_probability_func = p_y (so TRAK's Q_i = 1 - p_y(z_i)),
+   weights: the training side's output function (`loss_func`) is TRAK's classification margin
+   f(z) = logit_y - logsumexp_{j != y} logit_j (= log p_y - log(1 - p_y), written stably); the validation
+   side (`target_func`, validation samples with their true labels) is --target: `margin` (default, TRAK's
+   own choice: the same margin) or `ce` (the per-sample softmax cross-entropy logsumexp_j logit_j - logit_y,
+   whose mean is the pipeline's E); correct_probability_func = p_y (so TRAK's Q_i = 1 - p_y(z_i)),
    random projection "normal" of --proj-dim dimensions, no regularisation (dattri's default). The
    projection of model s is seeded with 100000 * s, which is the projection dattri itself uses for
    checkpoint index s when it is given several checkpoints, so the per-model columns can rebuild dattri's
@@ -24,18 +26,23 @@ Output (--out, long format, one row per (model, training sample)):
     model      int64    the seed s
     sample_id  int64    row of x_train
     score      float64  mean over the V validation samples of dattri's attribution score
-                        tau_ij = Q_i * phi_j^T (Phi^T Phi)^-1 phi_i; dattri's sign: positive = training
-                        sample i raises the validation margins (helpful), negative = harmful
+                        tau_ij = Q_i * g_j^T (Phi^T Phi)^-1 phi_i (g_j: gradient of the target of
+                        validation sample j), as dattri signs it: the estimated rise of the target when
+                        training sample i is included. --target margin: positive = helpful (raises the
+                        validation margins); --target ce: positive = harmful (raises the validation CE)
     kernel     float64  mean_j phi_j^T (Phi^T Phi)^-1 phi_i (score without Q_i)
     q          float64  Q_i = 1 - p_y(z_i) at the model's final weights
     train_loss float64  cross-entropy of training sample i at the model's final weights
 and <out stem>_models.parquet, one row per model (seconds_train, seconds_cache, seconds_attribute, ...).
-The Parquet schema metadata key b"peers" holds JSON: versions, settings, the exact command, the per-model
-table. Per-model scores: `score`. dattri's multi-checkpoint ensemble over models S:
-mean_S(kernel) * mean_S(q); the plain ensemble: mean_S(score).
+The Parquet schema metadata key b"peers" holds JSON: versions, settings (settings.target: margin or ce, which
+fixes the sign of `score`: TARGETS, and score_positive), the exact command, the per-model table. Per-model
+scores: `score`. dattri's multi-checkpoint ensemble over models S: mean_S(kernel) * mean_S(q); the plain
+ensemble: mean_S(score).
 
     .venv-peers/bin/python scripts/peers/trak_dattri.py --data outputs/peers/mnist_seed000.npz \
         --models 20 --init keras --out docs/results/peers/mnist_seed000_dattri_trak.parquet
+    .venv-peers/bin/python scripts/peers/trak_dattri.py --data outputs/peers/mnist_seed000_ce.npz \
+        --models 20 --init keras --target ce --out docs/results/peers/mnist_seed000_dattri_trak_ce.parquet
 """
 
 from __future__ import annotations
@@ -63,6 +70,11 @@ from torch.nn import functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
 PROJ_SEED_STRIDE = 100_000  # dattri's BasicProjector: block seed = proj_seed + 1000 * block + 100000 * ensemble_id
+# --target -> (validation output function, what a positive `score` means); pipeline/evaluate.py reads the same table
+TARGETS = {
+    "margin": ("margin: logit_y - logsumexp_{j!=y} logit_j", "helpful"),
+    "ce": ("cross-entropy: logsumexp_j logit_j - logit_y", "harmful"),
+}
 
 
 INITS = {
@@ -114,8 +126,8 @@ def per_sample_ce(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> np.ndar
 
 
 def trak_functions(model: nn.Module, n_classes: int):
-    """TRAK's output function (the margin) and the probability of the correct class, for one sample each
-    (dattri vmaps them over the batch)."""
+    """TRAK's output function (the margin), the per-sample cross-entropy and the probability of the correct
+    class, for one sample each (dattri vmaps them over the batch)."""
     classes = torch.arange(n_classes)
 
     def logits_and_mask(params, data):
@@ -129,19 +141,22 @@ def trak_functions(model: nn.Module, n_classes: int):
         others = torch.logsumexp(torch.where(mask, torch.full_like(logits, -torch.inf), logits), dim=0)
         return correct - others
 
-    def correct_probability(params, data):
+    def cross_entropy(params, data):
         logits, mask = logits_and_mask(params, data)
-        correct = torch.where(mask, logits, torch.zeros_like(logits)).sum()
-        return torch.exp(correct - torch.logsumexp(logits, dim=0))
+        return torch.logsumexp(logits, dim=0) - torch.where(mask, logits, torch.zeros_like(logits)).sum()
 
-    return margin, correct_probability
+    def correct_probability(params, data):
+        return torch.exp(-cross_entropy(params, data))
+
+    return margin, cross_entropy, correct_probability
 
 
 def attributor_for(
     model: nn.Module, checkpoints, n_classes: int, proj_seed: int, args: argparse.Namespace
 ) -> TRAKAttributor:
-    margin, correct_probability = trak_functions(model, n_classes)
-    task = AttributionTask(loss_func=margin, model=model, checkpoints=checkpoints)
+    margin, cross_entropy, correct_probability = trak_functions(model, n_classes)
+    target = {"margin": margin, "ce": cross_entropy}[args.target]
+    task = AttributionTask(loss_func=margin, model=model, checkpoints=checkpoints, target_func=target)
     # The full dict every time: dattri 0.3.0 updates its module-level DEFAULT_PROJECTOR_KWARGS in place.
     projector = {
         "proj_dim": args.proj_dim,
@@ -295,6 +310,13 @@ def main() -> None:
             "torch = nn.Linear's default"
         ),
     )
+    parser.add_argument(
+        "--target",
+        choices=sorted(TARGETS),
+        default="margin",
+        help="validation output function: margin (TRAK's default; score positive = helpful) or ce (the per-sample "
+        "cross-entropy, the pipeline's E; score positive = harmful)",
+    )
     parser.add_argument("--adam-epsilon", type=float, default=1e-7, help="Keras' default (torch's is 1e-8)")
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (1: timings per core)")
     parser.add_argument(
@@ -337,15 +359,18 @@ def main() -> None:
             "init_description": INITS[args.init],
             "proj_type": "normal",
             "proj_seed": f"{PROJ_SEED_STRIDE} * model seed",
-            "output_function": "margin: logit_y - logsumexp_{j!=y} logit_j",
+            "output_function": TARGETS["margin"][0],
+            "target_function": TARGETS[args.target][0],
             "checkpoint": "final",
         },
-        "score": "mean over validation samples of dattri's TRAK score; positive = helpful (raises the validation "
-        "margins), negative = harmful",
+        "score": f"mean over validation samples of dattri's TRAK score; positive = {TARGETS[args.target][1]} (raises "
+        f"the validation {'margins' if args.target == 'margin' else 'cross-entropy'})",
+        "score_positive": TARGETS[args.target][1],
     }
     print(
         f"dattri {meta['versions']['dattri']}, torch {torch.__version__}, threads {torch.get_num_threads()}; {n} "
-        f"train x {meta['data']['n_val']} val; models {seeds}; proj_dim {args.proj_dim}; init {args.init}",
+        f"train x {meta['data']['n_val']} val; models {seeds}; proj_dim {args.proj_dim}; init {args.init}; target "
+        f"{args.target}",
         flush=True,
     )
 
