@@ -75,12 +75,25 @@ def test_trajectory_arguments_contents():
     assert set(arguments) == {"data_fingerprint", "task", "model", "optimizer", "train"}
     assert arguments["data_fingerprint"] == FINGERPRINT
     assert arguments["task"] == {"name": "classification"}
-    assert arguments["model"] == dataclasses.asdict(settings.model)
-    keyed = {f.name for f in dataclasses.fields(OptimizerSettings) if f.metadata["keyed_at_default"]}
-    assert arguments["optimizer"] == {k: v for k, v in dataclasses.asdict(settings.optimizer).items() if k in keyed}
+
+    # settings added with the recipes (keyed_at_default=False) are left out while at their defaults
+    def keyed(section: object) -> set[str]:
+        return {f.name for f in dataclasses.fields(section) if f.metadata["keyed_at_default"]}  # type: ignore[arg-type]
+
+    assert keyed(ModelSettings) == {f.name for f in dataclasses.fields(ModelSettings)} - {"augment", "freeze"}
+    assert arguments["model"] == {
+        k: v for k, v in dataclasses.asdict(settings.model).items() if k in keyed(ModelSettings)
+    }
+    assert arguments["optimizer"] == {
+        k: v for k, v in dataclasses.asdict(settings.optimizer).items() if k in keyed(OptimizerSettings)
+    }
     assert "seeds" not in arguments["train"]
     assert arguments["train"]["checkpoint_every"] == 5
-    assert set(arguments["train"]) == {f.name for f in dataclasses.fields(TrainSettings)} - {"seeds", "label_smoothing"}
+    assert set(arguments["train"]) == {f.name for f in dataclasses.fields(TrainSettings)} - {
+        "seeds",
+        "label_smoothing",
+        "class_weight",
+    }
 
 
 def test_recipe_settings_enter_the_trajectory_key_only_when_set():

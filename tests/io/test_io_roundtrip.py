@@ -30,6 +30,7 @@ from pipeline.io.tables import (
     write_table,
 )
 from pipeline.kernels.schedule import Schedule, checkpoint_steps, make_schedule
+from pipeline.results import StageResult
 
 
 def _leftovers(folder: Path) -> list[str]:
@@ -687,11 +688,21 @@ def test_manifest_fresh_dir(tmp_path):
     assert _leftovers(root) == []
 
 
+class _Recorded(StageResult):
+    """A stage result that records exactly the given keys (what a stage records is tests/test_results.py's)."""
+
+    def __init__(self, record: dict):
+        self.record = record
+
+    def to_json(self) -> dict:
+        return self.record
+
+
 def test_manifest_reopen_same_config_keeps_stage_records(tmp_path):
     root = tmp_path / "run"
     layout = RunLayout(root)
     first = Manifest.open(layout, _settings(root), {})
-    first.record_stage("train", 1.23456, {"seeds": {"0": {"n_steps": 3}}})
+    first.record_stage("train", 1.23456, _Recorded({"seeds": {"0": {"n_steps": 3}}}))
     first.record_data({"n_train": 10})
     assert read_json(layout.manifest)["data"] == {"n_train": 10}
     first.finish("succeeded")
@@ -714,7 +725,7 @@ def test_manifest_reopen_with_other_config_starts_over_without_refusing(tmp_path
     root = tmp_path / "run"
     layout = RunLayout(root)
     old = Manifest.open(layout, _settings(root, lr=0.1), {})
-    old.record_stage("train", 2.0, {})
+    old.record_stage("train", 2.0, _Recorded({}))
     old.finish("succeeded")
     _populate(root)
     new_settings = _settings(root, lr=0.05)
