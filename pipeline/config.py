@@ -432,6 +432,13 @@ class InfluenceSettings(Section):
     horizon: int | None = setting(
         None, "steps differentiated, counted back from the end; null: one epoch", POSITIVE_INT, changes=(SCORES,)
     )
+    input_grad: bool = setting(
+        True,
+        "also dE/d x_i per training sample (input_grad columns, their norm, the report's gradient maps); false: not "
+        "computed at all (on a wide first layer the mean sweep about halves); influence is the same",
+        changes=(RESULTS,),  # the influence column does not change; score parts with other columns are recomputed
+        keyed_at_default=False,  # runs recorded before it keep their config hash
+    )
     shard_size: int = setting(1024, "training samples per Parquet part", POSITIVE_INT, changes=(RESULTS,))
     batch_size: int = setting(
         128,
@@ -464,8 +471,9 @@ class InfluenceSettings(Section):
     state_memory: str | None = setting(
         None,
         "keep every training state when they fit this many bytes (2GB, 512MiB), so sweeps read them instead of "
-        "replaying; null: replay",
-        SIZE,
+        "replaying; auto: when they fit a quarter of the available memory and of output.dir's free disk (decided "
+        "by training, recorded in its summary); null: replay",
+        Rule(lambda v: v == "auto" or SIZE.holds(v), f"{SIZE.must}, or auto"),
         changes=(),  # where a sweep reads its states from, not what it computes
     )
     proj_dim: int = setting(512, "k: dimensions of the random projection", POSITIVE_INT, changes=(SCORES, FEATURES))
@@ -508,6 +516,22 @@ class InfluenceSettings(Section):
         _check(
             self.query_ids is None or self.queries != "mean",
             "influence.query_ids: needs influence.queries=per_sample, per_class or groups",
+        )
+        if self.input_grad:
+            return
+        _check(
+            method.optional_input_grad,
+            f"influence.input_grad=false: not available for influence.method={self.method} (its scores come with "
+            "their input gradient)",
+        )
+        _check(
+            not self.query_input_grad,
+            "influence.query_input_grad=true: needs influence.input_grad=true (false computes no input gradient)",
+        )
+        _check(
+            settings is None or "verify" not in settings.stages or not method.exact,
+            f"influence.input_grad=false: the verify stage checks {self.method}'s dE/d x_i against finite "
+            "differences; keep input_grad=true or drop verify from stages",
         )
 
 

@@ -8,6 +8,9 @@
 - features (`trak`): a map-reduce on the same pool (stages.score_trak): shards write projected features,
   the kernel is reduced over shards and inverted once per seed, then shards are scored.
 
+A kernel returns () for input_grad when influence.input_grad=false (Method.optional_input_grad: the methods where
+dE/d x_i is a by-product; the baselines always compute theirs).
+
 Kernels import TensorFlow lazily, and this module imports nothing of the pipeline: config validation reads it
 on the driver.
 """
@@ -42,6 +45,9 @@ class Method:
     # True: estimates the effect expected over retrainings (over training's randomness), which is what retraining
     # measures; the report advises it when training is not smooth enough for the exact derivative to predict removals
     over_retrainings: bool = False
+    # True: dE/d x_i is a by-product that influence.input_grad=false skips (the kernel never computes it). False for
+    # the baselines whose scores are their input gradient or come with it (loss, saliency, sensitivity).
+    optional_input_grad: bool = True
 
     @property
     def options(self) -> tuple[str, ...]:
@@ -52,18 +58,22 @@ class Method:
         )  # kept states; shards and kernel batches
         queries = ("query_ids", "query_batch", *(() if self.features else ("query_input_grad",)), "query_top_k")
         own = tuple(s for s in self.settings if s != "objective")
-        return ("method", "objective", *own, *run, "queries", *(queries if self.queries else ()))
+        grads = ("input_grad",) if self.optional_input_grad else ()
+        return ("method", "objective", *own, *grads, *run, "queries", *(queries if self.queries else ()))
 
 
 def _lookahead(run: SeedRun) -> ScoreFn:
     lr, last = float(run.schedule.lr[-1]), run.steps[-1]
-    steps = run.settings.influence.steps
-    return lambda x, y: run.scorer.lookahead(run.final, x, y, run.x_val, run.y_val, lr=lr, first_step=last, steps=steps)
+    steps, grads = run.settings.influence.steps, run.settings.influence.input_grad
+    return lambda x, y: run.scorer.lookahead(
+        run.final, x, y, run.x_val, run.y_val, lr=lr, first_step=last, steps=steps, input_grad=grads
+    )
 
 
 def _tracin(run: SeedRun) -> ScoreFn:
     checkpoints = run.scorer.checkpoints(run.states, run.steps, run.schedule.lr, run.n_train, run.x_val, run.y_val)
-    return lambda x, y: run.scorer.tracin(checkpoints, x, y)
+    grads = run.settings.influence.input_grad
+    return lambda x, y: run.scorer.tracin(checkpoints, x, y, input_grad=grads)
 
 
 def _loss(run: SeedRun) -> ScoreFn:
@@ -115,6 +125,7 @@ REGISTRY: dict[str, Method] = {
             _loss,
             measures="training loss",
             signed=False,
+            optional_input_grad=False,
         ),
         Method(
             "saliency",
@@ -125,6 +136,7 @@ REGISTRY: dict[str, Method] = {
             _saliency,
             measures="training loss",
             signed=False,
+            optional_input_grad=False,
         ),
         Method(
             "sensitivity",
@@ -134,6 +146,7 @@ REGISTRY: dict[str, Method] = {
             "d (w . output) / d x_i of the trained model",
             _sensitivity,
             measures="output",
+            optional_input_grad=False,
         ),
         Method(
             "trak",

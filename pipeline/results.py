@@ -66,18 +66,28 @@ class StageResult:
 
 @dataclass(frozen=True)
 class StateBudget:
-    """What training recorded about keeping every state (influence.state_memory): kept, bytes needed, the budget."""
+    """What training recorded about keeping every state (influence.state_memory): kept, bytes needed, the budget;
+    with influence.state_memory=auto also the figures the budget came from (memory available and free disk of
+    output.dir when training started, in bytes; only then recorded)."""
 
     kept: bool | None = None
     bytes: int | None = None
     budget: int | None = None
+    memory: int | None = None  # auto only
+    disk: int | None = None  # auto only
 
     def to_json(self) -> Json:
-        return {"kept": self.kept, "bytes": self.bytes, "budget": self.budget}
+        record = {"kept": self.kept, "bytes": self.bytes, "budget": self.budget}
+        return {**record, **({"memory": self.memory, "disk": self.disk} if self.auto else {})}
+
+    @property
+    def auto(self) -> bool:
+        """Whether the budget was set by influence.state_memory=auto."""
+        return self.memory is not None or self.disk is not None
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> StateBudget:
-        return cls(data.get("kept"), data.get("bytes"), data.get("budget"))
+        return cls(data.get("kept"), data.get("bytes"), data.get("budget"), data.get("memory"), data.get("disk"))
 
 
 @dataclass(frozen=True)

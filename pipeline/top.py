@@ -94,6 +94,11 @@ def target_text(value: Any) -> str:
     return str(value)
 
 
+def norm_text(value: float | None) -> str:
+    """|dE/dx| to 3 significant digits; "-" where no input gradient was computed (influence.input_grad=false)."""
+    return "-" if value is None else f"{value:.3g}"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m pipeline.top", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -147,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
         print(
             f"{r['rank']:>6} {r['sample_id']:>10} "
             f"{text:>{width}} {r['influence_mean']:>15.6g} {r['influence_std']:>14.3g} "
-            f"{r['n_seeds']:>5} {r['input_grad_norm_mean']:>10.3g} {r['train_loss_mean']:>10.4f}"
+            f"{r['n_seeds']:>5} {norm_text(r['input_grad_norm_mean']):>10} {r['train_loss_mean']:>10.4f}"
         )
     return 0
 

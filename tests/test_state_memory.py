@@ -227,3 +227,70 @@ def test_a_changed_checkpoint_weight_is_caught_and_the_seed_retrained(ray_sessio
             name: a.tobytes() for name, a in original.items()
         }
     assert_same_scores(root, reference)
+
+
+STEPS, RECORD = 12, 8000  # a fake run: 12 states of one float64 tensor [100, 10]
+NEED = STEPS * RECORD
+
+
+@pytest.mark.parametrize(
+    "memory,disk,kept",
+    [
+        (4 * NEED, 4 * NEED, True),  # a quarter of each is exactly what the states need
+        (4 * NEED - 4, 10 * NEED, False),  # memory short by a byte of the quarter
+        (10 * NEED, 4 * NEED - 4, False),  # disk short
+        (10 * NEED, None, True),  # disk unknown: memory decides
+        (None, None, False),  # nothing known: keep nothing
+    ],
+)
+def test_auto_keeps_states_when_they_fit_a_quarter_of_memory_and_disk(tmp_path, monkeypatch, memory, disk, kept):
+    from pipeline.io import states
+    from pipeline.io.layout import RunLayout
+    from pipeline.runtime.train import state_writer
+
+    monkeypatch.setattr(states, "memory_available", lambda: memory)
+    seen = []
+    monkeypatch.setattr(states, "disk_free", lambda path: seen.append(path) or disk)
+    settings = with_influence(tmp_path / "run", state_memory="auto")
+    layout = [("trainable/0000", (100, 10), "dense/kernel")]
+    run = RunLayout(settings.output_dir)
+    writer, record = state_writer(settings, run, 0, layout, [np.dtype("float64")], STEPS)
+
+    assert seen == [run.root]  # the free disk of output.dir
+    known = [v for v in (memory, disk) if v is not None]
+    assert record == {
+        "kept": kept,
+        "bytes": NEED,
+        "budget": min(known) // 4 if known else 0,
+        "memory": memory,
+        "disk": disk,
+    }
+    assert (writer is not None) == kept
+    if writer is not None:
+        writer.discard()
+    # a size is a size, whatever the machine has
+    writer, record = state_writer(
+        with_influence(tmp_path / "run", state_memory=str(NEED)), run, 0, layout, [np.dtype("float64")], STEPS
+    )
+    assert record == {"kept": True, "bytes": NEED, "budget": NEED} and writer is not None
+    writer.discard()
+
+
+def test_auto_budget_reads_this_machine(tmp_path):
+    from pipeline.io import states
+
+    budget, memory, disk = states.auto_budget(tmp_path / "not-yet")  # a directory training has not made yet
+    assert memory is not None and memory > 0 and disk is not None and disk > 0
+    assert budget == int(min(memory, disk) * states.AUTO_SHARE)
+
+
+def test_auto_through_the_pipeline_records_what_it_decided(ray_session, tmp_path):
+    execute(with_influence(tmp_path / "auto", state_memory="auto"))  # a few KiB of states: they fit
+    train, score, query = summaries(tmp_path / "auto")
+    assert train["states"]["kept"] is True and train["states"]["budget"] >= train["states"]["bytes"]
+    assert train["states"]["memory"] > 0 and train["states"]["disk"] > 0
+    assert score["replayed"] is False and query["replayed"] is False
+    reference = tmp_path / "replay"
+    execute(with_influence(reference))
+    assert summaries(reference)[1]["replayed"] is True  # the default is still to replay
+    assert_same_scores(tmp_path / "auto", reference)

@@ -13,10 +13,15 @@ taken as it is written and recorded in states.digests.json, written before state
 place. A segment is hashed again as the sweep reads it; a mismatch is reported in one line, the file is
 quarantined (.states.npy.corrupt) and the sweep replays the rest from the checkpoints. A file without
 digests (an older version) is not trusted at all.
+
+influence.state_memory=auto sets the budget when training starts (`auto_budget`): AUTO_SHARE of the memory
+available now and of the free disk under output.dir, whichever is smaller, so that the file fits on disk with room
+to spare and the page cache can keep it while the sweeps read it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -47,6 +52,52 @@ def parse_size(text: str | int) -> int | None:
     if match is None:
         return None
     return int(float(match.group(1)) * _UNITS[(match.group(2) or "").lower()])
+
+
+AUTO = "auto"  # influence.state_memory: the budget is AUTO_SHARE of the available memory and free disk
+AUTO_SHARE = 0.25
+
+
+def memory_available() -> int | None:
+    """Bytes of memory available to new work now: /proc/meminfo MemAvailable (else free pages from os.sysconf),
+    no more than what a cgroup v2 memory limit leaves; None when unknown."""
+    found: list[int] = []
+    try:
+        with open("/proc/meminfo") as meminfo:
+            found += [int(line.split()[1]) * 1024 for line in meminfo if line.startswith("MemAvailable:")]
+    except (OSError, ValueError, IndexError):
+        pass
+    if not found:
+        with contextlib.suppress(OSError, ValueError, AttributeError):
+            found.append(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+    try:
+        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
+        if limit != "max":
+            found.append(int(limit) - int(Path("/sys/fs/cgroup/memory.current").read_text()))
+    except (OSError, ValueError):
+        pass
+    return max(0, min(found)) if found else None
+
+
+def disk_free(path: Path) -> int | None:
+    """Bytes free to an unprivileged user on the file system of `path` (its closest existing parent); None when
+    unknown."""
+    path = Path(path).absolute()
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    try:
+        info = os.statvfs(path)
+    except (OSError, AttributeError):
+        return None
+    return info.f_bavail * info.f_frsize
+
+
+def auto_budget(directory: Path) -> tuple[int, int | None, int | None]:
+    """(budget, memory available, free disk of `directory`) of influence.state_memory=auto: AUTO_SHARE of the
+    smaller of the two (0 when neither is known: keep nothing)."""
+    memory, disk = memory_available(), disk_free(directory)
+    known = [v for v in (memory, disk) if v is not None]
+    return (int(AUTO_SHARE * min(known)) if known else 0), memory, disk
 
 
 def record_dtype(layout: StateLayout, dtypes: Sequence[np.dtype]) -> np.dtype:

@@ -15,6 +15,10 @@ Every method returns (influence [b], input_grad) for a batch of inputs x (a tupl
 - `saliency`: influence = |d loss_i / d x_i| over all inputs (ranking score), input_grad = d loss_i / d x_i.
 - `sensitivity`: d (w . f(x_i)) / d x_i of the trained model f with output weights w [k] (one VJP);
   influence = w . f(x_i), the weighted output.
+
+`lookahead` and `tracin` take `input_grad`: False leaves x unwatched (no reverse pass into the inputs at all) and
+returns () for input_grad, with the same influence. The baselines have no influence without their input gradient
+(saliency) or are about it (sensitivity, loss's d loss_i / d x_i), so they always compute it.
 """
 
 from __future__ import annotations
@@ -110,28 +114,37 @@ class SampleScorer:
             for a, b in zip(steps[:-1], steps[1:])
         ]
 
-    def _tracin_one_fn(
-        self, state: TrainState, direction: list[tf.Tensor], x: Inputs, y: tf.Tensor
-    ) -> tuple[tf.Tensor, Inputs]:
-        """(grad E . grad loss_i [b], its gradient in x_i) at one checkpoint."""
+    def _dots(self, state: TrainState, direction: list[tf.Tensor], x: Inputs, y: tf.Tensor) -> tf.Tensor:
+        """[b] grad E . grad loss_i: one forward-mode pass along `direction`."""
         r = self.recipe
+        with tf.autodiff.ForwardAccumulator(state.trainable, direction) as accumulator:
+            outputs, _ = r.forward(state.trainable, state.non_trainable, x, training=False)
+            losses = r.task.loss(outputs, y)
+        return accumulator.jvp(losses)
+
+    def _tracin_one_fn(
+        self, state: TrainState, direction: list[tf.Tensor], x: Inputs, y: tf.Tensor, input_grad: bool = True
+    ) -> tuple[tf.Tensor, Inputs]:
+        """(grad E . grad loss_i [b], its gradient in x_i, or () without input_grad) at one checkpoint."""
+        if not input_grad:
+            return self._dots(state, direction, x, y), ()
         with tf.GradientTape() as tape:
             tape.watch(x)
-            with tf.autodiff.ForwardAccumulator(state.trainable, direction) as accumulator:
-                outputs, _ = r.forward(state.trainable, state.non_trainable, x, training=False)
-                losses = r.task.loss(outputs, y)
-            dots = accumulator.jvp(losses)
+            dots = self._dots(state, direction, x, y)
         return dots, tuple(tape.gradient(dots, x))
 
-    def tracin(self, checkpoints: Sequence[Checkpoint], x: Inputs, y: tf.Tensor) -> tuple[tf.Tensor, Inputs]:
+    def tracin(
+        self, checkpoints: Sequence[Checkpoint], x: Inputs, y: tf.Tensor, input_grad: bool = True
+    ) -> tuple[tf.Tensor, Inputs]:
+        """(influence [b], input_grad per input, or () without input_grad) summed over the checkpoints."""
         influence = tf.zeros(tf.shape(y)[:1], x[0].dtype)
-        input_grad = tuple(tf.zeros_like(a) for a in x)
+        grads = tuple(tf.zeros_like(a) for a in x) if input_grad else ()
         for c in checkpoints:
-            dots, grad = self._tracin_one(c.state, c.direction, x, y)
+            dots, grad = self._tracin_one(c.state, c.direction, x, y, input_grad)
             weight = tf.constant(-c.weight, x[0].dtype)
             influence = influence + weight * dots
-            input_grad = tuple(total + weight * g for total, g in zip(input_grad, grad))
-        return influence, input_grad
+            grads = tuple(total + weight * g for total, g in zip(grads, grad))
+        return influence, grads
 
     # ----- lookahead ---------------------------------------------------------------------------
     def _lookahead_fn(
@@ -144,6 +157,7 @@ class SampleScorer:
         lr: tf.Tensor,
         first_step: tf.Tensor,
         steps: int,
+        input_grad: bool = True,
     ) -> tuple[tf.Tensor, Inputs]:
         r = self.recipe
 
@@ -151,14 +165,15 @@ class SampleScorer:
             x_i = tuple(a[None] for a in sample[0])
             y_i = sample[1][None]
             eps = tf.ones((1,), x_i[0].dtype)
+            sources = [eps, x_i] if input_grad else [eps]
             with tf.GradientTape() as tape:
-                tape.watch([eps, x_i])
+                tape.watch(sources)
                 s = state
                 for k in range(steps):  # K is small and fixed: unrolled
                     s, _ = r.step(s, x_i, y_i, eps, lr, first_step + k)
                 value = r.objective(s, x_val, y_val)
-            d_eps, d_x = tape.gradient(value, [eps, x_i])
-            return d_eps[0], tuple(g[0] for g in d_x)
+            grads = tape.gradient(value, sources)
+            return grads[0][0], tuple(g[0] for g in grads[1]) if input_grad else ()
 
         return tf.vectorized_map(one_sample, (x, y))
 
@@ -172,7 +187,10 @@ class SampleScorer:
         lr: float,
         first_step: int,
         steps: int,
+        input_grad: bool = True,
     ) -> tuple[tf.Tensor, Inputs]:
-        """dE/d eps_i and dE/d x_i after `steps` optimizer steps on each sample alone, from `state`
-        (whose optimizer buffers continue; `first_step` is the global step index of the first one)."""
-        return self._lookahead(state, x, y, x_val, y_val, tf.constant(lr, tf.float64), tf.constant(first_step), steps)
+        """dE/d eps_i and dE/d x_i (() without input_grad) after `steps` optimizer steps on each sample alone, from
+        `state` (whose optimizer buffers continue; `first_step` is the global step index of the first one)."""
+        return self._lookahead(
+            state, x, y, x_val, y_val, tf.constant(lr, tf.float64), tf.constant(first_step), steps, input_grad
+        )

@@ -7,7 +7,10 @@ state_t inside a GradientTape and one vector-Jacobian product of state_{t+1} wit
     influence_i  = dE/d eps_i   (positive: more weight on sample i raises validation error)
     input_grad_i = dE/d x_i     one array per model input, each of that input's sample shape
 
-summed over all the steps that used sample i. States are read from checkpoints every k steps and the
+summed over all the steps that used sample i. With `input_grad=False` the inputs are not watched and no
+accumulator is made: the VJP then never forms the products that carry the adjoint back into x_B (on a model
+dominated by its first layer, most of the reverse step's cost; docs/benchmarks/trajectory.md), and the
+influence is bit-identical. States are read from checkpoints every k steps and the
 k states of a segment are recomputed (replayed), so memory holds the checkpoints plus k states. When
 every state was kept from training (`every_state`, Recipe.record_steps), the replay is skipped: the
 segment's states are read instead, and the recorded checkpoints only check them; a segment whose kept
@@ -35,7 +38,7 @@ from pipeline.kernels.training import Batches, Recipe, TrainState, raise_if_nonf
 class Hypergradients(NamedTuple):
     objective: float  # E at the final state
     influence: np.ndarray  # [N] dE/d eps_i (= w_i dE/d(loss weight of i); batches.eps holds eps_i w_i)
-    input_grad: tuple[np.ndarray, ...]  # per model input [N, *shape]: dE/d x_i, in the training dtype
+    input_grad: tuple[np.ndarray, ...]  # per model input [N, *shape]: dE/d x_i, in the training dtype; () unless asked
     replay_error: float  # max |state swept - stored checkpoint| at segment boundaries (0 when bit-exact)
 
 
@@ -87,20 +90,24 @@ class ReverseSweep:
         ]
         return TrainState(list(diff.trainable), nt, list(diff.optimizer))
 
-    def _reverse_step_fn(self, state: TrainState, adjoint: TrainState, batches: Batches, t: tf.Tensor):
-        """One VJP: (a_t, dE/d eps_B [b], dE/d x_B (per input [b, *shape]), ids [b]) from a_{t+1} and state_t."""
+    def _reverse_step_fn(
+        self, state: TrainState, adjoint: TrainState, batches: Batches, t: tf.Tensor, input_grad: bool = True
+    ):
+        """One VJP: (a_t, dE/d eps_B [b], dE/d x_B (per input [b, *shape]; () without input_grad), ids [b]) from
+        a_{t+1} and state_t. Without input_grad, x_B is not watched, so the tape forms no product towards it."""
         r = self.recipe
         ids, x, y, eps = batches.batch(t)
         diff = r.differentiable(state)
+        sources = [diff, x, eps] if input_grad else [diff, eps]
         with tf.GradientTape() as tape:
-            tape.watch([diff, x, eps])
+            tape.watch(sources)
             new_state, _ = r.step(self._merge(state, diff), x, y, eps, batches.lr[t], t)
             new_diff = r.differentiable(new_state)
         grads = tape.gradient(
-            new_diff, [diff, x, eps], output_gradients=adjoint, unconnected_gradients=tf.UnconnectedGradients.ZERO
+            new_diff, sources, output_gradients=adjoint, unconnected_gradients=tf.UnconnectedGradients.ZERO
         )
-        grad_state, grad_x, grad_eps = tf.nest.map_structure(tf.convert_to_tensor, grads)
-        return grad_state, grad_eps, grad_x, ids
+        grads = tf.nest.map_structure(tf.convert_to_tensor, grads)
+        return grads[0], grads[-1], tuple(grads[1]) if input_grad else (), ids
 
     def _reverse_segment_fn(
         self,
@@ -113,13 +120,14 @@ class ReverseSweep:
         input_grad: tuple[tf.Variable, ...],
     ) -> TrainState:
         """Carry the adjoint from the end of a segment back to max(start, floor), adding per-sample
-        gradients into the accumulators. states: the flattened states start..stop-1, one tensor
-        [stop - start, *shape] per state tensor. Returns the adjoint there."""
+        gradients into the accumulators (input_grad: one per model input, or () to leave x unwatched). states: the
+        flattened states start..stop-1, one tensor [stop - start, *shape] per state tensor. Returns the adjoint
+        there."""
         r = self.recipe
         n = tf.shape(states[0])[0]
         for i in tf.range(n - 1, tf.maximum(floor - start, 0) - 1, -1):
             state_i = r.unflatten([s[i] for s in states])
-            adjoint, grad_eps, grad_x, ids = self._reverse_step(state_i, adjoint, batches, start + i)
+            adjoint, grad_eps, grad_x, ids = self._reverse_step(state_i, adjoint, batches, start + i, bool(input_grad))
             # Row-wise ResourceScatterAdd: several times faster here than scatter_nd_add.
             influence.scatter_add(tf.IndexedSlices(grad_eps, ids))
             for accumulator, grad in zip(input_grad, grad_x):
@@ -136,23 +144,23 @@ class ReverseSweep:
         progress: Callable[[int], None] | None = None,
         horizon: int | None = None,
         every_state: EveryState | None = None,
+        input_grad: bool = True,
     ) -> Hypergradients:
         """Sweep from the last stored step back to 0, or only over the last `horizon` steps (truncated
         unrolling: earlier steps contribute nothing). `checkpoints[t]` is the state after t steps;
         x_val, y_val: validation inputs (one tensor per model input) and targets, as tensors;
-        every_state: the run's states kept from training (no replay), or None (replay each segment)."""
+        every_state: the run's states kept from training (no replay), or None (replay each segment);
+        input_grad: also dE/d x_i (False: x is never watched, Hypergradients.input_grad is ())."""
         r = self.recipe
         steps = sorted(stored_steps)
         floor = 0 if horizon is None else max(0, steps[-1] - horizon)
         value, adjoint = self._objective_grad(checkpoints[steps[-1]], x_val, y_val)
         raise_if_nonfinite(np.array([value.numpy()]), "validation objective", first_step=steps[-1])
         influence = tf.Variable(tf.zeros(batches.eps.shape, r.dtype))
-        input_grad = tuple(tf.Variable(tf.zeros(x.shape, r.dtype)) for x in batches.x)
+        grads = tuple(tf.Variable(tf.zeros(x.shape, r.dtype)) for x in batches.x) if input_grad else ()
 
         def segment(states, adj, start):
-            return self._reverse_segment(
-                states, adj, batches, tf.constant(start), tf.constant(floor), influence, input_grad
-            )
+            return self._reverse_segment(states, adj, batches, tf.constant(start), tf.constant(floor), influence, grads)
 
         replay_error = self._over_segments(
             checkpoints, steps, floor, batches, every_state, adjoint, segment, influence, progress
@@ -160,7 +168,7 @@ class ReverseSweep:
         return Hypergradients(
             objective=float(value.numpy()),
             influence=influence.numpy().astype(np.float64) * batches.weight.numpy(),
-            input_grad=tuple(g.numpy() for g in input_grad),
+            input_grad=tuple(g.numpy() for g in grads),
             replay_error=replay_error,
         )
 

@@ -106,8 +106,9 @@ def _input_shapes(part: Path) -> dict[str, tuple[int, ...]]:
 
 def mean_input_grads(
     run_dir: Path, method: str, sample_ids: np.ndarray, input_shapes: dict[str, tuple[int, ...]]
-) -> dict[str, np.ndarray]:
-    """name -> [len(sample_ids), *shape] input_grad averaged over seeds, rows in the order of sample_ids.
+) -> dict[str, np.ndarray] | None:
+    """name -> [len(sample_ids), *shape] input_grad averaged over seeds, rows in the order of sample_ids; None when
+    the parts hold no input gradients (influence.input_grad=false).
 
     Reads the parts of every seed of the method; input_shapes (the dataset's) must match what the parts record.
     """
@@ -116,6 +117,8 @@ def mean_input_grads(
     parts = [part for seed in seeds for part in layout.score_parts(method, seed)]
     if not parts:
         raise ValueError(f"{layout.method_dir(method)}: no score parts")
+    if not any(_input_shapes(part) for part in parts):
+        return None
     for part in parts:
         recorded = _input_shapes(part)
         if recorded != input_shapes:

@@ -36,6 +36,7 @@ STAGE_ORDER = ("train", "score", "aggregate", "verify", "report")
 TOP_FRACTION = 0.10  # the "10% most harmful" (largest influence_mean) of the histogram and the group tables
 QUANTILE_BINS = 5  # regression: equal-count bins of the target
 VALUES_SHOWN = 16  # values of a non-image input shown per sample
+GRID_IMAGES = 6  # images per row of a grid without gradient maps
 SIGN_CONVENTION = (
     "Positive influence = harmful: more weight on the sample raises validation error; "
     "removing it changes validation error by about -influence."
@@ -46,6 +47,7 @@ SENSITIVITY = (
     "weighted output, not harmful."
 )
 TARGET_COLUMN = {"classification": "label", "regression": "target"}
+NO_INPUT_GRAD = "Input gradients were not computed (influence.input_grad=false)."
 TABLE_COLUMNS = (
     "rank",
     "sample_id",
@@ -531,9 +533,9 @@ class ImageGrid:
     shape: str
     look: str  # how the images are drawn
     target: str  # label | target
-    grad: str  # the gradient's name, e.g. dE/dx
-    red: str  # what red means
-    limit: str  # the colour scale's end, e.g. 8.00e-04
+    grad: str | None  # the gradient's name, e.g. dE/dx; None: images only (no input gradients computed)
+    red: str | None  # what red means
+    limit: str | None  # the colour scale's end, e.g. 8.00e-04
 
 
 @dataclass(frozen=True)
@@ -542,7 +544,7 @@ class ValueTable:
 
     inputs: str  # Input | Inputs
     names: tuple[str, ...]
-    gradients: str  # their gradients' names, e.g. "dE/dx, dE/d(meta)"
+    gradients: str | None  # their gradients' names, e.g. "dE/dx, dE/d(meta)"; None: values only (not computed)
     shown: int  # values shown per input at most
     table: Table
 
@@ -595,11 +597,20 @@ class MethodSection:
     ends: tuple[SampleEnd, ...]
     histogram: Histogram
     shares: Shares
+    no_input_grad: str | None = None  # NO_INPUT_GRAD when the method's parts hold no input gradients
 
 
 def _titles(rows: dict[str, np.ndarray], target: str) -> list[str]:
     return [
         f"#{rank}  id {sid}  {target} {_target_text(value)}\ninfluence {score:+.2e}"
+        for rank, sid, value, score in zip(rows["rank"], rows["sample_id"], rows[target], rows["influence_mean"])
+    ]
+
+
+def _short_titles(rows: dict[str, np.ndarray], target: str) -> list[str]:
+    """_titles for the narrower panels of an image-only grid."""
+    return [
+        f"#{rank}  id {sid}\n{target} {_target_text(value)}  {score:+.2e}"
         for rank, sid, value, score in zip(rows["rank"], rows["sample_id"], rows[target], rows["influence_mean"])
     ]
 
@@ -619,28 +630,27 @@ def _column_cell(column: str, value: Any) -> Cell:
 
 
 def _value_table(
-    rows: dict[str, np.ndarray], inputs: dict[str, np.ndarray], grads: dict[str, np.ndarray], wording: Wording
+    rows: dict[str, np.ndarray], inputs: dict[str, np.ndarray], grads: dict[str, np.ndarray] | None, wording: Wording
 ) -> ValueTable:
     """The samples' scores and label or target and, per input in inputs (name -> [n, *shape]), one left-aligned
-    column with its values and, below them in grey, its mean input gradient."""
-    columns = [c for c in TABLE_COLUMNS if c in rows]
+    column with its values and, below them in grey, its mean input gradient (grads None: values only, and no
+    input_grad_norm_mean column)."""
+    columns = [c for c in TABLE_COLUMNS if c in rows and (grads is not None or c != "input_grad_norm_mean")]
+
+    def lines(name: str, i: int) -> tuple[tuple[Span, ...], ...]:
+        values = (Span(_values_text(inputs[name][i], _fmt), "vec"),)
+        if grads is None:
+            return (values,)
+        return (values, (Span(_values_text(grads[name][i], lambda v: f"{v:+.2e}"), "vec grad"),))
+
     body = [
-        [_column_cell(c, rows[c][i]) for c in columns]
-        + [
-            Cell(
-                (
-                    (Span(_values_text(inputs[name][i], _fmt), "vec"),),
-                    (Span(_values_text(grads[name][i], lambda v: f"{v:+.2e}"), "vec grad"),),
-                )
-            )
-            for name in inputs
-        ]
+        [_column_cell(c, rows[c][i]) for c in columns] + [Cell(lines(name, i)) for name in inputs]
         for i in range(len(rows["sample_id"]))
     ]
     return ValueTable(
         inputs="Inputs" if len(inputs) > 1 else "Input",
         names=tuple(inputs),
-        gradients=", ".join(_grad_name(wording, name) for name in inputs),
+        gradients=", ".join(_grad_name(wording, name) for name in inputs) if grads is not None else None,
         shown=VALUES_SHOWN,
         table=_table(columns + list(inputs), body, numeric=range(len(columns))),
     )
@@ -651,15 +661,34 @@ def _image_grid(
     target: str,
     name: str,
     dataset: Dataset,
-    grads: np.ndarray,
+    grads: np.ndarray | None,
     limit: float,
     wording: Wording,
     method: str,
 ) -> ImageGrid:
-    """One image input of the samples in rows, each image next to its gradient map."""
+    """One image input of the samples in rows, each image next to its gradient map (grads None: the images alone,
+    GRID_IMAGES to a row)."""
     x = dataset.x_train[name]
     gray = x.ndim == 3 or x.shape[-1] == 1
     image_range = (float(x.min()), float(x.max())) if gray else (0.0, 1.0)
+    if grads is None:
+        images, titles = x[rows["sample_id"]], _short_titles(rows, target)
+        lines = [
+            ("", "#222222", images[k : k + GRID_IMAGES], titles[k : k + GRID_IMAGES])
+            for k in range(0, len(images), GRID_IMAGES)
+        ]
+        return ImageGrid(
+            image=_image(
+                figures.query_samples(None, "", lines, image_range), f"samples, input {name}, method {method}"
+            ),
+            name=name if len(dataset.input_shapes) > 1 else None,
+            shape=_shape_text(x.shape[1:]),
+            look=_look(gray),
+            target=target,
+            grad=None,
+            red=None,
+            limit=None,
+        )
     grad = _grad_name(wording, name)
     png = figures.sample_grid(
         x[rows["sample_id"]],
@@ -682,24 +711,30 @@ def _image_grid(
     )
 
 
-def _ends(ranking: Ranking, run_dir: Path, dataset: Dataset) -> tuple[SampleEnd, ...]:
-    """Both ends of the ranking: image grids with gradient maps for image inputs, a table with the others' values."""
+def _ends(ranking: Ranking, run_dir: Path, dataset: Dataset) -> tuple[tuple[SampleEnd, ...], bool]:
+    """Both ends of the ranking: image grids with gradient maps for image inputs, a table with the others' values;
+    and whether the method's parts hold input gradients (without them: the images and values alone)."""
     wording, target, shapes = _wording(ranking.method), TARGET_COLUMN[dataset.task], dataset.input_shapes
     ends = [(wording.top, "top", ranking.head(TOP_K)), (wording.bottom, "bottom", ranking.tail(TOP_K))]
     ids = np.concatenate([rows["sample_id"] for _, _, rows in ends])
     grads = mean_input_grads(run_dir, ranking.method, ids, shapes)
     images = [name for name, shape in shapes.items() if figures.is_image(shape)]
     others = [name for name in shapes if name not in images]
-    limits = {name: float(np.quantile(np.abs(figures.channel_sum(grads[name])), 0.99)) for name in images}
+    limits = {
+        name: float(np.quantile(np.abs(figures.channel_sum(grads[name])), 0.99)) if grads is not None else 0.0
+        for name in images
+    }
     out, start = [], 0
     for end, position, rows in ends:
         n = len(rows["sample_id"])
-        mine = {name: g[start : start + n] for name, g in grads.items()}
+        mine = {name: g[start : start + n] for name, g in grads.items()} if grads is not None else None
         start += n
         values = None
         if others:
             inputs = {name: dataset.x_train[name][rows["sample_id"]] for name in others}
-            values = _value_table(rows, inputs, {name: mine[name] for name in others}, wording)
+            values = _value_table(
+                rows, inputs, {name: mine[name] for name in others} if mine is not None else None, wording
+            )
         out.append(
             SampleEnd(
                 title=end.title,
@@ -707,14 +742,23 @@ def _ends(ranking: Ranking, run_dir: Path, dataset: Dataset) -> tuple[SampleEnd,
                 n=n,
                 effect=end.effect,
                 grids=tuple(
-                    _image_grid(rows, target, name, dataset, mine[name], limits[name], wording, ranking.method)
+                    _image_grid(
+                        rows,
+                        target,
+                        name,
+                        dataset,
+                        mine[name] if mine is not None else None,
+                        limits[name],
+                        wording,
+                        ranking.method,
+                    )
                     for name in images
                 ),
                 values=values,
                 ids=_id_list(rows, end, ranking.method),
             )
         )
-    return tuple(out)
+    return tuple(out), grads is not None
 
 
 def _top(ranking: Ranking) -> tuple[np.ndarray, int, float | None]:
@@ -817,11 +861,13 @@ def _histogram(ranking: Ranking, wording: Wording) -> Histogram:
 
 def _method_section(ranking: Ranking, run_dir: Path, dataset: Dataset) -> MethodSection:
     wording = _wording(ranking.method)
+    ends, computed = _ends(ranking, run_dir, dataset)
     return MethodSection(
         method=ranking.method,
-        ends=_ends(ranking, run_dir, dataset),
+        ends=ends,
         histogram=_histogram(ranking, wording),
         shares=_per_class(ranking, wording) if dataset.task == "classification" else _per_quantile(ranking, wording),
+        no_input_grad=None if computed else NO_INPUT_GRAD,
     )
 
 

@@ -16,7 +16,7 @@ from pipeline.data import Dataset
 from pipeline.io.checkpoints import StoredStates, retrain_hint
 from pipeline.io.files import read_json
 from pipeline.io.layout import RunLayout
-from pipeline.io.states import StoredRun, open_states
+from pipeline.io.states import AUTO, StoredRun, open_states
 from pipeline.io.tables import read_schedule
 from pipeline.kernels.per_sample import SampleScorer
 from pipeline.kernels.schedule import Schedule
@@ -121,8 +121,13 @@ class SeedRun:
     def kept_states(self) -> StoredRun | None:
         """Where a sweep gets its states: the states kept from training (io.states.StoredRun, influence.state_memory),
         or None to replay from the checkpoints; prints one line when kept states were asked for but cannot be read or
-        trusted, or when a segment read later does not match its digest."""
-        if self.settings.influence.state_memory is None:
+        trusted, or when a segment read later does not match its digest. Quiet when influence.state_memory=auto and
+        training recorded that the states did not fit (it said so then, and the score summary says `replayed`)."""
+        memory = self.settings.influence.state_memory
+        if memory is None:
+            return None
+        recorded = self.summary.get("states") or {}
+        if memory == AUTO and recorded.get("kept") is False:
             return None
         layout, seed = self.layout, self.seed
         path = layout.states(seed)

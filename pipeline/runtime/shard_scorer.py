@@ -59,10 +59,13 @@ class ShardScorer:
             for i in range(0, stop - start, chunk)
         ]
         influence = np.concatenate([r[0].numpy() for r in results]).astype(np.float64)
-        input_grad = {
-            name: np.concatenate([r[1][k].numpy() for r in results]) for k, name in enumerate(dataset.input_names)
-        }
-        if not (np.all(np.isfinite(influence)) and all(np.all(np.isfinite(g)) for g in input_grad.values())):
+        # () from a kernel that skipped them (influence.input_grad=false, methods.Method.optional_input_grad)
+        input_grad = (
+            {name: np.concatenate([r[1][k].numpy() for r in results]) for k, name in enumerate(dataset.input_names)}
+            if len(results[0][1])
+            else None
+        )
+        if not (np.all(np.isfinite(influence)) and all(np.all(np.isfinite(g)) for g in (input_grad or {}).values())):
             raise DivergenceError(
                 f"{s.influence.method} scores of seed {seed} are NaN/inf in samples {start}..{stop - 1}"
             )

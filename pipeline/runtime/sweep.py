@@ -33,7 +33,7 @@ def steps_per_epoch(schedule: Schedule) -> int:
 
 def score_seed(settings: Settings, dataset: Dataset, seed: int, key: str) -> dict[str, Any]:
     """Ray task body: exact hypergradients of one seed (trajectory, or truncated to the last
-    influence.horizon steps), written as its single part."""
+    influence.horizon steps; with dE/d x_i unless influence.input_grad=false), written as its single part."""
     run = SeedRun.load(settings, dataset, seed)
     recipe, schedule, states, layout = run.recipe, run.schedule, run.states, run.layout
     batches, x_val, y_val = run.batches(), run.x_val, run.y_val
@@ -43,12 +43,20 @@ def score_seed(settings: Settings, dataset: Dataset, seed: int, key: str) -> dic
     bar = worker_bar(min(schedule.n_steps, horizon or schedule.n_steps), f"reverse sweep seed={seed}", "step")
     began, began_cpu = time.perf_counter(), time.process_time()
     result = ReverseSweep(recipe).run(
-        states, states.steps, batches, x_val, y_val, progress=bar.update, horizon=horizon, every_state=every_state
+        states,
+        states.steps,
+        batches,
+        x_val,
+        y_val,
+        progress=bar.update,
+        horizon=horizon,
+        every_state=every_state,
+        input_grad=settings.influence.input_grad,
     )
     seconds, cpu_seconds = time.perf_counter() - began, time.process_time() - began_cpu
     bar.close()
     train_loss = per_sample_losses(recipe, states[states.steps[-1]], list(dataset.x_train.values()), dataset.y_train)
-    input_grad = dict(zip(dataset.input_names, result.input_grad))
+    input_grad = dict(zip(dataset.input_names, result.input_grad)) if settings.influence.input_grad else None
     table = scores_table(
         np.arange(dataset.n_train),
         dataset.y_train,

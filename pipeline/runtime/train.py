@@ -11,6 +11,7 @@ import numpy as np
 from pipeline.cluster import worker_bar
 from pipeline.config import Settings
 from pipeline.data import Dataset
+from pipeline.io import states as kept_states
 from pipeline.io.checkpoints import StateLayout, save_state
 from pipeline.io.files import write_json
 from pipeline.io.layout import RunLayout
@@ -99,21 +100,39 @@ def state_writer(
     settings: Settings, layout: RunLayout, seed: int, state_layout: StateLayout, dtypes: list[np.dtype], n_steps: int
 ) -> tuple[StateWriter | None, dict[str, Any] | None]:
     """(io.states.StateWriter or None, what the summary records about kept states). States are kept only
-    for an exact sweep (trajectory, truncated, per-query) with influence.state_memory, within its budget."""
+    for an exact sweep (trajectory, truncated, per-query) with influence.state_memory, within its budget: a size,
+    or with `auto` a quarter of the memory available now and of the free disk under output.dir (io.states.auto_budget;
+    the summary records both figures)."""
     influence = settings.influence
     discard_states(layout.states(seed))  # the states of an earlier training must never be read
     if influence.state_memory is None or not (REGISTRY[influence.method].sweep or influence.queries != "mean"):
         return None, None
-    need, budget = n_steps * state_bytes(state_layout, dtypes), parse_size(influence.state_memory)
-    assert budget is not None  # influence.state_memory was validated as a size
+    need = n_steps * state_bytes(state_layout, dtypes)
+    measured: dict[str, Any] = {}
+    if influence.state_memory == kept_states.AUTO:
+        budget, memory, disk = kept_states.auto_budget(layout.root)
+        measured = {"memory": memory, "disk": disk}
+        within = (
+            f"influence.state_memory=auto (a quarter of {_mib(memory)} available memory and {_mib(disk)} free disk: "
+            f"{_mib(budget)})"
+        )
+    else:
+        parsed = parse_size(influence.state_memory)
+        assert parsed is not None  # influence.state_memory was validated as a size
+        budget, within = parsed, f"influence.state_memory={influence.state_memory}"
     if need > budget:
         print(
-            f"[train] seed={seed}: every state needs {need / 2**20:.0f} MiB, over "
-            f"influence.state_memory={influence.state_memory}; the sweep will replay from checkpoints"
+            f"[train] seed={seed}: every state needs {need / 2**20:.0f} MiB, over {within}; the sweep will replay "
+            "from checkpoints"
         )
-        return None, {"kept": False, "bytes": need, "budget": budget}
+        return None, {"kept": False, "bytes": need, "budget": budget, **measured}
     return StateWriter(layout.states(seed), state_layout, dtypes, n_steps), {
         "kept": True,
         "bytes": need,
         "budget": budget,
+        **measured,
     }
+
+
+def _mib(size: int | None) -> str:
+    return "unknown" if size is None else f"{size / 2**20:.0f} MiB"

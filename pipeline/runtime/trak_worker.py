@@ -126,8 +126,8 @@ class TrakWorker:
         return {"seconds": time.perf_counter() - began, "cpu_seconds": time.process_time() - began_cpu}
 
     def score(self, dataset: Dataset, seed: int, shard: int, start: int, stop: int) -> dict[str, Any]:
-        """Write the score part of samples start..stop-1 of `seed` (influence, self_influence, input_grad,
-        train_loss)."""
+        """Write the score part of samples start..stop-1 of `seed` (influence, self_influence, input_grad unless
+        influence.input_grad=false, train_loss)."""
         began, began_cpu = time.perf_counter(), time.process_time()
         recipe, scorer, states, final = self._seed(dataset, seed)
         folder = store.features_dir(self.layout.root, self.settings.influence.method, seed)
@@ -139,21 +139,26 @@ class TrakWorker:
         influence = np.zeros(stop - start)
         self_influence = np.zeros(stop - start)
         grads: list[list[np.ndarray]] = []
+        wanted = self.settings.influence.input_grad  # false: no forward-mode pass at all (the scores are features)
         for c, state in enumerate(states):
             phi, slope = np.asarray(shard_features.phi[c], np.float64), shard_features.slope[c]
             influence += -slope * (phi @ kernel["weights"][c]) / n_checkpoints
             self_influence += trak_scores.self_influence(phi, slope, kernel["inverse"][c]) / n_checkpoints
+            if not wanted:
+                continue
             direction = self._direction(seed, c, kernel["weights"][c])
             results = [
                 scorer.directional(state, direction, x, y) for x, y in self._batches(dataset, start, stop, recipe)
             ]
             grads.append([np.concatenate([r[1][k].numpy() for r in results]) for k in range(len(dataset.input_names))])
-        input_grad = {
-            name: np.asarray(sum(g[k] for g in grads) / n_checkpoints) for k, name in enumerate(dataset.input_names)
-        }
+        input_grad = (
+            {name: np.asarray(sum(g[k] for g in grads) / n_checkpoints) for k, name in enumerate(dataset.input_names)}
+            if wanted
+            else None
+        )
         x = [a[start:stop] for a in dataset.x_train.values()]
         y = dataset.y_train[start:stop]
-        if not (np.all(np.isfinite(influence)) and all(np.all(np.isfinite(g)) for g in input_grad.values())):
+        if not (np.all(np.isfinite(influence)) and all(np.all(np.isfinite(g)) for g in (input_grad or {}).values())):
             raise DataError(f"trak scores of seed {seed} are NaN/inf in samples {start}..{stop - 1}")
         train_loss = per_sample_losses(recipe, final, x, y)
         table = scores_table(

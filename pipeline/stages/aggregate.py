@@ -2,24 +2,27 @@
 
 One row per (method, sample), for every method scored from this output.dir's trajectory: label or
 target, influence_mean, influence_std (over seeds, population std: 0 with one seed), n_seeds,
-input_grad_norm_mean, train_loss_mean, influence_ensemble (the seeds combined by `aggregate.ensemble`,
-pipeline.ensembles; equal to influence_mean for `mean`) and rank (1 = most harmful = largest
-influence_ensemble). The seeds' agreement (mean and per pair Spearman of their influence) and each seed's
-scale (root mean square) go to the manifest.
+input_grad_norm_mean (null where the parts hold no input gradients: influence.input_grad=false),
+train_loss_mean, influence_ensemble (the seeds combined by `aggregate.ensemble`, pipeline.ensembles; equal to
+influence_mean for `mean`) and rank (1 = most harmful = largest influence_ensemble). The seeds' agreement (mean and
+per pair Spearman of their influence) and each seed's scale (root mean square) go to the manifest.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from pipeline import __version__, ensembles, metrics
 from pipeline.data import Dataset
 from pipeline.errors import ConfigError, DataError
 from pipeline.io.files import read_json
 from pipeline.io.layout import RunLayout
-from pipeline.io.tables import SIGN_CONVENTION, read_parts, target_array, target_field, write_table
+from pipeline.io.tables import SIGN_CONVENTION, target_array, target_field, write_table
 from pipeline.results import AggregateResult, SeedPair
 from pipeline.stages import queries
 from pipeline.stages.context import RunContext
@@ -45,7 +48,7 @@ def read_scores(layout: RunLayout, method: str, seeds: tuple[int, ...], n_train:
         parts = layout.score_parts(method, seed)
         if not parts:
             raise DataError(f"{layout.scores_dir(method, seed)}: no score parts; rerun with score in stages")
-        table = read_parts(parts, COLUMNS)
+        table = pa.concat_tables([_read_part(part) for part in sorted(parts)])
         table = table.add_column(0, "seed", pa.array(np.full(table.num_rows, seed), pa.int64()))
         ids = np.sort(table["sample_id"].to_numpy())
         if ids.size != n_train or not np.array_equal(ids, np.arange(n_train)):
@@ -55,6 +58,16 @@ def read_scores(layout: RunLayout, method: str, seeds: tuple[int, ...], n_train:
             )
         tables.append(table)
     return pa.concat_tables(tables)
+
+
+def _read_part(path: Path) -> pa.Table:
+    """COLUMNS of one part; input_grad_norm as nulls when the part has none (influence.input_grad=false)."""
+    names = set(pq.read_schema(path).names)
+    table = pq.read_table(path, columns=[c for c in COLUMNS if c in names])
+    if "input_grad_norm" not in names:
+        nulls = pa.nulls(table.num_rows, pa.float64())
+        table = table.add_column(COLUMNS.index("input_grad_norm"), "input_grad_norm", nulls)
+    return table
 
 
 def run(context: RunContext) -> AggregateResult:

@@ -4,18 +4,24 @@ task; sharded methods (stages.score_sharded) one part per training-set shard fro
 
 Resume checks what it skips: every expected part must read back with the current scores key and exactly
 its shard's sample_ids. A bad part is renamed aside (.part-<n>.parquet.corrupt) and recomputed; parts that belong to no
-shard of the current layout are renamed aside too. _summary.json only records timings.
+shard of the current layout are renamed aside too. A good part whose input gradients do not match
+influence.input_grad (held when false, absent when true) is recomputed in place: the setting is not part of the
+scores key (its influence column is the same either way). _summary.json only records timings.
 
 Driver side; the sweep's task body is runtime.sweep.score_seed.
 """
 
 from __future__ import annotations
 
+import pyarrow.parquet as pq
+
 from pipeline import cluster, runtime
 from pipeline.errors import ConfigError, DataError
 from pipeline.io.files import read_json, write_json
-from pipeline.io.parts import parts_to_compute, split, whole
-from pipeline.methods import REGISTRY
+from pipeline.io.layout import RunLayout
+from pipeline.io.parts import Shard, parts_to_compute, split, whole
+from pipeline.io.tables import has_input_grads
+from pipeline.methods import REGISTRY, Method
 from pipeline.results import ScoreResult, SeedScore
 from pipeline.stages import queries, score_sharded, score_trak
 from pipeline.stages.context import RunContext
@@ -35,11 +41,11 @@ def run(context: RunContext) -> ScoreResult:
         if method.sweep
         else split(context.dataset.n_train, settings.influence.shard_size)
     )
-    todo = [
-        (seed, shard)
-        for seed in settings.train.seeds
-        for shard in parts_to_compute(layout, method.name, seed, shards, context.score_key)
-    ]
+    wanted = settings.influence.input_grad or not method.optional_input_grad
+    todo = []
+    for seed in settings.train.seeds:
+        bad = parts_to_compute(layout, method.name, seed, shards, context.score_key)
+        todo += [(seed, shard) for shard in bad + other_input_grads(layout, method, seed, shards, bad, wanted)]
     features = None
     if method.sweep:
         calls = [(settings, context.dataset_ref, seed, context.score_key) for seed, _ in todo]
@@ -66,3 +72,24 @@ def run(context: RunContext) -> ScoreResult:
         features=features,
         queries=queries.run(context) if settings.influence.queries != "mean" else None,
     )
+
+
+def other_input_grads(
+    layout: RunLayout, method: Method, seed: int, shards: list[Shard], bad: list[Shard], wanted: bool
+) -> list[Shard]:
+    """The good parts of `seed` (shards not in `bad`) that hold input gradients when `wanted` is False or lack them
+    when it is True (influence.input_grad changed since they were written), one line for the seed when any."""
+    other = [
+        shard
+        for shard in shards
+        if shard not in bad
+        and has_input_grads(pq.read_schema(layout.score_part(method.name, seed, shard[0]))) != wanted
+    ]
+    if other:
+        one = len(other) == 1
+        held = ("lacks" if one else "lack") if wanted else ("holds" if one else "hold")
+        print(
+            f"[score] seed={seed}: {len(other)} {method.name} part{'' if one else 's'} {held} input gradients; "
+            f"recomputing (influence.input_grad={'true' if wanted else 'false'})"
+        )
+    return other

@@ -215,3 +215,49 @@ def full_state_before(problem, stored, steps, batches, t):
     start = max(s for s in steps if s <= t)
     state, _ = problem.recipe.run_steps(stored[start], batches, tf.constant(start), tf.constant(t))
     return state
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("kept", [False, True], ids=["replay", "kept-states"])
+def test_without_input_grad_the_influence_is_bit_identical(digits, dtype, kept):
+    """influence.input_grad=false: x is never watched, no dE/dx accumulator exists, and the influence of the same
+    trajectory is the same to the last bit (replayed or read from kept states, full run and truncated)."""
+    problem = Problem(digits, optimizer=optimizers.adam(), lr=0.01)
+    keras_model = build_model(ModelSettings(hidden=(8,)), digits.input_shapes, "classification", 10, dtype, seed=0)
+    recipe = Recipe(keras_model, optimizers.adam(), problem.recipe.task)
+    stored, segments = {}, {}
+    steps = checkpoint_steps(problem.schedule.n_steps, 3)
+    batches = make_batches(problem.x_train, digits.y_train, problem.schedule, dtype, recipe.task)
+    train(recipe, recipe.initial_state(), batches, steps, stored.__setitem__, on_segment=segments.__setitem__)
+    every_state = (lambda start, stop: segments[start]) if kept else None
+    sweep = ReverseSweep(recipe)
+    validation = (as_inputs(problem.x_val, dtype), tf.constant(digits.y_val))
+    for horizon in (None, 5):
+        with_grads = sweep.run(stored, steps, batches, *validation, horizon=horizon, every_state=every_state)
+        without = sweep.run(
+            stored, steps, batches, *validation, horizon=horizon, every_state=every_state, input_grad=False
+        )
+        assert without.input_grad == () and len(with_grads.input_grad) == 1
+        assert with_grads.input_grad[0].shape == problem.x_train.shape and np.any(with_grads.input_grad[0])
+        np.testing.assert_array_equal(without.influence, with_grads.influence)
+        assert without.objective == with_grads.objective and without.replay_error == with_grads.replay_error
+        assert np.count_nonzero(without.influence) > 0
+
+
+def test_without_input_grad_the_reverse_step_never_differentiates_into_x(digits):
+    """The compiled reverse step without input_grad holds no gradient op whose result flows to x_B: its traced graph
+    has fewer MatMul ops than the one with input_grad (the products that carry the adjoint back into the inputs)."""
+    problem = Problem(digits)
+    batches = make_batches(problem.x_train, digits.y_train, problem.schedule, DTYPE, problem.recipe.task)
+    sweep, state = ReverseSweep(problem.recipe), problem.initial
+    adjoint = problem.recipe.differentiable(state)
+    t = tf.constant(0)
+
+    def matmuls(input_grad):
+        graph = sweep._reverse_step.get_concrete_function(state, adjoint, batches, t, input_grad).graph
+        return sum(op.type in ("MatMul", "BatchMatMulV2") for op in graph.get_operations())
+
+    with_grads, without = matmuls(True), matmuls(False)
+    _, grad_eps, grad_x, _ = sweep._reverse_step(state, adjoint, batches, t, False)
+    assert grad_x == () and grad_eps.shape == (len(problem.schedule.batch(0)),)
+    assert without < with_grads, (without, with_grads)
