@@ -163,3 +163,16 @@ def test_weights_are_part_of_the_data_fingerprint(weighted):
     other = replace(weighted, w_train=weighted.w_train * 2)
     keys = {data_fingerprint(weighted), data_fingerprint(other), data_fingerprint(replace(weighted, w_train=None))}
     assert len(keys) == 3
+
+
+def test_the_evaluation_retrains_with_the_weights(weighted):
+    """pipeline.evaluate's retraining task trains the weighted run too (eps scales the weights)."""
+    from pipeline.evaluation.retrain import fresh_objective
+
+    settings = _settings()
+    eps = np.ones(N_TRAIN)
+    eps[5] = 0.0
+    _, expected = _final_and_objective(settings, weighted, eps)
+    assert fresh_objective(settings, weighted, 0, eps) == pytest.approx(expected, rel=1e-12)
+    _, unweighted = _final_and_objective(_settings(class_weight=None), replace(weighted, w_train=None), eps)
+    assert abs(expected - unweighted) > 1e-6
