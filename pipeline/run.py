@@ -30,6 +30,7 @@ from pipeline.io.fingerprint import fingerprint
 from pipeline.io.layout import RunLayout
 from pipeline.io.lock import RunLock, refuse_if_busy
 from pipeline.io.manifest import Manifest, foreign_entries
+from pipeline.models import WARPS
 from pipeline.results import StageResult
 from pipeline.stage_registry import STAGES, in_order
 from pipeline.stages import queries
@@ -70,6 +71,12 @@ def execute(settings: Settings) -> dict[str, Any]:
     if settings.influence.queries != "mean":
         queries.query_ids(settings, dataset)  # refuses ids the validation set does not have
     print(f"[data] {describe(dataset)}")
+    warps = [name for name in settings.model.augment if name in WARPS]
+    if warps and settings.influence.input_grad:
+        print(
+            f"[model] input_grad through model.augment={','.join(warps)} is approximate (TensorFlow's gradient of the "
+            "image warp is the inverse warp); influence is exact"
+        )
     data_key = data_fingerprint(dataset)
     ray_context = _check_in_worker(settings, dataset) if any(STAGES[s].ray for s in settings.stages) else None
     with RunLock(layout.root):

@@ -147,6 +147,11 @@ AUGMENTATIONS: dict[str, tuple[str, dict[str, Any]]] = {
 }
 
 
+# augmentations that warp the image (ImageProjectiveTransformV3): TensorFlow's gradient for it is the inverse warp,
+# not the exact adjoint of bilinear sampling, so dE/d x_i through them is approximate (dE/d eps_i stays exact)
+WARPS = ("translate", "rotate", "zoom")
+
+
 def _augmented(keras: Any, s: Any, inputs: Any, input_shape: tuple[int, ...], seed: int) -> Any:
     """inputs through model.augment's random layers (identity at inference; their seed state is part of the
     recorded training state, as dropout's is), each seeded from the run's seed."""
