@@ -264,7 +264,8 @@ INFLUENCE = _options("influence")
         (["influence=tracim"], f"influence=tracim: unknown option; did you mean tracin? (one of {INFLUENCE})"),
         (
             ["model.filters=[8]"],
-            "model.filters: unknown setting for model=mlp (known: activation, augment, batch_norm, dropout, freeze, hidden, name)",
+            "model.filters: unknown setting for model=mlp "
+            "(known: activation, augment, batch_norm, dropout, freeze, hidden, name)",
         ),
         (
             ["+train.epochs=3"],
