@@ -19,7 +19,7 @@ from pipeline.kernels.lr_schedules import learning_rates, make_schedule_object
 from pipeline.kernels.optimizers import FunctionalOptimizer
 from pipeline.kernels.schedule import Schedule, make_schedule
 from pipeline.kernels.task import make_task
-from pipeline.kernels.training import Recipe, as_inputs, as_targets
+from pipeline.kernels.training import Batches, Recipe, as_inputs, as_targets, make_batches
 from pipeline.methods import REGISTRY
 from pipeline.models import build_model
 
@@ -77,6 +77,24 @@ def sample_weights(settings: Settings, dataset: Dataset) -> np.ndarray | None:
     if weights is not None and not weights.any():
         raise ConfigError("train.class_weight: every training sample has weight 0")
     return weights
+
+
+def training_batches(
+    settings: Settings,
+    dataset: Dataset,
+    recipe: Recipe,
+    schedule: Schedule,
+    eps: np.ndarray | None = None,
+    x: dict[str, np.ndarray] | None = None,
+    dtype: str | None = None,
+) -> Batches:
+    """The training set on `schedule` with the samples' weights (sample_weights), each scaled by eps [N] (default
+    ones; 0 removes a sample); inputs x (name -> [N, *shape], default the dataset's) in `dtype` (default
+    train.dtype). What training, the sweeps and every retraining feed the compiled loops."""
+    inputs = dataset.x_train if x is None else x
+    dtype = settings.train.dtype if dtype is None else dtype
+    weight = sample_weights(settings, dataset)
+    return make_batches(list(inputs.values()), dataset.y_train, schedule, dtype, recipe.task, eps, weight)
 
 
 def check_weights_supported(settings: Settings, dataset: Dataset) -> None:

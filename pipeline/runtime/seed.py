@@ -20,8 +20,8 @@ from pipeline.io.states import AUTO, StoredRun, open_states
 from pipeline.io.tables import read_schedule
 from pipeline.kernels.per_sample import SampleScorer
 from pipeline.kernels.schedule import Schedule
-from pipeline.kernels.training import Batches, Recipe, TrainState, as_inputs, as_targets, make_batches
-from pipeline.runtime.recipes import output_weights, recipe_for, sample_weights
+from pipeline.kernels.training import Batches, Recipe, TrainState, as_inputs, as_targets
+from pipeline.runtime.recipes import output_weights, recipe_for, training_batches
 
 
 @dataclass(frozen=True)
@@ -84,15 +84,10 @@ class SeedRun:
     def batches(
         self, eps: np.ndarray | None = None, x: dict[str, np.ndarray] | None = None, dtype: str | None = None
     ) -> Batches:
-        """The training set on the seed's schedule: perturbations eps [N] (default ones) of the samples' weights
-        (runtime.recipes.sample_weights), inputs x
-        (name -> [N, *shape]; default the dataset's), in `dtype` (default train.dtype)."""
-        inputs = self.dataset.x_train if x is None else x
-        dtype = self.settings.train.dtype if dtype is None else dtype
-        weight = sample_weights(self.settings, self.dataset)
-        return make_batches(
-            list(inputs.values()), self.dataset.y_train, self.schedule, dtype, self.recipe.task, eps, weight
-        )
+        """The training set on the seed's schedule (runtime.recipes.training_batches): eps [N] scales the samples'
+        weights (default ones), inputs x (name -> [N, *shape]; default the dataset's), in `dtype` (default
+        train.dtype)."""
+        return training_batches(self.settings, self.dataset, self.recipe, self.schedule, eps, x, dtype)
 
     def validation(
         self, rows: np.ndarray | None = None, dtype: str | tf.DType | None = None

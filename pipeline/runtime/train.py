@@ -18,9 +18,9 @@ from pipeline.io.layout import RunLayout
 from pipeline.io.states import StateWriter, discard_states, parse_size, state_bytes
 from pipeline.io.tables import write_schedule
 from pipeline.kernels.schedule import checkpoint_steps
-from pipeline.kernels.training import as_inputs, as_targets, make_batches, raise_if_exploded, train
+from pipeline.kernels.training import as_inputs, as_targets, raise_if_exploded, train
 from pipeline.methods import REGISTRY
-from pipeline.runtime.recipes import recipe_for, sample_weights, schedule_for
+from pipeline.runtime.recipes import recipe_for, schedule_for, training_batches
 
 
 def train_seed(settings: Settings, dataset: Dataset, seed: int, key: str) -> dict[str, Any]:
@@ -31,14 +31,7 @@ def train_seed(settings: Settings, dataset: Dataset, seed: int, key: str) -> dic
     stored = checkpoint_steps(schedule.n_steps, settings.train.checkpoint_every)
     state_layout = recipe.state_layout()
     write_schedule(layout.schedule(seed), schedule)
-    batches = make_batches(
-        list(dataset.x_train.values()),
-        dataset.y_train,
-        schedule,
-        settings.train.dtype,
-        recipe.task,
-        weight=sample_weights(settings, dataset),
-    )
+    batches = training_batches(settings, dataset, recipe, schedule)
     x_val = as_inputs(list(dataset.x_val.values()), recipe.dtype)
     y_val = as_targets(dataset.y_val, recipe.task, recipe.dtype)
 
