@@ -11,11 +11,10 @@ import numpy as np
 from pipeline.cluster import worker_bar
 from pipeline.config import Settings
 from pipeline.data import Dataset
-from pipeline.io import states as kept_states
 from pipeline.io.checkpoints import StateLayout, save_state
 from pipeline.io.files import write_json
 from pipeline.io.layout import RunLayout
-from pipeline.io.states import StateWriter, discard_states, parse_size, state_bytes
+from pipeline.io.states import AUTO, StateWriter, auto_budget, discard_states, parse_size, state_bytes
 from pipeline.io.tables import write_schedule
 from pipeline.kernels.schedule import checkpoint_steps
 from pipeline.kernels.training import as_inputs, as_targets, raise_if_exploded, train
@@ -102,8 +101,8 @@ def state_writer(
         return None, None
     need = n_steps * state_bytes(state_layout, dtypes)
     measured: dict[str, Any] = {}
-    if influence.state_memory == kept_states.AUTO:
-        budget, memory, disk = kept_states.auto_budget(layout.root)
+    if influence.state_memory == AUTO:
+        budget, memory, disk = auto_budget(layout.root)
         measured = {"memory": memory, "disk": disk}
         within = (
             f"influence.state_memory=auto (a quarter of {_mib(memory)} available memory and {_mib(disk)} free disk: "
